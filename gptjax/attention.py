@@ -1,0 +1,88 @@
+"""Causal self-attention: dense or banded (local) per layer, MHA/GQA/MQA, rotary or ALiBi.
+
+Shape legend (shared with model.py): B batch, T query positions, S key positions, D d_model,
+N query heads, K key/value heads, G = N/K query heads per key head, H head width.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gptjax import positions as pos_lib
+from gptjax.config import ModelConfig
+from gptjax.layers import Dense, dropout
+
+# Window of a global layer: larger than any distance between two positions.
+GLOBAL_WINDOW = 2**30
+
+
+def causal_mask(q_pos_BxT: jax.Array, k_pos_BxS: jax.Array, window: jax.Array | int) -> jax.Array:
+    """[B, T, S] True where a query may see a key: not in its future and fewer than `window` back.
+
+    GPT-Neo's local layers see keys j with i - window < j <= i; a global layer uses GLOBAL_WINDOW.
+    `window` may be traced, so scanned layers of different kinds share one compiled body.
+    """
+    delta = q_pos_BxT[:, :, None] - k_pos_BxS[:, None, :]
+    return (delta >= 0) & (delta < window)
+
+
+def reference_attention(q, k, v, *, mask_BxTxS, bias_BxNxTxS, scale, probs_dropout=0.0, key=None):
+    """Plain einsum attention in float32: the readable reference, and the path that supports
+    dropout on attention probabilities (GPT-2's attn_pdrop)."""
+    b, t, n, h = q.shape
+    kv = k.shape[2]
+    q5 = q.reshape(b, t, kv, n // kv, h).astype(jnp.float32)
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q5, k.astype(jnp.float32)) * scale
+    if bias_BxNxTxS is not None:
+        logits = logits + bias_BxNxTxS.reshape(b, kv, n // kv, t, -1)
+    logits = jnp.where(mask_BxTxS[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    probs = dropout(probs, probs_dropout, key)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v.astype(jnp.float32))
+    return out.reshape(b, t, n, h).astype(q.dtype)
+
+
+def fused_attention(q, k, v, *, mask_BxTxS, bias_BxNxTxS, scale, implementation):
+    """jax.nn.dot_product_attention: XLA's fused path, or cuDNN flash attention on NVIDIA GPUs."""
+    return jax.nn.dot_product_attention(
+        q, k, v, bias=bias_BxNxTxS, mask=mask_BxTxS[:, None, :, :], scale=scale,
+        implementation=implementation)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, out_std: float, rngs: nnx.Rngs):
+        d, n, kv, h = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head
+        common = dict(cfg=cfg, rngs=rngs)
+        std = cfg.init_std
+        self.cfg = cfg
+        self.q = Dense((d,), (n, h), ("embed", "heads", "head_dim"), bias=cfg.qkv_bias, std=std, **common)
+        self.k = Dense((d,), (kv, h), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, std=std, **common)
+        self.v = Dense((d,), (kv, h), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, std=std, **common)
+        self.o = Dense((n, h), (d,), ("heads", "head_dim", "embed"), bias=cfg.out_bias, std=out_std, **common)
+
+    def __call__(self, x_BxTxD, positions_BxT, window, key=None):
+        cfg = self.cfg
+        q, k, v = self.q(x_BxTxD), self.k(x_BxTxD), self.v(x_BxTxD)
+        if cfg.position == "rotary":
+            q = pos_lib.apply_rotary(q, positions_BxT, cfg)
+            k = pos_lib.apply_rotary(k, positions_BxT, cfg)
+        mask = causal_mask(positions_BxT, positions_BxT, window)
+        bias = None
+        if cfg.position == "alibi":
+            bias = pos_lib.alibi_bias(positions_BxT, positions_BxT, cfg.n_heads)
+        out = self._attend(q, k, v, mask, bias, key)
+        return self.o(out)
+
+    def _attend(self, q, k, v, mask, bias, key):
+        cfg = self.cfg
+        # dot_product_attention has no dropout on probabilities, so training with attn_dropout
+        # takes the reference path; evaluation (key None) always may use the fused kernel.
+        needs_dropout = key is not None and cfg.attn_dropout > 0.0
+        if cfg.attention_impl == "einsum" or needs_dropout:
+            return reference_attention(q, k, v, mask_BxTxS=mask, bias_BxNxTxS=bias,
+                                       scale=cfg.softmax_scale, probs_dropout=cfg.attn_dropout, key=key)
+        implementation = "cudnn" if cfg.attention_impl == "cudnn" else None
+        return fused_attention(q, k, v, mask_BxTxS=mask, bias_BxNxTxS=bias,
+                               scale=cfg.softmax_scale, implementation=implementation)

@@ -1,0 +1,220 @@
+"""Frozen, typed model configuration: every option is a field, every default visible here.
+
+Variants are `Literal` fields; they are dispatched in exactly one place each (layers.py,
+positions.py, attention.py, model.py). Derived values are properties, never stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from typing import Any, Literal
+
+Position = Literal["learned", "rotary", "alibi", "none"]
+RotaryLayout = Literal["neox", "gptj"]
+# post_ln: GPT-1. pre_ln: GPT-2/3, Neo, sequential NeoX. parallel_one_ln: GPT-J (attention
+# and MLP read the same normalised input). parallel_two_ln: NeoX/Pythia (one LN each).
+Residual = Literal["post_ln", "pre_ln", "parallel_one_ln", "parallel_two_ln"]
+Norm = Literal["layernorm", "rmsnorm"]
+Activation = Literal["gelu_tanh", "gelu", "relu", "swiglu"]
+AttentionKind = Literal["global", "local"]
+Remat = Literal["none", "full", "save_dots"]
+DType = Literal["float32", "bfloat16"]
+AttentionImpl = Literal["xla", "cudnn", "einsum"]
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names field, value and what is accepted."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and architecture of one GPT-family model."""
+
+    # Sizes.
+    vocab_size: int = 50257
+    vocab_pad_multiple: int = 1  # embedding rows rounded up to this (50257 -> 50304 with 64)
+    max_seq_len: int = 1024
+    d_model: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    n_kv_heads: int | None = None  # None: multi-head; fewer: grouped-query; 1: multi-query
+    head_dim: int | None = None  # None: d_model // n_heads
+    d_ff: int | None = None  # None: 4 * d_model
+
+    # Positions.
+    position: Position = "learned"
+    rotary_pct: float = 1.0  # fraction of head_dim rotated (NeoX's rotary_pct)
+    rotary_dim: int | None = None  # exact rotated width (GPT-J's rotary_dim); overrides rotary_pct
+    rotary_layout: RotaryLayout = "neox"
+    rotary_base: float = 10000.0
+
+    # Block.
+    residual: Residual = "pre_ln"
+    norm: Norm = "layernorm"
+    norm_eps: float = 1e-5
+    embed_norm: bool = False  # LayerNorm right after the embedding (BLOOM)
+    activation: Activation = "gelu_tanh"
+    qkv_bias: bool = True
+    out_bias: bool = True
+    mlp_bias: bool = True
+    norm_bias: bool = True
+    head_bias: bool = False
+    tie_embeddings: bool = True
+
+    # Attention pattern: cycled over layers, e.g. ("global", "local") alternates like GPT-Neo.
+    attention_pattern: tuple[AttentionKind, ...] = ("global",)
+    local_window: int = 256  # a local layer attends to the previous `local_window` tokens
+    attn_scale: float | None = None  # None: 1/sqrt(head_dim). GPT-Neo uses 1.0 (unscaled).
+
+    # Regularisation and initialisation.
+    embed_dropout: float = 0.0
+    attn_dropout: float = 0.0
+    resid_dropout: float = 0.0
+    init_std: float = 0.02
+    scale_residual_init: bool = True  # GPT-2: output projections get std / sqrt(2 * n_layers)
+
+    # Execution.
+    scan_layers: bool = True
+    remat: Remat = "none"
+    param_dtype: DType = "float32"
+    compute_dtype: DType = "float32"
+    attention_impl: AttentionImpl = "xla"
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        _check_model(self)
+
+    # Derived values.
+    @property
+    def padded_vocab(self) -> int:
+        m = self.vocab_pad_multiple
+        return -(-self.vocab_size // m) * m
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def ffn_dim(self) -> int:
+        return 4 * self.d_model if self.d_ff is None else self.d_ff
+
+    @property
+    def rotary_dims(self) -> int:
+        """Width of each head that rotary embeddings rotate (0 without rotary)."""
+        if self.position != "rotary":
+            return 0
+        if self.rotary_dim is not None:
+            return self.rotary_dim
+        return int(self.dim_per_head * self.rotary_pct)
+
+    @property
+    def softmax_scale(self) -> float:
+        return 1.0 / math.sqrt(self.dim_per_head) if self.attn_scale is None else self.attn_scale
+
+    @property
+    def layer_kinds(self) -> tuple[AttentionKind, ...]:
+        p = self.attention_pattern
+        return tuple(p[i % len(p)] for i in range(self.n_layers))
+
+    @property
+    def final_norm(self) -> bool:
+        # Post-LN blocks end normalised already (GPT-1 has no final LayerNorm).
+        return self.residual != "post_ln"
+
+    @property
+    def norms_per_block(self) -> int:
+        return 1 if self.residual == "parallel_one_ln" else 2
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return from_dict(ModelConfig, {**dataclasses.asdict(self), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["attention_pattern"] = list(d["attention_pattern"])
+        return d
+
+
+def from_dict(cls: type, data: dict[str, Any]):
+    """Build a frozen config from plain data, naming unknown keys and their nearest valid ones."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        k = unknown[0]
+        near = difflib.get_close_matches(k, names, n=3)
+        hint = f"; did you mean {', '.join(near)}?" if near else f"; valid fields: {', '.join(names)}"
+        raise ConfigError(f"{cls.__name__}: unknown field {k!r}{hint}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(hints[k], v) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any) -> Any:
+    # YAML/JSON give lists where the config holds tuples (frozen dataclasses must stay hashable).
+    if typing.get_origin(hint) is tuple and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _check_literals(cfg: Any) -> None:
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        hint = hints[f.name]
+        allowed = _literal_values(hint)
+        if allowed is not None:
+            values = value if typing.get_origin(hint) is tuple else (value,)
+            for v in values:
+                if v not in allowed:
+                    raise ConfigError(
+                        f"{type(cfg).__name__}.{f.name} = {v!r} is not one of {', '.join(map(repr, allowed))}"
+                    )
+
+
+def _literal_values(hint: Any) -> tuple | None:
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        if args and typing.get_origin(args[0]) is Literal:
+            return typing.get_args(args[0])
+    return None
+
+
+def _require(ok: bool, field: str, value: Any, accepted: str) -> None:
+    if not ok:
+        raise ConfigError(f"ModelConfig.{field} = {value!r} is invalid: {accepted}")
+
+
+def _check_model(c: ModelConfig) -> None:
+    for name in ("vocab_size", "vocab_pad_multiple", "max_seq_len", "d_model", "n_layers", "n_heads"):
+        _require(isinstance(getattr(c, name), int) and getattr(c, name) > 0, name, getattr(c, name),
+                 "must be a positive integer")
+    if c.head_dim is None:
+        _require(c.d_model % c.n_heads == 0, "d_model", c.d_model,
+                 f"must be divisible by n_heads = {c.n_heads} (or set head_dim)")
+    else:
+        _require(c.head_dim > 0, "head_dim", c.head_dim, "must be a positive integer")
+    _require(c.n_kv_heads is None or (0 < c.n_kv_heads <= c.n_heads and c.n_heads % c.n_kv_heads == 0),
+             "n_kv_heads", c.n_kv_heads, f"must divide n_heads = {c.n_heads}")
+    _require(c.d_ff is None or c.d_ff > 0, "d_ff", c.d_ff, "must be a positive integer")
+    _require(0.0 < c.rotary_pct <= 1.0, "rotary_pct", c.rotary_pct, "must be in (0, 1]")
+    if c.position == "rotary":
+        r = c.rotary_dims
+        field = "rotary_dim" if c.rotary_dim is not None else "rotary_pct"
+        _require(0 < r <= c.dim_per_head and r % 2 == 0, field, getattr(c, field),
+                 f"rotated width {r} must be even, positive and at most head_dim = {c.dim_per_head}")
+    _require(len(c.attention_pattern) > 0, "attention_pattern", c.attention_pattern,
+             "must name at least one of 'global', 'local'")
+    _require(c.local_window > 0, "local_window", c.local_window, "must be a positive integer")
+    for name in ("embed_dropout", "attn_dropout", "resid_dropout"):
+        _require(0.0 <= getattr(c, name) < 1.0, name, getattr(c, name), "must be in [0, 1)")
+    _require(c.norm_eps > 0, "norm_eps", c.norm_eps, "must be positive")
+    _require(not (c.tie_embeddings and c.head_bias), "head_bias", c.head_bias,
+             "a tied output head has no bias; set tie_embeddings=false to use one")

@@ -1,0 +1,131 @@
+"""Leaf modules: dense and embedding layers with logical axis names, norms, MLP variants.
+
+Every parameter is an `nnx.Param` carrying `axes`, a tuple of logical axis names, one per
+dimension. Only sharding.py maps those names onto mesh axes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gptjax.config import ModelConfig
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: tuple[str, ...], dtype, std: float | None):
+    """A parameter drawn from N(0, std²), or ones when std is None and zeros when std == 0."""
+    if len(shape) != len(axes):
+        raise ValueError(f"parameter of shape {tuple(shape)} needs {len(shape)} axis names, got {axes}")
+    if std is None:
+        value = jnp.ones(shape, dtype)
+    elif std == 0.0:
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, axes=axes)
+
+
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+    """y + bias over y's trailing dimensions, with the broadcast spelled out (rank promotion raises)."""
+    return y + bias.reshape((1,) * (y.ndim - bias.ndim) + bias.shape)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout; identity when key is None (evaluation) or rate is 0."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class Dense(nnx.Module):
+    """Contracts the trailing `len(in_shape)` dims of x with a kernel of shape in_shape + out_shape."""
+
+    def __init__(self, in_shape, out_shape, axes, *, bias: bool, cfg: ModelConfig, std: float,
+                 rngs: nnx.Rngs):
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        dtype = DTYPES[cfg.param_dtype]
+        self.compute_dtype = DTYPES[cfg.compute_dtype]
+        self.kernel = param(rngs, self.in_shape + self.out_shape, tuple(axes), dtype, std)
+        out_axes = tuple(axes)[len(self.in_shape):]
+        self.bias = param(rngs, self.out_shape, out_axes, dtype, 0.0) if bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel[...].astype(self.compute_dtype)
+        y = jnp.tensordot(x.astype(self.compute_dtype), k, axes=len(self.in_shape))
+        if self.bias is not None:
+            y = add_bias(y, self.bias[...].astype(self.compute_dtype))
+        return y
+
+
+class Embedding(nnx.Module):
+    """Token table [V, D]; `attend` reuses it as a tied output head."""
+
+    def __init__(self, rows: int, cfg: ModelConfig, axes: tuple[str, str], *, std: float, rngs: nnx.Rngs):
+        self.compute_dtype = DTYPES[cfg.compute_dtype]
+        self.table = param(rngs, (rows, cfg.d_model), axes, DTYPES[cfg.param_dtype], std)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.table[...], ids, axis=0).astype(self.compute_dtype)
+
+    def attend(self, x_BxTxD: jax.Array) -> jax.Array:
+        return jnp.einsum("BTD,VD->BTV", x_BxTxD, self.table[...].astype(self.compute_dtype))
+
+
+class Norm(nnx.Module):
+    """LayerNorm or RMSNorm over the last axis, computed in float32 as the references do."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dtype = DTYPES[cfg.param_dtype]
+        self.kind, self.eps = cfg.norm, cfg.norm_eps
+        self.compute_dtype = DTYPES[cfg.compute_dtype]
+        self.scale = param(rngs, (cfg.d_model,), ("embed",), dtype, None)
+        # RMSNorm never has a bias (Llama); LayerNorm's is optional (nanoGPT's bias=False).
+        with_bias = cfg.norm_bias and cfg.norm == "layernorm"
+        self.bias = param(rngs, (cfg.d_model,), ("embed",), dtype, 0.0) if with_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        if self.kind == "layernorm":
+            x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt(var + self.eps)
+        y = y * self.scale[...].astype(jnp.float32)
+        if self.bias is not None:
+            y = add_bias(y, self.bias[...].astype(jnp.float32))
+        return y.astype(self.compute_dtype)
+
+
+ACTIVATIONS = {
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),  # GPT-2's gelu_new
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # erf form (NeoX/Pythia)
+    "relu": jax.nn.relu,
+    "swiglu": jax.nn.silu,  # applied to the gate branch (Shazeer 2020, eq. 6)
+}
+
+
+class MLP(nnx.Module):
+    """Position-wise feed-forward: down(act(up(x))), or down(silu(gate(x)) * up(x)) for SwiGLU."""
+
+    def __init__(self, cfg: ModelConfig, *, out_std: float, rngs: nnx.Rngs):
+        d, f = cfg.d_model, cfg.ffn_dim
+        common = dict(bias=cfg.mlp_bias, cfg=cfg, rngs=rngs)
+        self.act = ACTIVATIONS[cfg.activation]
+        self.up = Dense((d,), (f,), ("embed", "mlp"), std=cfg.init_std, **common)
+        self.gate = Dense((d,), (f,), ("embed", "mlp"), std=cfg.init_std, **common) \
+            if cfg.activation == "swiglu" else None
+        self.down = Dense((f,), (d,), ("mlp", "embed"), std=out_std, **common)
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        h_BxTxF = self.up(x_BxTxD)
+        if self.gate is None:
+            h_BxTxF = self.act(h_BxTxF)
+        else:
+            h_BxTxF = self.act(self.gate(x_BxTxD)) * h_BxTxF
+        return self.down(h_BxTxF)

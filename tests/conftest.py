@@ -1,0 +1,26 @@
+"""Test-wide JAX setup: 8 fake CPU devices and rank promotion that raises.
+
+XLA_FLAGS must be set before jax is first imported, which is why this runs at conftest import.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib  # noqa: E402
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> pathlib.Path:
+    """../shared beside the checkout (data corpora and the tiktoken cache used offline)."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is missing: tests that need corpora run beside the shared folder")
+    return SHARED
