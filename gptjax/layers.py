@@ -31,9 +31,13 @@ def param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: tuple[str, ...], dt
     return nnx.Param(value, axes=axes)
 
 
+def trailing(v: jax.Array, ndim: int) -> jax.Array:
+    """v reshaped to broadcast over the trailing dims of a rank-`ndim` array (rank promotion raises)."""
+    return v.reshape((1,) * (ndim - v.ndim) + v.shape)
+
+
 def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
-    """y + bias over y's trailing dimensions, with the broadcast spelled out (rank promotion raises)."""
-    return y + bias.reshape((1,) * (y.ndim - bias.ndim) + bias.shape)
+    return y + trailing(bias, y.ndim)
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
@@ -96,7 +100,7 @@ class Norm(nnx.Module):
             x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
         y = x32 * jax.lax.rsqrt(var + self.eps)
-        y = y * self.scale[...].astype(jnp.float32)
+        y = y * trailing(self.scale[...].astype(jnp.float32), y.ndim)
         if self.bias is not None:
             y = add_bias(y, self.bias[...].astype(jnp.float32))
         return y.astype(self.compute_dtype)

@@ -84,10 +84,9 @@ class GPT(nnx.Module):
         self.embed_norm = Norm(cfg, rngs=rngs) if cfg.embed_norm else None
         self.blocks = _stacked_blocks(cfg, rngs)
         self.final_norm = Norm(cfg, rngs=rngs) if cfg.final_norm else None
-        self.head = None
-        if not cfg.tie_embeddings:
-            self.head = Dense((cfg.d_model,), (cfg.padded_vocab,), ("embed", "vocab"), bias=cfg.head_bias,
-                              cfg=cfg, std=cfg.init_std, rngs=rngs)
+        self.head = None if cfg.tie_embeddings else Dense(
+            (cfg.d_model,), (cfg.padded_vocab,), ("embed", "vocab"), bias=cfg.head_bias, cfg=cfg,
+            std=cfg.init_std, rngs=rngs)
 
     def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None, *,
                  key: jax.Array | None = None) -> jax.Array:
