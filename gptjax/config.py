@@ -12,6 +12,8 @@ import math
 import typing
 from typing import Any, Literal
 
+import draccus
+
 Position = Literal["learned", "rotary", "alibi", "none"]
 RotaryLayout = Literal["neox", "gptj"]
 # post_ln: GPT-1. pre_ln: GPT-2/3, Neo, sequential NeoX. parallel_one_ln: GPT-J (attention
@@ -142,24 +144,32 @@ class ModelConfig:
 
 
 def from_dict(cls: type, data: dict[str, Any]):
-    """Build a frozen config from plain data, naming unknown keys and their nearest valid ones."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        k = unknown[0]
-        near = difflib.get_close_matches(k, names, n=3)
-        hint = f"; did you mean {', '.join(near)}?" if near else f"; valid fields: {', '.join(names)}"
-        raise ConfigError(f"{cls.__name__}: unknown field {k!r}{hint}")
+    """Typed decoding of plain data (YAML/JSON) into a frozen config through draccus.
+
+    Unknown keys are refused first, with the nearest valid names, at any nesting depth.
+    """
+    _check_keys(cls, data, cls.__name__)
+    try:
+        return draccus.decode(cls, data)
+    except (draccus.utils.DecodingError, draccus.utils.ParsingError) as e:
+        cause = e
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__
+        raise (cause or ConfigError(f"{cls.__name__}: {e}")) from None
+
+
+def _check_keys(cls: type, data: Any, where: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of fields, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    kwargs = {k: _coerce(hints[k], v) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any) -> Any:
-    # YAML/JSON give lists where the config holds tuples (frozen dataclasses must stay hashable).
-    if typing.get_origin(hint) is tuple and isinstance(value, list):
-        return tuple(value)
-    return value
+    for key, value in data.items():
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(near)}?" if near else f"valid fields: {', '.join(fields)}"
+            raise ConfigError(f"{where}: unknown field {key!r}; {hint}")
+        if dataclasses.is_dataclass(hints[key]):
+            _check_keys(hints[key], value, f"{where}.{key}")
 
 
 def _check_literals(cfg: Any) -> None:
@@ -218,3 +228,119 @@ def _check_model(c: ModelConfig) -> None:
     _require(c.norm_eps > 0, "norm_eps", c.norm_eps, "must be positive")
     _require(not (c.tie_embeddings and c.head_bias), "head_bias", c.head_bias,
              "a tied output head has no bias; set tie_embeddings=false to use one")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training run configuration. Field names are the override keys (`optim.lr=3e-4`), so sweeps
+# can set them; README's "Configuration reference" lists them.
+
+Optimizer = Literal["adamw", "lion", "adafactor"]
+Schedule = Literal["cosine", "wsd", "constant"]
+Tokenizer = Literal["char", "gpt2", "r50k_base", "cl100k_base", "o200k_base"]
+NanPolicy = Literal["stop", "skip"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    name: Optimizer = "adamw"
+    lr: float = 6e-4  # peak learning rate
+    min_lr: float = 6e-5  # end of cosine decay / WSD decay
+    schedule: Schedule = "cosine"
+    warmup_steps: int = 100  # linear warmup from 0
+    decay_steps: int | None = None  # cosine reaches min_lr here; None: the run's last step
+    wsd_decay_fraction: float = 0.2  # WSD: share of the run spent decaying (Hu et al. 2024)
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # decoupled; never on biases or norms
+    decay_embeddings: bool = False  # nanoGPT decays every >=2-D tensor, embeddings included
+    grad_clip: float | None = 1.0  # global-norm clipping; None disables
+    z_loss: float = 0.0  # PaLM's auxiliary z-loss weight on log(Z)^2
+    grad_accum: int = 1  # micro-batches per step; batch_size is split across them
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        for name in ("lr", "eps"):
+            _require_in(self, name, getattr(self, name) > 0, "must be positive")
+        _require_in(self, "min_lr", 0 <= self.min_lr <= self.lr, f"must be in [0, lr = {self.lr}]")
+        _require_in(self, "warmup_steps", self.warmup_steps >= 0, "must be >= 0")
+        _require_in(self, "grad_accum", self.grad_accum >= 1, "must be >= 1")
+        _require_in(self, "weight_decay", self.weight_decay >= 0, "must be >= 0")
+        _require_in(self, "wsd_decay_fraction", 0 < self.wsd_decay_fraction <= 1, "must be in (0, 1]")
+        _require_in(self, "grad_clip", self.grad_clip is None or self.grad_clip > 0, "must be positive or null")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    corpus: str = "tinyshakespeare"  # a named corpus (downloaded and verified), or a text file path
+    tokenizer: Tokenizer = "gpt2"
+    token_dir: str | None = None  # existing nanoGPT-style train.bin/val.bin (+ meta.pkl) to use as is
+    val_fraction: float = 0.1  # the last fraction of the token stream is validation
+    batch_size: int = 12  # global batch, in sequences, per optimizer step
+    seq_len: int | None = None  # None: model.max_seq_len
+    encode_threads: int = 4
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        _require_in(self, "val_fraction", 0 < self.val_fraction < 1, "must be in (0, 1)")
+        _require_in(self, "batch_size", self.batch_size >= 1, "must be >= 1")
+        _require_in(self, "seq_len", self.seq_len is None or self.seq_len >= 1, "must be >= 1 or null")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh shape; one axis may be -1 (all remaining devices)."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def __post_init__(self) -> None:
+        sizes = (self.data, self.fsdp, self.tensor)
+        _require_in(self, "data", all(s == -1 or s >= 1 for s in sizes) and sizes.count(-1) <= 1,
+                    f"axis sizes {sizes} must be positive, with at most one -1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run: model, optimiser, data, mesh, and the loop's cadence."""
+
+    name: str = "run"
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    steps: int = 2000
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 250  # and at the last step; validation covers the whole split
+    eval_batch_size: int = 64
+    checkpoint_every: int = 500  # and at the last step
+    keep_last: int = 2
+    keep_every: int | None = None  # also keep every checkpoint whose step is a multiple of this
+    nan_policy: NanPolicy = "stop"  # stop: end the run at a non-finite loss; skip: drop that update
+    peak_flops: float | None = None  # per device, for MFU; None: measured once by a matmul benchmark
+    sample_tokens: int = 200  # a sample written at the end of the run
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        for name in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_last", "eval_batch_size"):
+            _require_in(self, name, getattr(self, name) >= 1, "must be >= 1")
+        if self.seq_len > self.model.max_seq_len:
+            raise ConfigError(f"data.seq_len = {self.seq_len} exceeds model.max_seq_len = "
+                              f"{self.model.max_seq_len}; use at most that")
+        if self.data.batch_size % self.optim.grad_accum:
+            raise ConfigError(f"optim.grad_accum = {self.optim.grad_accum} must divide data.batch_size = "
+                              f"{self.data.batch_size}")
+
+    @property
+    def seq_len(self) -> int:
+        return self.model.max_seq_len if self.data.seq_len is None else self.data.seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        return draccus.encode(self)
+
+
+def _require_in(cfg: Any, field: str, ok: bool, accepted: str) -> None:
+    if not ok:
+        raise ConfigError(f"{type(cfg).__name__}.{field} = {getattr(cfg, field)!r} is invalid: {accepted}")
