@@ -1,0 +1,230 @@
+"""Tokenizers behind one small interface: tiktoken BPE encodings and a character vocabulary.
+
+A run directory stores `tokenizer.to_dict()` (plain JSON data) and sampling rebuilds the same
+tokenizer with `from_dict`. tiktoken reads its rank files from TIKTOKEN_CACHE_DIR, where each file
+is named by the sha1 of its URL; offline, that directory must already hold the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import tiktoken
+import tiktoken.load
+
+
+class TokenizerError(ValueError):
+    """Input a tokenizer cannot handle; the message names the value seen and what is accepted."""
+
+
+class MissingEncodingError(FileNotFoundError):
+    """A tiktoken rank file is neither in TIKTOKEN_CACHE_DIR nor downloadable."""
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What training, evaluation and sampling need from a tokenizer."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def eot_id(self) -> int | None: ...  # end-of-text id placed between documents; None if absent
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+# --- tiktoken -----------------------------------------------------------------------------------
+
+_BASE = "https://openaipublic.blob.core.windows.net/encodings/"
+RANK_FILE_URLS = {
+    # "gpt2" in tiktoken needs vocab.bpe and encoder.json; r50k_base's single file holds the same
+    # ranks, and with the same pattern and special token it gives the same ids, so gpt2 uses it.
+    "gpt2": _BASE + "r50k_base.tiktoken",
+    "r50k_base": _BASE + "r50k_base.tiktoken",
+    "cl100k_base": _BASE + "cl100k_base.tiktoken",
+    "o200k_base": _BASE + "o200k_base.tiktoken",
+}
+# tiktoken's expected_hash for r50k_base.tiktoken (tiktoken_ext/openai_public.py).
+_R50K_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+# GPT-2's pre-tokenisation pattern in tiktoken's faster equivalent form (r50k_pat_str in
+# tiktoken_ext/openai_public.py); GPT-2's released tokenizer is frozen, so this never changes.
+_GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+_GPT2_SPECIAL_TOKENS = {"<|endoftext|>": 50256}
+
+
+def cache_file_name(url: str) -> str:
+    """The file name tiktoken.load.read_file_cached looks for in TIKTOKEN_CACHE_DIR: sha1 of the URL."""
+    return hashlib.sha1(url.encode()).hexdigest()
+
+
+def _missing(name: str, cause: BaseException) -> MissingEncodingError:
+    url = RANK_FILE_URLS[name]
+    # The same fallbacks as tiktoken.load.read_file_cached, so the message names where it looked.
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        where = f"TIKTOKEN_CACHE_DIR is {os.environ['TIKTOKEN_CACHE_DIR']!r}"
+    elif "DATA_GYM_CACHE_DIR" in os.environ:
+        where = ("TIKTOKEN_CACHE_DIR is unset, so tiktoken looked in DATA_GYM_CACHE_DIR "
+                 f"{os.environ['DATA_GYM_CACHE_DIR']!r}")
+    else:
+        where = (f"TIKTOKEN_CACHE_DIR is unset, so tiktoken looked in "
+                 f"{os.path.join(tempfile.gettempdir(), 'data-gym-cache')!r}")
+    return MissingEncodingError(
+        f"tiktoken encoding {name!r} needs the rank file {url}, which is not cached and could not be "
+        f"downloaded ({type(cause).__name__}: {cause}). {where}. Put the file, named {cache_file_name(url)} "
+        f"(tiktoken's cache name: the sha1 of the URL), in a directory and set TIKTOKEN_CACHE_DIR to it.")
+
+
+@functools.lru_cache(maxsize=None)
+def _load_encoding(name: str) -> tiktoken.Encoding:
+    # read_file_cached raises OSError for a missing file and for network failures
+    # (requests' exceptions derive from IOError), which covers "cannot be had".
+    try:
+        if name == "gpt2":
+            ranks = tiktoken.load.load_tiktoken_bpe(RANK_FILE_URLS["gpt2"], expected_hash=_R50K_SHA256)
+            return tiktoken.Encoding(name="gpt2", pat_str=_GPT2_PAT_STR, mergeable_ranks=ranks,
+                                     special_tokens=_GPT2_SPECIAL_TOKENS, explicit_n_vocab=50257)
+        return tiktoken.get_encoding(name)
+    except OSError as e:
+        raise _missing(name, e) from e
+
+
+@dataclasses.dataclass(frozen=True)
+class TiktokenTokenizer:
+    """A tiktoken BPE encoding: "gpt2" (= "r50k_base"), "cl100k_base" or "o200k_base"."""
+
+    name: str
+    _encoding: tiktoken.Encoding = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.name not in RANK_FILE_URLS:
+            near = difflib.get_close_matches(str(self.name), RANK_FILE_URLS, n=2)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise TokenizerError(f"TiktokenTokenizer.name = {self.name!r} is not one of "
+                                 f"{', '.join(RANK_FILE_URLS)}{hint}")
+        object.__setattr__(self, "_encoding", _load_encoding(self.name))
+
+    @property
+    def vocab_size(self) -> int:
+        return self._encoding.n_vocab
+
+    @property
+    def eot_id(self) -> int:
+        return self._encoding.eot_token
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of `text`; "<|endoftext|>" in text is ordinary text (untrusted corpora cannot inject
+        it). Put `eot_id` between documents explicitly."""
+        return self._encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
+        return self._encoding.encode_ordinary_batch(list(texts), num_threads=num_threads)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        # errors="replace": a sample cut inside a multi-byte character still decodes.
+        _check_ids(ids, self.vocab_size, self.name)
+        return self._encoding.decode(list(ids))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "tiktoken", "name": self.name, "vocab_size": self.vocab_size}
+
+
+# --- characters ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class CharTokenizer:
+    """One id per character; `chars[i]` is id i (nanoGPT's shakespeare_char)."""
+
+    chars: str
+    _stoi: dict[str, int] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.chars, str) or not self.chars:
+            raise TokenizerError(f"CharTokenizer.chars = {self.chars!r} is invalid: "
+                                 "must be a non-empty string")
+        if len(set(self.chars)) != len(self.chars):
+            dupes = sorted({c for c in self.chars if self.chars.count(c) > 1})
+            raise TokenizerError(f"CharTokenizer.chars repeats {dupes!r}: each character must appear once")
+        object.__setattr__(self, "_stoi", {c: i for i, c in enumerate(self.chars)})
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        """The sorted unique characters of `text`."""
+        return cls("".join(sorted(set(text))))
+
+    @property
+    def name(self) -> str:
+        return "char"
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    @property
+    def eot_id(self) -> None:
+        return None
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self._stoi[c] for c in text]
+        except KeyError:
+            i, c = next((i, c) for i, c in enumerate(text) if c not in self._stoi)
+            raise TokenizerError(
+                f"CharTokenizer: character {c!r} (U+{ord(c):04X}) at position {i} is not in the vocabulary "
+                f"of {self.vocab_size} characters built from the training text") from None
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
+        del num_threads  # a dict lookup per character: threads would only add overhead
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        _check_ids(ids, self.vocab_size, self.name)
+        return "".join(self.chars[i] for i in ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "char", "chars": self.chars}
+
+
+def _check_ids(ids: Sequence[int], vocab_size: int, name: str) -> None:
+    # Negative ids would silently index from the end; ids in a padded vocabulary's tail name
+    # no token. Either means a caller bug, so it is reported rather than decoded.
+    bad = next((i for i in ids if not 0 <= i < vocab_size), None)
+    if bad is not None:
+        raise TokenizerError(f"{name} tokenizer: id {bad} is outside [0, {vocab_size})")
+
+
+# --- saving and restoring -----------------------------------------------------------------------
+
+def from_dict(data: dict[str, Any]) -> Tokenizer:
+    """The tokenizer that `to_dict()` described."""
+    kind = data.get("kind")
+    if kind == "char":
+        return CharTokenizer(data["chars"])
+    if kind == "tiktoken":
+        tok = TiktokenTokenizer(data["name"])
+        saved = data.get("vocab_size", tok.vocab_size)
+        if saved != tok.vocab_size:
+            raise TokenizerError(f"tokenizer {tok.name!r}: saved vocab_size {saved} but the encoding "
+                                 f"loaded here has {tok.vocab_size}")
+        return tok
+    raise TokenizerError(f"tokenizer kind = {kind!r} is not one of 'tiktoken', 'char'")
+
+
+__all__ = ["RANK_FILE_URLS", "CharTokenizer", "MissingEncodingError", "TiktokenTokenizer", "Tokenizer",
+           "TokenizerError", "cache_file_name", "from_dict"]
