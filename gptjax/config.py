@@ -344,3 +344,47 @@ class TrainConfig:
 def _require_in(cfg: Any, field: str, ok: bool, accepted: str) -> None:
     if not ok:
         raise ConfigError(f"{type(cfg).__name__}.{field} = {getattr(cfg, field)!r} is invalid: {accepted}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.field=value` with a YAML value (`[1, 2]`, `null`, `3e-4`)."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} is not of the form section.field=value")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    return key.split("."), value
+
+
+def load_train_config(source: str, overrides: list[str] = ()) -> TrainConfig:
+    """A TrainConfig from a YAML file or a preset name, then dotted overrides, validated."""
+    import pathlib
+
+    import yaml
+
+    from gptjax.presets import PRESETS, get_preset
+
+    path = pathlib.Path(source)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"config file {source!r} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+        data.setdefault("name", path.stem)
+    elif source in PRESETS:
+        # A preset's shape with the documented defaults of every other section.
+        data = {"name": source, "model": get_preset(source).to_dict()}
+    else:
+        get_preset(source)  # raises with the nearest preset names
+        raise AssertionError("unreachable")
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    return from_dict(TrainConfig, data)

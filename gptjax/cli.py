@@ -1,0 +1,97 @@
+"""`gptjax` command line: params, convert, train, sample."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+
+def _params(args) -> int:
+    from gptjax import counting
+
+    print(counting.format_table(args.presets))
+    return 0
+
+
+def _convert(args) -> int:
+    from gptjax import pretrained
+
+    pretrained.convert(args.src, args.dst, to=args.to)
+    print(f"wrote {args.dst} ({args.to} format)")
+    return 0
+
+
+def _train(args) -> int:
+    from gptjax import run
+    from gptjax.config import load_train_config
+
+    cfg = load_train_config(args.config, args.overrides)
+    run_dir = pathlib.Path(args.run_dir) if args.run_dir else pathlib.Path("runs") / cfg.name
+    result = run.train_run(cfg, run_dir, progress=not args.no_progress)
+    val = f", val_loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+    print(f"finished at step {result.final_step}{val}; run directory {run_dir}")
+    return 0
+
+
+def _sample(args) -> int:
+    from gptjax import generate, run
+
+    model, tokenizer = run.load_run_model(pathlib.Path(args.run_dir))
+    prompt = tokenizer.encode(args.prompt) if args.prompt else (
+        [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n"))
+    ids = generate.sample(model, prompt, args.max_new_tokens, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    print(args.prompt + tokenizer.decode(ids))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gptjax", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("params", help="parameter counts and training FLOPs/token of presets")
+    s.add_argument("presets", nargs="*", help="preset names (default: all)")
+    s.set_defaults(func=_params)
+
+    s = sub.add_parser("convert", help="convert between Hugging Face and gptjax checkpoints")
+    s.add_argument("src", help="a Hugging Face directory (safetensors), a gptjax directory or a run directory")
+    s.add_argument("dst", help="output directory (must not exist)")
+    s.add_argument("--to", choices=["hf", "gptjax"], required=True, help="output format")
+    s.set_defaults(func=_convert)
+
+    s = sub.add_parser("train", help="train (or resume) a model")
+    s.add_argument("config", help="a YAML file (see experiments/) or a preset name")
+    s.add_argument("overrides", nargs="*", help="section.field=value with YAML values, e.g. optim.lr=3e-4")
+    s.add_argument("--run-dir", help="run directory (default: runs/<config name>; resumes if it has checkpoints)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=_train)
+
+    s = sub.add_parser("sample", help="sample a continuation from a run's latest checkpoint")
+    s.add_argument("run_dir")
+    s.add_argument("--prompt", default="", help="text to continue (default: end-of-text or a newline)")
+    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_sample)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from gptjax.checkpoint import CheckpointError
+    from gptjax.config import ConfigError
+    from gptjax.data import DataError
+    from gptjax.tokenizer import TokenizerError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, TokenizerError, CheckpointError, FileNotFoundError) as e:
+        print(f"gptjax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Corpora -> memory-mapped token files -> deterministic, resumable, per-process batches.
+
+Token files use nanoGPT's layout (flat uint16/uint32 `train.bin` / `val.bin`) so users can bring
+theirs; `meta.json` beside them records tokenizer, counts and checksums. The loader is a pure
+function of (seed, step, process index) built on grain's random-access datasets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import pickle
+import re
+import shutil
+import tempfile
+import urllib.request
+
+import grain
+import numpy as np
+
+from gptjax import tokenizer as tok_lib
+from gptjax.config import DataConfig
+
+
+class DataError(ValueError):
+    """A corpus or token file that cannot be used; the message says which and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    file: str
+    url: str
+    sha256: str
+    size: int
+
+
+CORPORA = {
+    "tinyshakespeare": Corpus(
+        file="tinyshakespeare.txt",
+        url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        size=1_115_394,
+    ),
+}
+
+
+def cache_root() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("GPTJAX_CACHE_DIR", pathlib.Path.home() / ".cache" / "gptjax"))
+
+
+def sha256_file(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def corpus_path(corpus: str) -> pathlib.Path:
+    """A named corpus (GPTJAX_DATA_DIR, then the cache, then a verified download) or a text file."""
+    if corpus not in CORPORA:
+        path = pathlib.Path(corpus).expanduser()
+        if not path.is_file():
+            raise DataError(f"data.corpus = {corpus!r}: no such file; give a text file path or one of "
+                            f"{', '.join(CORPORA)}")
+        return path
+    spec = CORPORA[corpus]
+    if os.environ.get("GPTJAX_DATA_DIR"):
+        path = pathlib.Path(os.environ["GPTJAX_DATA_DIR"]) / spec.file
+        if not path.is_file():
+            raise DataError(f"GPTJAX_DATA_DIR={os.environ['GPTJAX_DATA_DIR']} holds no {spec.file}")
+        _verify(path, spec)
+        return path
+    path = cache_root() / "data" / spec.file
+    if not path.is_file():
+        _download(spec, path)
+    _verify(path, spec)
+    return path
+
+
+def _verify(path: pathlib.Path, spec: Corpus) -> None:
+    digest = sha256_file(path)
+    if digest != spec.sha256:
+        raise DataError(f"{path}: sha256 {digest} does not match the published {spec.sha256} "
+                        f"({spec.size} bytes); replace the file with the original from {spec.url}")
+
+
+def _download(spec: Corpus, dest: pathlib.Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{spec.file}.")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=30) as resp:
+            shutil.copyfileobj(resp, out)
+        if sha256_file(pathlib.Path(tmp)) != spec.sha256:
+            raise DataError(f"{spec.url}: downloaded bytes do not match sha256 {spec.sha256}")
+        os.replace(tmp, dest)
+    except (OSError, ValueError) as e:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise DataError(
+            f"could not download {spec.file} from {spec.url} ({e}). Set GPTJAX_DATA_DIR to a directory "
+            f"holding {spec.file} (sha256 {spec.sha256}), or data.corpus to a local text file") from e
+
+
+# --- token files --------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Tokens:
+    train: np.ndarray  # memory-mapped, flat
+    val: np.ndarray
+    tokenizer: tok_lib.Tokenizer
+    directory: pathlib.Path
+
+
+def token_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
+
+
+def load_tokens(cfg: DataConfig) -> Tokens:
+    """Token files for this data config: a user's nanoGPT directory, or our cached encoding."""
+    if cfg.token_dir is not None:
+        return _load_nanogpt_dir(pathlib.Path(cfg.token_dir), cfg)
+    path = corpus_path(cfg.corpus)
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise DataError(f"{path}: the corpus is empty; give a text file with content")
+    tokenizer = tok_lib.CharTokenizer.from_text(text) if cfg.tokenizer == "char" \
+        else tok_lib.TiktokenTokenizer(cfg.tokenizer)
+    key = hashlib.sha256(json.dumps([sha256_file(path), tokenizer.to_dict(), cfg.val_fraction],
+                                    sort_keys=True).encode()).hexdigest()[:20]
+    directory = cache_root() / "tokens" / key
+    if not (directory / "meta.json").is_file():
+        _encode_to(directory, text, tokenizer, cfg)
+    return _open(directory, tokenizer)
+
+
+def _split_points(text: str, target: int = 1 << 20) -> list[str]:
+    # Cut only after a newline that precedes a non-space character: no BPE pre-token of the
+    # supported encodings spans such a point, so chunked encoding equals whole-text encoding.
+    chunks, start = [], 0
+    while start < len(text):
+        m = re.compile(r"\n(?=\S)").search(text, min(start + target, len(text)))
+        end = m.end() if m else len(text)
+        chunks.append(text[start:end])
+        start = end
+    return chunks
+
+
+def _encode(text: str, tokenizer, threads: int) -> np.ndarray:
+    ids = tokenizer.encode_batch(_split_points(text), num_threads=threads)
+    return np.fromiter((i for chunk in ids for i in chunk), np.int64)
+
+
+def _encode_to(directory: pathlib.Path, text: str, tokenizer, cfg: DataConfig) -> None:
+    # nanoGPT splits the text (not the tokens) 90/10; so do we.
+    cut = int(len(text) * (1 - cfg.val_fraction))
+    dtype = token_dtype(tokenizer.vocab_size)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    meta = {"tokenizer": tokenizer.to_dict(), "dtype": np.dtype(dtype).name, "val_fraction": cfg.val_fraction}
+    for split, part in (("train", text[:cut]), ("val", text[cut:])):
+        ids = _encode(part, tokenizer, cfg.encode_threads).astype(dtype)
+        ids.tofile(tmp / f"{split}.bin")
+        meta[split] = {"tokens": int(ids.size), "sha256": sha256_file(tmp / f"{split}.bin")}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    try:
+        os.replace(tmp, directory)
+    except OSError:  # another process finished first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open(directory: pathlib.Path, tokenizer) -> Tokens:
+    meta = json.loads((directory / "meta.json").read_text())
+    dtype = np.dtype(meta["dtype"])
+    arrays = {}
+    for split in ("train", "val"):
+        arrays[split] = np.memmap(directory / f"{split}.bin", dtype=dtype, mode="r")
+        if arrays[split].size != meta[split]["tokens"]:
+            raise DataError(f"{directory / (split + '.bin')}: {arrays[split].size} tokens, meta.json says "
+                            f"{meta[split]['tokens']}; delete {directory} to re-encode")
+    return Tokens(arrays["train"], arrays["val"], tokenizer, directory)
+
+
+class _VocabOnlyUnpickler(pickle.Unpickler):
+    """meta.pkl may hold only dicts, strings and integers: any class or function reference
+    (the way a pickle executes code) is refused before it is resolved."""
+
+    def find_class(self, module, name):
+        raise DataError(f"meta.pkl references {module}.{name}; only plain dicts, strings and integers "
+                        "are accepted, since unpickling anything else can execute code")
+
+
+def read_meta_pkl(path: pathlib.Path) -> tok_lib.CharTokenizer:
+    with open(path, "rb") as f:
+        meta = _VocabOnlyUnpickler(f).load()
+    itos = meta.get("itos") if isinstance(meta, dict) else None
+    if not isinstance(itos, dict) or not all(isinstance(k, int) and isinstance(v, str) for k, v in itos.items()):
+        raise DataError(f"{path}: expected a dict with 'itos' mapping int -> str (nanoGPT's char vocabulary)")
+    if sorted(itos) != list(range(len(itos))):
+        raise DataError(f"{path}: 'itos' ids must be 0..{len(itos) - 1}")
+    return tok_lib.CharTokenizer("".join(itos[i] for i in range(len(itos))))
+
+
+def _load_nanogpt_dir(directory: pathlib.Path, cfg: DataConfig) -> Tokens:
+    for name in ("train.bin", "val.bin"):
+        if not (directory / name).is_file():
+            raise DataError(f"data.token_dir = {str(directory)!r} has no {name} (nanoGPT's prepare.py layout)")
+    meta = directory / "meta.pkl"
+    tokenizer = read_meta_pkl(meta) if meta.is_file() else tok_lib.TiktokenTokenizer(cfg.tokenizer)
+    dtype = token_dtype(tokenizer.vocab_size)
+    train = np.memmap(directory / "train.bin", dtype=dtype, mode="r")
+    val = np.memmap(directory / "val.bin", dtype=dtype, mode="r")
+    return Tokens(train, val, tokenizer, directory)
+
+
+def check_vocab(tokens: Tokens, vocab_size: int) -> None:
+    """Token ids must index the model's embedding: checked once, before anything compiles."""
+    for split in ("train", "val"):
+        arr = getattr(tokens, split)
+        if arr.size == 0:
+            raise DataError(f"{tokens.directory}: the {split} split is empty")
+        top = int(arr.max())
+        if top >= vocab_size:
+            raise DataError(f"{tokens.directory / (split + '.bin')}: token id {top} is beyond the model's "
+                            f"vocabulary (model.vocab_size = {vocab_size}); set model.vocab_size >= {top + 1}")
+
+
+# --- loaders ------------------------------------------------------------------------------------
+
+class Windows:
+    """Random-access source: every offset of the token stream starts one window of `length`."""
+
+    def __init__(self, tokens: np.ndarray, length: int, stride: int = 1):
+        if tokens.size < length:
+            raise DataError(f"{tokens.size} tokens cannot fill one window of {length}; "
+                            "use a longer corpus or a shorter data.seq_len")
+        self.tokens, self.length, self.stride = tokens, length, stride
+
+    def __len__(self) -> int:
+        return (self.tokens.size - self.length) // self.stride + 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        start = i * self.stride
+        return np.asarray(self.tokens[start:start + self.length], np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """Which rows of each global batch this process materialises."""
+
+    index: int = 0
+    count: int = 1
+
+
+class TrainBatches:
+    """Batch `step` is rows [step·B, (step+1)·B) of a seeded shuffle of all windows (reshuffled
+    each epoch); a process reads only its contiguous B/count rows, so the batch depends on
+    (seed, step) alone, not on how many processes assemble it."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int, shard: Shard = Shard()):
+        if global_batch % shard.count:
+            raise DataError(f"data.batch_size = {global_batch} is not divisible by {shard.count} processes")
+        self.windows = grain.MapDataset.source(Windows(tokens, seq_len + 1)).shuffle(seed=seed).repeat()
+        self.global_batch, self.local = global_batch, global_batch // shard.count
+        self.offset = shard.index * self.local
+
+    def __call__(self, step: int) -> np.ndarray:
+        start = step * self.global_batch + self.offset
+        return np.stack([self.windows[start + j] for j in range(self.local)])
+
+    def iterate(self, start_step: int, end_step: int, prefetch: int = 4):
+        """Batches for steps [start_step, end_step), prepared ahead by grain's reader threads."""
+        ds = grain.MapDataset.range(start_step, end_step).map(self)
+        return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch)))
+
+
+def eval_batches(tokens: np.ndarray, seq_len: int, global_batch: int, shard: Shard = Shard()):
+    """The whole split as non-overlapping windows, in fixed order; the last batch is padded with
+    zero-weight rows so every real token counts exactly once. Yields (rows, weights) per process."""
+    windows = Windows(tokens, seq_len + 1, stride=seq_len)
+    n = len(windows)
+    local = global_batch // shard.count
+    for start in range(0, n, global_batch):
+        ids = [start + shard.index * local + j for j in range(local)]
+        rows = np.stack([windows[i] if i < n else np.zeros(seq_len + 1, np.int32) for i in ids])
+        weights = np.asarray([1.0 if i < n else 0.0 for i in ids], np.float32)
+        yield rows, weights

@@ -1,0 +1,140 @@
+"""The only module that names mesh axes: the device mesh and the logical -> mesh axis rules.
+
+Axis types are Auto (GSPMD propagation): the model code carries logical names only and never
+spells out per-op output shardings, which Explicit axes (jax.make_mesh's default) would demand.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from gptjax.config import ConfigError, MeshConfig
+
+log = logging.getLogger(__name__)
+
+AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")  # the batch is split over both data-parallel axes
+
+# Logical parameter axis -> mesh axis. FSDP shards the model width, tensor parallelism splits
+# heads, MLP and vocabulary (Megatron-style); everything else is replicated.
+RULES: dict[str, str | None] = {
+    "embed": "fsdp",
+    "vocab": "tensor",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "mlp": "tensor",
+    "head_dim": None,
+    "layers": None,
+    "position": None,
+}
+
+
+def resolve_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:
+    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if n_devices % known:
+            raise ConfigError(f"mesh {dict(zip(AXES, sizes))}: {n_devices} devices are not divisible by {known}")
+        sizes[sizes.index(-1)] = n_devices // known
+    if math.prod(sizes) != n_devices:
+        raise ConfigError(f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices, "
+                          f"but {n_devices} are available; set one axis to -1 to use the rest")
+    return tuple(sizes)
+
+
+def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    devices = list(jax.devices() if devices is None else devices)
+    shape = resolve_shape(cfg, len(devices))
+    if devices == list(jax.devices()):
+        return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3)
+    return Mesh(np.asarray(devices).reshape(shape), AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(BATCH, *([None] * (ndim - 1))))
+
+
+def micro_batches(rows_AxBxT: jax.Array, mesh: Mesh) -> jax.Array:
+    """Keep each micro-batch split over the data-parallel axes after the accumulation reshape."""
+    return jax.lax.with_sharding_constraint(rows_AxBxT, NamedSharding(mesh, PartitionSpec(None, BATCH, None)))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+_noticed: set[tuple] = set()
+
+
+def spec_for(axes: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh, name: str = "") -> PartitionSpec:
+    """PartitionSpec from logical axes; a dimension its mesh axis does not divide is replicated."""
+    spec, used = [], set()
+    for logical, size in zip(axes, shape):
+        axis = RULES.get(logical)
+        if axis is None or mesh.shape[axis] == 1 or axis in used:
+            spec.append(None)
+            continue
+        if size % mesh.shape[axis]:
+            key = (name, logical, size, axis, mesh.shape[axis])
+            if key not in _noticed:
+                _noticed.add(key)
+                log.warning("%s: %s=%d does not divide mesh axis %s=%d; replicated along it",
+                            name or "parameter", logical, size, axis, mesh.shape[axis])
+            spec.append(None)
+            continue
+        spec.append(axis)
+        used.add(axis)
+    return PartitionSpec(*spec)
+
+
+def logical_axes(model_or_state) -> dict:
+    """Pure dict (the layout of `nnx.to_pure_dict`) of PartitionSpecs of logical axis names."""
+    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state, nnx.Param)
+    out: dict = {}
+    for path, var in nnx.to_flat_state(state):
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = PartitionSpec(*var.get_metadata()["axes"])
+    return out
+
+
+def param_shardings(axes: dict, shapes: dict, mesh: Mesh) -> dict:
+    """NamedShardings for a pure dict of parameters from their logical axes."""
+
+    def one(path, logical, shape):
+        name = ".".join(str(getattr(p, "key", p)) for p in path)
+        return NamedSharding(mesh, spec_for(tuple(logical), tuple(np.shape(shape)), mesh, name))
+
+    return jax.tree_util.tree_map_with_path(one, axes, shapes)
+
+
+def opt_state_shardings(tx, abstract_opt_state, param_sh: dict, mesh: Mesh):
+    """Optimizer state follows its parameter's sharding where it has the parameter's rank;
+    counters and Adafactor's factored (lower-rank) moments are replicated."""
+    import optax
+
+    def one(leaf, sh):
+        return sh if len(sh.spec) == len(leaf.shape) else replicated(mesh)
+
+    return optax.tree_map_params(tx, one, abstract_opt_state, param_sh,
+                                 transform_non_params=lambda _: replicated(mesh))
+
+
+def check_batch(batch_size: int, mesh: Mesh, what: str = "data.batch_size") -> None:
+    dp = data_parallel_size(mesh)
+    if batch_size % dp:
+        raise ConfigError(f"{what} = {batch_size} is not divisible by the data-parallel size {dp} "
+                          f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); "
+                          f"use a multiple of {dp}")

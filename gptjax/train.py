@@ -1,0 +1,140 @@
+"""Pure, jitted train and eval steps and the sharded train state.
+
+The state is a plain pytree {"step", "params", "opt_state"} of pure-dict parameters, so Optax,
+Orbax and shardings see ordinary arrays; the model is rebuilt inside the step with nnx.merge.
+Dropout keys are fold_in(seed, step): a pure function of the step, so resume needs no RNG state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from gptjax import optim, sharding
+from gptjax.config import TrainConfig
+from gptjax.model import GPT
+
+State = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """Everything compiled for one config on one mesh: shardings, the optimizer, the steps."""
+
+    cfg: TrainConfig
+    mesh: Mesh
+    graphdef: Any
+    tx: optax.GradientTransformation
+    lr_schedule: optax.Schedule
+    abstract_state: State  # ShapeDtypeStructs carrying the target shardings
+    state_shardings: State
+
+    @property
+    def batch_sharding(self):
+        return sharding.batch_sharding(self.mesh)
+
+
+def make_trainer(cfg: TrainConfig, mesh: Mesh) -> Trainer:
+    """Abstract evaluation only: shapes and shardings of the state, nothing allocated."""
+    sharding.check_batch(cfg.data.batch_size // cfg.optim.grad_accum, mesh,
+                         "data.batch_size / optim.grad_accum (the micro-batch)")
+    sharding.check_batch(cfg.eval_batch_size, mesh, "eval_batch_size")
+    abstract_model = nnx.eval_shape(lambda: GPT(cfg.model, rngs=nnx.Rngs(params=cfg.seed)))
+    graphdef, params_state = nnx.split(abstract_model)
+    shapes = nnx.to_pure_dict(params_state)
+    tx = optim.build(cfg.optim, cfg.steps)
+    param_sh = sharding.param_shardings(sharding.logical_axes(abstract_model), shapes, mesh)
+    opt_shapes = jax.eval_shape(tx.init, shapes)
+    state_sh = {"step": sharding.replicated(mesh), "params": param_sh,
+                "opt_state": sharding.opt_state_shardings(tx, opt_shapes, param_sh, mesh)}
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": shapes,
+                             "opt_state": opt_shapes}, state_sh)
+    return Trainer(cfg, mesh, graphdef, tx, optim.schedule(cfg.optim, cfg.steps), abstract, state_sh)
+
+
+def init_state(tr: Trainer) -> State:
+    """Initialise directly into the target shardings (no single-device copy ever exists)."""
+    cfg = tr.cfg
+
+    def init():
+        params = nnx.to_pure_dict(nnx.state(GPT(cfg.model, rngs=nnx.Rngs(params=cfg.seed)), nnx.Param))
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tr.tx.init(params)}
+
+    return jax.jit(init, out_shardings=tr.state_shardings)()
+
+
+def token_losses(logits_BxTxV, targets_BxT, z_loss: float):
+    """Per-token cross-entropy (+ z-loss) in float32; padded vocabulary entries hold the float32
+    minimum, so they add exactly nothing to the normaliser."""
+    lse = jax.nn.logsumexp(logits_BxTxV, axis=-1)
+    picked = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+    ce = lse - picked
+    return ce + z_loss * jnp.square(lse) if z_loss else ce, ce
+
+
+def make_train_step(tr: Trainer):
+    cfg, graphdef = tr.cfg, tr.graphdef
+    accum = cfg.optim.grad_accum
+    dropout = cfg.model.embed_dropout or cfg.model.attn_dropout or cfg.model.resid_dropout
+
+    def loss_fn(params, rows_BxT1, key):
+        model = nnx.merge(graphdef, params)
+        logits = model.logits(rows_BxT1[:, :-1], key=key)
+        total, ce = token_losses(logits, rows_BxT1[:, 1:], cfg.optim.z_loss)
+        return jnp.mean(total), jnp.mean(ce)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def micro(carry, xs):
+        rows, key = xs
+        (_, ce), grads = grad_fn(carry["params"], rows, key)
+        acc = jax.tree.map(jnp.add, carry["grads"], grads)
+        return {"params": carry["params"], "grads": acc, "ce": carry["ce"] + ce}, None
+
+    def step(state, rows_BxT1):
+        key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"]) if dropout else None
+        b, t1 = rows_BxT1.shape
+        micro_rows = sharding.micro_batches(rows_BxT1.reshape(accum, b // accum, t1), tr.mesh)
+        keys = jax.random.split(key, accum) if key is not None else None
+        zeros = jax.tree.map(jnp.zeros_like, state["params"])
+        carry, _ = jax.lax.scan(micro, {"params": state["params"], "grads": zeros, "ce": jnp.zeros(())},
+                                (micro_rows, keys))
+        grads = jax.tree.map(lambda g: g / accum, carry["grads"])
+        loss = carry["ce"] / accum
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tr.tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if cfg.nan_policy == "skip":
+            # Decided on the device: the host reads metrics a step late and cannot veto in time.
+            params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                             (params, opt_state), (state["params"], state["opt_state"]))
+        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
+                   "lr": tr.lr_schedule(state["step"])}
+        return new_state, metrics
+
+    return jax.jit(step, in_shardings=(tr.state_shardings, tr.batch_sharding),
+                   out_shardings=(tr.state_shardings, sharding.replicated(tr.mesh)), donate_argnums=0)
+
+
+def make_eval_step(tr: Trainer):
+    """(sum of token losses, token count) over one batch; rows with weight 0 are padding."""
+    graphdef = tr.graphdef
+
+    def step(params, rows_BxT1, weights_B):
+        logits = nnx.merge(graphdef, params).logits(rows_BxT1[:, :-1])
+        _, ce = token_losses(logits, rows_BxT1[:, 1:], 0.0)
+        w = weights_B[:, None]
+        return jnp.sum(ce * w), jnp.sum(jnp.broadcast_to(w, ce.shape))
+
+    return jax.jit(step, in_shardings=(tr.state_shardings["params"], tr.batch_sharding,
+                                       sharding.batch_sharding(tr.mesh, 1)),
+                   out_shardings=sharding.replicated(tr.mesh))
