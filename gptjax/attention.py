@@ -80,9 +80,12 @@ class Attention(nnx.Module):
         # dot_product_attention has no dropout on probabilities, so training with attn_dropout
         # takes the reference path; evaluation (key None) always may use the fused kernel.
         needs_dropout = key is not None and cfg.attn_dropout > 0.0
-        if cfg.attention_impl == "einsum" or needs_dropout:
+        impl = cfg.attention_impl
+        if impl == "auto":
+            impl = "einsum" if jax.devices()[0].platform == "cpu" else "xla"
+        if impl == "einsum" or needs_dropout:
             return reference_attention(q, k, v, mask_BxTxS=mask, bias_BxNxTxS=bias,
                                        scale=cfg.softmax_scale, probs_dropout=cfg.attn_dropout, key=key)
-        implementation = "cudnn" if cfg.attention_impl == "cudnn" else None
+        implementation = "cudnn" if impl == "cudnn" else None
         return fused_attention(q, k, v, mask_BxTxS=mask, bias_BxNxTxS=bias,
                                scale=cfg.softmax_scale, implementation=implementation)

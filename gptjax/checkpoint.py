@@ -21,12 +21,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from gptjax.checkpoint_io import CheckpointError
+
 log = logging.getLogger(__name__)
 MANIFEST = "gptjax_manifest.json"
-
-
-class CheckpointError(RuntimeError):
-    """No checkpoint in the run directory can be restored."""
 
 
 def _sha256(path: pathlib.Path) -> str:

@@ -81,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from gptjax.checkpoint import CheckpointError
+    from gptjax.checkpoint_io import CheckpointError
     from gptjax.config import ConfigError
     from gptjax.data import DataError
+    from gptjax.run import RunStopped
     from gptjax.tokenizer import TokenizerError
 
     try:
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, TokenizerError, CheckpointError, FileNotFoundError) as e:
         print(f"gptjax {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:
+        print(f"gptjax {args.command}: stopped: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

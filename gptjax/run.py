@@ -280,6 +280,8 @@ def _loop(cfg, tr, state, start, tokens, run_dir, ckpts, progress, resumed) -> R
                 if save_now:
                     with jax.transfer_guard_device_to_host("allow"):  # Orbax copies to host
                         ckpts.save(number, state, _meta(cfg, number))
+                    if cfg.faults.kill_after_save_at_step == number:
+                        os.kill(os.getpid(), signal.SIGKILL)  # the save is still in flight
                 mark = time.perf_counter()  # eval and saving are not training throughput
                 if stop.signal is not None:
                     result.stopped = f"signal {signal.Signals(stop.signal).name}"
@@ -296,7 +298,8 @@ def _loop(cfg, tr, state, start, tokens, run_dir, ckpts, progress, resumed) -> R
         bar.close()
         metrics_log.close()
     if jax.process_index() == 0 and result.stopped is None:
-        _write_sample(cfg, tr, state, tokens.tokenizer, run_dir, result.final_step)
+        with jax.transfer_guard_device_to_host("allow"):  # after the loop: not a training stall
+            _write_sample(cfg, tr, state, tokens.tokenizer, run_dir, result.final_step)
     return result
 
 

@@ -84,19 +84,19 @@ def make_train_step(tr: Trainer):
     accum = cfg.optim.grad_accum
     dropout = cfg.model.embed_dropout or cfg.model.attn_dropout or cfg.model.resid_dropout
 
-    def loss_fn(params, rows_BxT1, key):
+    def loss_fn(params, rows_BxT1, key, poison):
         model = nnx.merge(graphdef, params)
         logits = model.logits(rows_BxT1[:, :-1], key=key)
         total, ce = token_losses(logits, rows_BxT1[:, 1:], cfg.optim.z_loss)
-        return jnp.mean(total), jnp.mean(ce)
+        return jnp.mean(total) * poison, jnp.mean(ce) * poison
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def micro(carry, xs):
         rows, key = xs
-        (_, ce), grads = grad_fn(carry["params"], rows, key)
+        (_, ce), grads = grad_fn(carry["params"], rows, key, carry["poison"])
         acc = jax.tree.map(jnp.add, carry["grads"], grads)
-        return {"params": carry["params"], "grads": acc, "ce": carry["ce"] + ce}, None
+        return {**carry, "grads": acc, "ce": carry["ce"] + ce}, None
 
     def step(state, rows_BxT1):
         key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"]) if dropout else None
@@ -104,11 +104,11 @@ def make_train_step(tr: Trainer):
         micro_rows = sharding.micro_batches(rows_BxT1.reshape(accum, b // accum, t1), tr.mesh)
         keys = jax.random.split(key, accum) if key is not None else None
         zeros = jax.tree.map(jnp.zeros_like, state["params"])
-        carry, _ = jax.lax.scan(micro, {"params": state["params"], "grads": zeros, "ce": jnp.zeros(())},
-                                (micro_rows, keys))
+        carry = {"params": state["params"], "grads": zeros, "ce": jnp.zeros(()), "poison": _poison(cfg, state)}
+        carry, _ = jax.lax.scan(micro, carry, (micro_rows, keys))
         grads = jax.tree.map(lambda g: g / accum, carry["grads"])
         loss = carry["ce"] / accum
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tr.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -123,6 +123,13 @@ def make_train_step(tr: Trainer):
 
     return jax.jit(step, in_shardings=(tr.state_shardings, tr.batch_sharding),
                    out_shardings=(tr.state_shardings, sharding.replicated(tr.mesh)), donate_argnums=0)
+
+
+def _poison(cfg: TrainConfig, state: State) -> jax.Array:
+    """1.0, or NaN on the step chosen by faults.nan_at_step (fault-injection tests)."""
+    if cfg.faults.nan_at_step is None:
+        return jnp.ones(())
+    return jnp.where(state["step"] + 1 == cfg.faults.nan_at_step, jnp.nan, 1.0)
 
 
 def make_eval_step(tr: Trainer):

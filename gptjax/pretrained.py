@@ -1,0 +1,104 @@
+"""Pretrained model directories: our native format (gptjax_config.json + Orbax parameters), Hugging
+Face directories, and conversion between the two.
+
+`from_pretrained` dispatches on a marker file, in the order of LOADERS; run directories join that
+table with the marker `checkpoints`.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable
+from typing import Any, Literal
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from gptjax import checkpoint_io, hf
+from gptjax.checkpoint_io import CheckpointError
+from gptjax.config import ModelConfig, from_dict
+from gptjax.model import GPT, abstract_model
+
+NATIVE_CONFIG = "gptjax_config.json"
+PARAMS_DIR = "params"
+FORMAT_VERSION = 1
+
+
+def save_pretrained(model: GPT, path: str | pathlib.Path, *, overwrite: bool = False) -> pathlib.Path:
+    """Write gptjax_config.json and the parameters (Orbax) into `path`, which appears whole or not at all."""
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    with checkpoint_io.atomic_directory(pathlib.Path(path), overwrite=overwrite) as tmp:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(tmp / PARAMS_DIR, params)
+        checkpointer.wait_until_finished()  # saves are asynchronous; the rename must follow the commit
+        checkpointer.close()
+        checkpoint_io.write_json(tmp / NATIVE_CONFIG, {"format_version": FORMAT_VERSION,
+                                                       "model": model.cfg.to_dict()})
+    return pathlib.Path(path)
+
+
+def load_native(path: str | pathlib.Path, **overrides: Any) -> GPT:
+    """A GPT from a directory written by save_pretrained; `overrides` may set hf.EXECUTION_FIELDS."""
+    directory = pathlib.Path(path)
+    cfg = hf.with_overrides(_native_config(directory), overrides, hf.EXECUTION_FIELDS)
+    checkpoint_io.refuse_links(directory)
+    graphdef, state = nnx.split(abstract_model(cfg))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), nnx.to_pure_dict(state))
+    checkpointer = ocp.StandardCheckpointer()
+    restored = checkpointer.restore((directory / PARAMS_DIR).absolute(), target)
+    checkpointer.close()
+    nnx.replace_by_pure_dict(state, restored)
+    return nnx.merge(graphdef, state)
+
+
+def _native_config(directory: pathlib.Path) -> ModelConfig:
+    data = checkpoint_io.read_json(directory, NATIVE_CONFIG)
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{directory / NATIVE_CONFIG}: format_version = {version!r}; this gptjax "
+                              f"reads version {FORMAT_VERSION}")
+    return from_dict(ModelConfig, data["model"])
+
+
+# Marker file -> loader, tried in order. Run directories (a later issue) add their entry here.
+def load_run(path: str | pathlib.Path, **overrides: Any) -> GPT:
+    """The model of a training run directory, from its latest verified checkpoint."""
+    from gptjax import run
+
+    if overrides:
+        raise ValueError(f"run directories take no overrides, got {sorted(overrides)}")
+    return run.load_run_model(pathlib.Path(path))[0]
+
+
+LOADERS: list[tuple[str, Callable[..., GPT]]] = [
+    (NATIVE_CONFIG, load_native),
+    (hf.CONFIG_FILE, hf.load_hf),
+    ("checkpoints", load_run),  # a run directory written by `gptjax train`
+]
+
+
+def from_pretrained(path: str | pathlib.Path, **overrides: Any) -> GPT:
+    """Load a native or Hugging Face directory, whichever `path` is."""
+    directory = pathlib.Path(path)
+    for marker, loader in LOADERS:
+        if (directory / marker).exists() or (directory / marker).is_symlink():
+            return loader(directory, **overrides)
+    looked_for = " or ".join(marker for marker, _ in LOADERS)
+    raise CheckpointError(f"{directory} is not a pretrained model directory: it holds no {looked_for}"
+                          + ("" if directory.is_dir() else " (it is not a directory)"))
+
+
+def convert(src: str | pathlib.Path, dst: str | pathlib.Path, to: Literal["hf", "gptjax"], *,
+            model_type: str | None = None, overwrite: bool = False) -> pathlib.Path:
+    """Load `src` (either format) and write it to `dst` as `to`; `model_type` picks the HF family
+    (default: the first that represents the model exactly)."""
+    if to not in ("hf", "gptjax"):
+        raise ValueError(f"convert: to = {to!r}; accepted: 'hf', 'gptjax'")
+    if to == "gptjax" and model_type is not None:
+        raise ValueError(f"convert: model_type = {model_type!r} only applies when to = 'hf'")
+    model = from_pretrained(src)
+    if to == "hf":
+        return hf.export_hf(model, dst, model_type=model_type, overwrite=overwrite)
+    return save_pretrained(model, dst, overwrite=overwrite)
