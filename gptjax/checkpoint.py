@@ -106,6 +106,9 @@ class Checkpoints:
                 write_manifest(step_dir)
 
     def save(self, step: int, state: Any, meta: dict) -> None:
+        # Orbax finishes the previous save before starting one anyway; waiting here first means
+        # the commit callback of that save cannot mistake this step for its own.
+        self.manager.wait_until_finished()
         with self._lock:
             self._pending.append(step)
         self.manager.save(step, args=ocp.args.Composite(

@@ -80,7 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come after options (`train cfg.yaml --run-dir d steps=10`), which argparse's
+    # positional handling does not allow with subcommands; collect them here.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "train" or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     from gptjax.checkpoint_io import CheckpointError
     from gptjax.config import ConfigError
     from gptjax.data import DataError

@@ -16,6 +16,10 @@ import pytest  # noqa: E402
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+# Offline copies of the corpus and the BPE ranks, when the checkout sits beside shared/.
+if SHARED.is_dir():
+    os.environ.setdefault("GPTJAX_DATA_DIR", str(SHARED / "data"))
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
 
 
 @pytest.fixture(scope="session")

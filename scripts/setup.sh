@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv with Python 3.11 and install gptjax. `setup.sh test` adds the test extras
+# (transformers and the CPU build of torch, for parity checks).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+if [ "${1:-}" = "test" ]; then
+  # An unpinned torch resolves to a multi-GB CUDA build; 2.13.0 is the CPU build on this machine.
+  python -m pip install -q "torch==2.13.0"
+  python -m pip install -q -e ".[hf,dev]"
+else
+  python -m pip install -q -e .
+fi

@@ -1,0 +1,121 @@
+"""Orbax checkpoints: restore onto other meshes, and fallback from corrupted, truncated or linked ones."""
+
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from gptjax import checkpoint, sharding, train
+from gptjax.checkpoint_io import CheckpointError
+from gptjax.config import DataConfig, MeshConfig, ModelConfig, TrainConfig
+
+CFG = TrainConfig(model=ModelConfig(vocab_size=64, max_seq_len=8, d_model=32, n_layers=2, n_heads=4, d_ff=64),
+                  data=DataConfig(batch_size=8, tokenizer="char"), keep_last=5)
+
+
+def trainer(mesh_cfg, n):
+    return train.make_trainer(CFG, sharding.make_mesh(mesh_cfg, jax.devices()[:n]))
+
+
+def bumped(state, delta):
+    return {**state, "step": state["step"] + delta,
+            "params": jax.tree.map(lambda x: x + delta, state["params"])}
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """Steps 1 and 2 written from an 8-device 2x2x2 mesh; returns (directory, host params by step)."""
+    tr = trainer(MeshConfig(data=2, fsdp=2, tensor=2), 8)
+    state = train.init_state(tr)
+    ckpts = checkpoint.Checkpoints(tmp_path / "ckpt", keep_last=5, keep_every=None)
+    expected = {}
+    for step in (1, 2):
+        s = bumped(state, step)
+        ckpts.save(step, s, {"step": step})
+        expected[step] = jax.device_get(s["params"])
+    ckpts.close()
+    return tmp_path / "ckpt", expected
+
+
+def restore(directory, mesh_cfg=MeshConfig(data=1), n=1):
+    tr = trainer(mesh_cfg, n)
+    ckpts = checkpoint.Checkpoints(directory, keep_last=5, keep_every=None)
+    try:
+        return ckpts.restore(tr.abstract_state)
+    finally:
+        ckpts.close()
+
+
+def assert_params_equal(got, want):
+    for a, b in zip(jax.tree.leaves(jax.device_get(got)), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("mesh_cfg,n", [(MeshConfig(data=1, fsdp=4), 4), (MeshConfig(data=1), 1)])
+def test_restore_onto_fewer_devices_is_exact(saved, mesh_cfg, n):
+    directory, expected = saved
+    state, meta = restore(directory, mesh_cfg, n)
+    assert meta["step"] == 2
+    assert_params_equal(state["params"], expected[2])
+    up = state["params"]["blocks"]["mlp"]["up"]["kernel"]
+    assert len(up.sharding.device_set) == n
+    if n == 4:
+        assert up.addressable_shards[0].data.shape == (2, 8, 64)  # really sharded over fsdp=4
+
+
+def _data_files(step_dir: pathlib.Path):
+    return sorted(p for p in step_dir.rglob("*") if p.is_file() and "ocdbt.process_0/d" in str(p))
+
+
+def test_every_committed_step_has_a_manifest(saved):
+    directory, _ = saved
+    for step in (1, 2):
+        assert checkpoint.verify(directory / str(step)) is None
+
+
+def test_flipped_byte_falls_back_to_the_previous_step(saved, capsys):
+    directory, expected = saved
+    chunk = _data_files(directory / "2")[0]
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    chunk.write_bytes(bytes(raw))
+    state, meta = restore(directory)
+    assert meta["step"] == 1
+    assert_params_equal(state["params"], expected[1])
+    assert "step 2 is unusable" in capsys.readouterr().err
+
+
+def test_truncated_checkpoint_falls_back(saved, capsys):
+    directory, expected = saved
+    chunk = _data_files(directory / "2")[-1]
+    with open(chunk, "r+b") as f:
+        f.truncate(max(chunk.stat().st_size // 2, 1))
+    _, meta = restore(directory)
+    assert meta["step"] == 1
+    assert "corrupted or truncated" in capsys.readouterr().err
+
+
+def test_symlink_inside_a_checkpoint_is_refused(saved, tmp_path, capsys):
+    directory, _ = saved
+    chunk = _data_files(directory / "2")[0]
+    foreign = tmp_path / "foreign"
+    foreign.write_bytes(chunk.read_bytes())
+    chunk.unlink()
+    os.symlink(foreign, chunk)
+    _, meta = restore(directory)
+    assert meta["step"] == 1
+    assert "symbolic link" in capsys.readouterr().err
+
+
+def test_no_loadable_checkpoint_is_an_error_not_a_fresh_start(saved):
+    directory, _ = saved
+    for step in (1, 2):
+        (directory / str(step) / checkpoint.MANIFEST).unlink()
+    with pytest.raises(CheckpointError, match="refusing to start from step 0"):
+        restore(directory)
+
+
+def test_empty_directory_means_no_checkpoint(tmp_path):
+    assert restore(tmp_path / "none") is None
