@@ -9,7 +9,6 @@ silent restart from step 0.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,18 +20,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from gptjax.checkpoint_io import CheckpointError
+from gptjax.checkpoint_io import CheckpointError, sha256_file
 
 log = logging.getLogger(__name__)
 MANIFEST = "gptjax_manifest.json"
-
-
-def _sha256(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 ITEMS = ("state", "meta")
@@ -53,7 +44,7 @@ def _files(step_dir: pathlib.Path) -> list[pathlib.Path]:
 
 
 def write_manifest(step_dir: pathlib.Path) -> None:
-    entries = {str(p.relative_to(step_dir)): _sha256(p) for p in _files(step_dir)}
+    entries = {str(p.relative_to(step_dir)): sha256_file(p) for p in _files(step_dir)}
     tmp = step_dir / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(entries, indent=0, sort_keys=True))
     os.replace(tmp, step_dir / MANIFEST)
@@ -75,7 +66,7 @@ def verify(step_dir: pathlib.Path) -> str | None:
             return f"{step_dir / rel} is missing"
         if rel not in expected:
             return f"{step_dir / rel} is not in the manifest"
-        if _sha256(found[rel]) != expected[rel]:
+        if sha256_file(found[rel]) != expected[rel]:
             return f"{step_dir / rel} does not match its sha256 in the manifest (corrupted or truncated)"
     return None
 

@@ -22,6 +22,7 @@ import grain
 import numpy as np
 
 from gptjax import tokenizer as tok_lib
+from gptjax.checkpoint_io import sha256_file
 from gptjax.config import DataConfig
 
 
@@ -49,14 +50,6 @@ CORPORA = {
 
 def cache_root() -> pathlib.Path:
     return pathlib.Path(os.environ.get("GPTJAX_CACHE_DIR", pathlib.Path.home() / ".cache" / "gptjax"))
-
-
-def sha256_file(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def corpus_path(corpus: str) -> pathlib.Path:

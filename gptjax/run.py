@@ -17,7 +17,6 @@ import platform
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from importlib import metadata as importlib_metadata
 
@@ -29,6 +28,7 @@ from flax import nnx
 
 from gptjax import checkpoint, counting, data, generate, sharding, train
 from gptjax import tokenizer as tok_lib
+from gptjax.checkpoint_io import write_text_atomic
 from gptjax.config import TrainConfig
 
 log = logging.getLogger("gptjax")
@@ -45,13 +45,6 @@ class RunResult:
     val_loss: float | None
     resumed_from: int | None
     stopped: str | None  # None: ran to the end; else why it stopped
-
-
-def write_atomic(path: pathlib.Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _git_commit() -> str | None:
@@ -77,13 +70,13 @@ def prepare_run_dir(cfg: TrainConfig, run_dir: pathlib.Path, tokenizer) -> None:
     if jax.process_index() != 0:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", draccus.dump(cfg))
+    write_text_atomic(run_dir / "config.yaml", draccus.dump(cfg))
     info = {"git_commit": _git_commit(), "versions": _versions(), "host": platform.node(),
             "python": platform.python_version(), "devices": [str(d) for d in jax.devices()],
             "process_count": jax.process_count(),
             "start_time": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-    write_atomic(run_dir / "run.json", json.dumps(info, indent=1))
-    write_atomic(run_dir / "tokenizer.json", json.dumps(tokenizer.to_dict()))
+    write_text_atomic(run_dir / "run.json", json.dumps(info, indent=1))
+    write_text_atomic(run_dir / "tokenizer.json", json.dumps(tokenizer.to_dict()))
 
 
 def _truncate_metrics(path: pathlib.Path, last_step: int) -> None:
@@ -92,7 +85,7 @@ def _truncate_metrics(path: pathlib.Path, last_step: int) -> None:
         return
     rows = [line for line in path.read_text().splitlines() if line.strip()]
     keep = [r for r in rows if json.loads(r)["step"] <= last_step]
-    write_atomic(path, "".join(r + "\n" for r in keep))
+    write_text_atomic(path, "".join(r + "\n" for r in keep))
 
 
 class _StopFlag:
@@ -125,7 +118,7 @@ def peak_flops_per_device(configured: float | None) -> float:
     if kind not in known:
         known[kind] = _measure_matmul_flops()
         cache.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(cache, json.dumps(known, indent=1))
+        write_text_atomic(cache, json.dumps(known, indent=1))
     return known[kind]
 
 
@@ -315,7 +308,7 @@ def _write_sample(cfg, tr, state, tokenizer, run_dir, step) -> None:
     ids = generate.sample(model, prompt, cfg.sample_tokens, temperature=0.8, top_k=200, seed=cfg.seed)
     text = tokenizer.decode(ids)
     (run_dir / "samples").mkdir(exist_ok=True)
-    write_atomic(run_dir / "samples" / f"step_{step}.txt", text)
+    write_text_atomic(run_dir / "samples" / f"step_{step}.txt", text)
 
 
 def load_run_model(run_dir: pathlib.Path):

@@ -3,8 +3,6 @@ blocks on the device, bad input that damages nothing, and sampling from a run di
 
 import json
 import math
-import os
-import pathlib
 import signal
 import subprocess
 import sys
