@@ -120,15 +120,15 @@ def param_shardings(axes: dict, shapes: dict, mesh: Mesh) -> dict:
     return jax.tree_util.tree_map_with_path(one, axes, shapes)
 
 
-def opt_state_shardings(tx, abstract_opt_state, param_sh: dict, mesh: Mesh):
-    """Optimizer state follows its parameter's sharding where it has the parameter's rank;
-    counters and Adafactor's factored (lower-rank) moments are replicated."""
+def opt_state_shardings(tx, abstract_opt_state, param_shapes: dict, param_sh: dict, mesh: Mesh):
+    """Optimizer state follows its parameter's sharding where it has the parameter's shape;
+    counters and Adafactor's factored moments (other shapes) are replicated."""
     import optax
 
-    def one(leaf, sh):
-        return sh if len(sh.spec) == len(leaf.shape) else replicated(mesh)
+    def one(leaf, param, sh):
+        return sh if tuple(leaf.shape) == tuple(param.shape) else replicated(mesh)
 
-    return optax.tree_map_params(tx, one, abstract_opt_state, param_sh,
+    return optax.tree_map_params(tx, one, abstract_opt_state, param_shapes, param_sh,
                                  transform_non_params=lambda _: replicated(mesh))
 
 

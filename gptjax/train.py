@@ -52,7 +52,7 @@ def make_trainer(cfg: TrainConfig, mesh: Mesh) -> Trainer:
     param_sh = sharding.param_shardings(sharding.logical_axes(abstract_model), shapes, mesh)
     opt_shapes = jax.eval_shape(tx.init, shapes)
     state_sh = {"step": sharding.replicated(mesh), "params": param_sh,
-                "opt_state": sharding.opt_state_shardings(tx, opt_shapes, param_sh, mesh)}
+                "opt_state": sharding.opt_state_shardings(tx, opt_shapes, shapes, param_sh, mesh)}
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": shapes,
                              "opt_state": opt_shapes}, state_sh)

@@ -119,3 +119,15 @@ def test_no_loadable_checkpoint_is_an_error_not_a_fresh_start(saved):
 
 def test_empty_directory_means_no_checkpoint(tmp_path):
     assert restore(tmp_path / "none") is None
+
+
+def test_keep_last_n_plus_every_k(tmp_path):
+    tr = trainer(MeshConfig(data=1), 1)
+    state = train.init_state(tr)
+    ckpts = checkpoint.Checkpoints(tmp_path / "ckpt", keep_last=2, keep_every=4)
+    for step in range(1, 11):
+        ckpts.save(step, state, {"step": step})
+    ckpts.close()
+    kept = checkpoint.Checkpoints(tmp_path / "ckpt", keep_last=2, keep_every=4)
+    assert kept.manager.all_steps() == [4, 8, 9, 10]
+    kept.close()

@@ -9,8 +9,16 @@ import json
 import pytest
 import tiktoken.load
 
-from gptjax.tokenizer import (RANK_FILE_URLS, CharTokenizer, MissingEncodingError, TiktokenTokenizer,
-                              Tokenizer, TokenizerError, cache_file_name, from_dict)
+from gptjax.tokenizer import (
+    RANK_FILE_URLS,
+    CharTokenizer,
+    MissingEncodingError,
+    TiktokenTokenizer,
+    Tokenizer,
+    TokenizerError,
+    cache_file_name,
+    from_dict,
+)
 
 # Contractions, digits, runs of spaces and newlines, non-Latin scripts, an emoji (several bytes
 # in UTF-8, so several BPE tokens), and the special-token text.

@@ -3,12 +3,19 @@
 import dataclasses
 import logging
 
-import jax
 import numpy as np
 import pytest
+from helpers import run_steps
 
-from gptjax import data, sharding, train
-from gptjax.config import ConfigError, DataConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
+from gptjax import sharding, train
+from gptjax.config import (
+    ConfigError,
+    DataConfig,
+    MeshConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+)
 
 # Sizes divide every mesh below (heads 4, width 64, MLP 128) except the 65-character vocabulary,
 # which must fall back to replication on fsdp=8 and tensor=2 without breaking anything.
@@ -16,17 +23,6 @@ MODEL = ModelConfig(vocab_size=65, max_seq_len=16, d_model=64, n_layers=2, n_hea
 CFG = TrainConfig(model=MODEL, data=DataConfig(batch_size=16, tokenizer="char"),
                   optim=OptimConfig(lr=1e-2, warmup_steps=0, weight_decay=0.1), steps=5)
 
-
-def markov_tokens(n=4000, vocab=65, seed=0):
-    """A learnable stream: each token is 3x the previous plus small noise (mod vocab)."""
-    noise = np.random.default_rng(seed).integers(0, 3, n)
-    out = np.zeros(n, np.int64)
-    for i in range(1, n):
-        out[i] = (3 * out[i - 1] + noise[i]) % vocab
-    return out.astype(np.uint16)
-
-
-TOKENS = markov_tokens()
 
 MESHES = {
     "1 device": (MeshConfig(data=1), 1),
@@ -42,19 +38,6 @@ EXPECTED_SHARDS = {
     "8-way fsdp": {"up": (2, 8, 128), "q": (2, 8, 4, 16), "o": (2, 4, 16, 8), "embed": (65, 8)},
     "2x2x2": {"up": (2, 32, 64), "q": (2, 32, 2, 16), "o": (2, 2, 16, 32), "embed": (65, 32)},
 }
-
-
-def run_steps(cfg, mesh_cfg, n_devices, steps=5):
-    mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:n_devices])
-    tr = train.make_trainer(cfg, mesh)
-    state = train.init_state(tr)
-    step = train.make_train_step(tr)
-    batches = data.TrainBatches(TOKENS, cfg.seq_len, cfg.data.batch_size, cfg.seed)
-    losses = []
-    for s in range(steps):
-        state, m = step(state, jax.device_put(batches(s), tr.batch_sharding))
-        losses.append(float(m["loss"]))
-    return state, np.array(losses)
 
 
 def shard_shapes(state):

@@ -1,0 +1,31 @@
+"""Shared test helpers: a learnable token stream and a few sharded train steps."""
+
+import jax
+import numpy as np
+
+from gptjax import data, sharding, train
+
+
+def markov_tokens(n=4000, vocab=65, seed=0):
+    """A learnable stream: each token is 3x the previous plus small noise (mod vocab)."""
+    noise = np.random.default_rng(seed).integers(0, 3, n)
+    out = np.zeros(n, np.int64)
+    for i in range(1, n):
+        out[i] = (3 * out[i - 1] + noise[i]) % vocab
+    return out.astype(np.uint16)
+
+
+TOKENS = markov_tokens()
+
+
+def run_steps(cfg, mesh_cfg, n_devices, steps=5):
+    mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:n_devices])
+    tr = train.make_trainer(cfg, mesh)
+    state = train.init_state(tr)
+    step = train.make_train_step(tr)
+    batches = data.TrainBatches(TOKENS, cfg.seq_len, cfg.data.batch_size, cfg.seed)
+    losses = []
+    for s in range(steps):
+        state, m = step(state, jax.device_put(batches(s), tr.batch_sharding))
+        losses.append(float(m["loss"]))
+    return state, np.array(losses)

@@ -1,0 +1,37 @@
+"""The command line: params table, unknown names, conversion round trip."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gptjax import cli, init_model, save_pretrained
+from gptjax.config import ModelConfig
+from gptjax.pretrained import from_pretrained
+
+
+def test_params_prints_exact_counts(capsys):
+    assert cli.main(["params", "gpt2", "pythia-70m"]) == 0
+    out = capsys.readouterr().out
+    assert "124,439,808" in out and "70,426,624" in out and "18,915,328" in out
+
+
+def test_unknown_preset_names_the_nearest(capsys):
+    assert cli.main(["params", "gpt-2"]) == 2
+    assert "did you mean gpt2" in capsys.readouterr().err.replace("'", "")
+
+
+def test_convert_to_hf_and_back_is_bit_identical(tmp_path, capsys):
+    cfg = ModelConfig(vocab_size=97, max_seq_len=16, d_model=40, n_layers=2, n_heads=5)
+    model = init_model(cfg, seed=3)
+    save_pretrained(model, tmp_path / "native")
+    assert cli.main(["convert", str(tmp_path / "native"), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "model.safetensors").is_file()
+    assert cli.main(["convert", str(tmp_path / "hf"), str(tmp_path / "back"), "--to", "gptjax"]) == 0
+    back = from_pretrained(tmp_path / "back")
+    t = jnp.arange(12).reshape(1, 12)
+    np.testing.assert_array_equal(np.asarray(model(t)), np.asarray(back(t)))
+
+
+def test_overrides_must_look_like_assignments(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "gpt2", "--run-dir", "x", "--bogus"])

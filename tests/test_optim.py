@@ -1,0 +1,127 @@
+"""Schedules, the weight-decay mask, each optimizer, z-loss, mixed precision and padded-vocab loss."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from helpers import TOKENS, run_steps
+
+from gptjax import optim, sharding, train
+from gptjax.config import (
+    ConfigError,
+    DataConfig,
+    MeshConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+)
+from gptjax.model import abstract_model, init_model
+
+BASE = OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=100, decay_steps=2000)
+
+
+def lr_at(cfg, steps, total=2000):
+    sched = optim.schedule(cfg, total)
+    return np.array([float(sched(s)) for s in steps])
+
+
+def test_warmup_then_cosine_matches_nanogpt_get_lr():
+    def get_lr(it):  # nanoGPT's train.py, verbatim in spirit
+        if it < 100:
+            return 1e-3 * (it + 1) / (100 + 1)
+        ratio = (it - 100) / (2000 - 100)
+        return 1e-4 + 0.5 * (1.0 + np.cos(np.pi * ratio)) * (1e-3 - 1e-4)
+
+    steps = [0, 1, 50, 99, 100, 101, 700, 1500, 1999, 2000, 2500]
+    np.testing.assert_allclose(lr_at(BASE, steps), [get_lr(min(s, 2000)) for s in steps], rtol=1e-5)
+
+
+def test_wsd_holds_then_decays_linearly():
+    cfg = dataclasses.replace(BASE, schedule="wsd", wsd_decay_fraction=0.25)
+    lrs = lr_at(cfg, [150, 1000, 1499, 1500, 1750, 2000])
+    np.testing.assert_allclose(lrs[:4], 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(lrs[4], 0.5 * (1e-3 + 1e-4), rtol=1e-5)
+    np.testing.assert_allclose(lrs[5], 1e-4, rtol=1e-5)
+
+
+def test_constant_schedule_after_warmup():
+    lrs = lr_at(dataclasses.replace(BASE, schedule="constant"), [0, 100, 1999])
+    np.testing.assert_allclose(lrs, [1e-3 / 101, 1e-3, 1e-3], rtol=1e-5)  # optax computes in float32
+
+
+def test_decay_mask_spares_biases_norms_and_optionally_embeddings():
+    cfg = ModelConfig(vocab_size=64, max_seq_len=8, d_model=32, n_layers=2, n_heads=4)
+    params = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
+    for with_tables in (False, True):
+        mask = optim.decay_mask(params, with_tables)
+        assert mask["blocks"]["mlp"]["up"]["kernel"] and mask["blocks"]["attn"]["o"]["kernel"]
+        assert not mask["blocks"]["ln1"]["scale"] and not mask["blocks"]["mlp"]["up"]["bias"]
+        assert not mask["final_norm"]["scale"]
+        assert mask["embed"]["table"] == with_tables == mask["pos_embed"]["table"]
+
+
+def test_weight_decay_touches_only_masked_parameters():
+    cfg = ModelConfig(vocab_size=64, max_seq_len=8, d_model=32, n_layers=1, n_heads=4)
+    params = nnx.to_pure_dict(nnx.state(init_model(cfg), nnx.Param))
+    params = jax.tree.map(lambda x: x + 1.0, params)  # make biases non-zero so decay would show
+    tx = optim.build(OptimConfig(lr=1.0, warmup_steps=0, schedule="constant", weight_decay=0.5,
+                                 grad_clip=None), 10)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    decayed = optim.decay_mask(params, False)
+    for u, p, d in zip(jax.tree.leaves(updates), jax.tree.leaves(params), jax.tree.leaves(decayed)):
+        np.testing.assert_allclose(u, -0.5 * p if d else np.zeros_like(p), rtol=1e-6)
+
+
+CFG = TrainConfig(model=ModelConfig(vocab_size=65, max_seq_len=16, d_model=64, n_layers=2, n_heads=4, d_ff=128),
+                  data=DataConfig(batch_size=16, tokenizer="char"),
+                  optim=OptimConfig(lr=1e-2, warmup_steps=0, weight_decay=0.1), steps=8)
+
+
+@pytest.mark.parametrize("name,lr", [("adamw", 1e-2), ("lion", 1e-3), ("adafactor", 1e-1)])
+def test_each_optimizer_learns(name, lr):
+    cfg = dataclasses.replace(CFG, optim=dataclasses.replace(CFG.optim, name=name, lr=lr, min_lr=0.0))
+    _, losses = run_steps(cfg, MeshConfig(data=2, fsdp=2, tensor=2), 8, steps=8)
+    assert losses[-1] < losses[0] - 0.1, (name, losses)
+
+
+def test_z_loss_changes_the_update_not_the_reported_loss():
+    with_z = dataclasses.replace(CFG, optim=dataclasses.replace(CFG.optim, z_loss=1e-2))
+    _, plain = run_steps(CFG, MeshConfig(data=1), 1, steps=3)
+    _, z = run_steps(with_z, MeshConfig(data=1), 1, steps=3)
+    assert plain[0] == z[0]  # step 1 reports cross-entropy from the same initial weights
+    assert np.max(np.abs(plain[1:] - z[1:])) > 1e-6
+
+
+def test_bfloat16_compute_with_float32_master_weights():
+    cfg = dataclasses.replace(CFG, model=CFG.model.replace(compute_dtype="bfloat16"))
+    state, losses = run_steps(cfg, MeshConfig(data=8), 8, steps=4)
+    assert state["params"]["blocks"]["mlp"]["up"]["kernel"].dtype == jnp.float32
+    _, ref = run_steps(CFG, MeshConfig(data=8), 8, steps=4)
+    assert np.all(np.isfinite(losses)) and 0 < np.max(np.abs(losses - ref)) < 0.05
+
+
+def test_loss_over_a_padded_vocabulary_is_exact():
+    cfg = ModelConfig(vocab_size=65, max_seq_len=16, d_model=32, n_layers=1, n_heads=4, vocab_pad_multiple=64)
+    model = init_model(cfg)
+    rows = jnp.asarray(TOKENS[:34].reshape(2, 17).astype(np.int32))
+    padded = model.logits(rows[:, :-1])
+    assert padded.shape[-1] == 128
+    _, ce = train.token_losses(padded, rows[:, 1:], 0.0)
+    expected = optax.softmax_cross_entropy_with_integer_labels(padded[..., :65], rows[:, 1:])
+    np.testing.assert_allclose(ce, expected, rtol=1e-6)
+
+
+def test_accumulation_must_divide_the_batch():
+    with pytest.raises(ConfigError, match="grad_accum = 5 must divide data.batch_size = 16"):
+        dataclasses.replace(CFG, optim=dataclasses.replace(CFG.optim, grad_accum=5))
+
+
+def test_micro_batch_must_divide_the_data_parallel_size():
+    cfg = dataclasses.replace(CFG, optim=dataclasses.replace(CFG.optim, grad_accum=4))
+    with pytest.raises(ConfigError, match="micro-batch"):
+        train.make_trainer(cfg, sharding.make_mesh(MeshConfig(data=8)))
