@@ -7,6 +7,7 @@ dimension. Only sharding.py maps those names onto mesh axes.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -48,6 +49,20 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+def matmul_2d(x: jax.Array, kernel: jax.Array, n_contract: int) -> jax.Array:
+    """x's trailing `n_contract` dims times kernel's leading ones, as one 2-D matmul.
+
+    XLA:CPU runs the weight gradient of a dot with several batch-like dims (B, T) about 4x
+    slower than the same product flattened to [B·T, in] @ [in, out] (measured on the MLP of
+    experiments/shakespeare_char.yaml); the reshapes keep sharded dims major, so GSPMD keeps them.
+    """
+    lead, contract = x.shape[: x.ndim - n_contract], x.shape[x.ndim - n_contract:]
+    out = kernel.shape[n_contract:]
+    k_in = math.prod(contract)
+    y = x.reshape(-1, k_in) @ kernel.reshape(k_in, math.prod(out))
+    return y.reshape(lead + out)
+
+
 class Dense(nnx.Module):
     """Contracts the trailing `len(in_shape)` dims of x with a kernel of shape in_shape + out_shape."""
 
@@ -62,7 +77,7 @@ class Dense(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel[...].astype(self.compute_dtype)
-        y = jnp.tensordot(x.astype(self.compute_dtype), k, axes=len(self.in_shape))
+        y = matmul_2d(x.astype(self.compute_dtype), k, len(self.in_shape))
         if self.bias is not None:
             y = add_bias(y, self.bias[...].astype(self.compute_dtype))
         return y
@@ -79,7 +94,7 @@ class Embedding(nnx.Module):
         return jnp.take(self.table[...], ids, axis=0).astype(self.compute_dtype)
 
     def attend(self, x_BxTxD: jax.Array) -> jax.Array:
-        return jnp.einsum("BTD,VD->BTV", x_BxTxD, self.table[...].astype(self.compute_dtype))
+        return matmul_2d(x_BxTxD, self.table[...].astype(self.compute_dtype).T, 1)
 
 
 class Norm(nnx.Module):
