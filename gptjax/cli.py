@@ -23,14 +23,18 @@ def _convert(args) -> int:
 
 
 def _train(args) -> int:
-    from gptjax import run
+    from gptjax import distributed, run
     from gptjax.config import load_train_config
 
-    cfg = load_train_config(args.config, args.overrides)
+    cfg = load_train_config(args.config, args.overrides)  # bad input fails before any connection
+    distributed.initialize()
     run_dir = pathlib.Path(args.run_dir) if args.run_dir else pathlib.Path("runs") / cfg.name
     result = run.train_run(cfg, run_dir, progress=not args.no_progress)
     val = f", val_loss {result.val_loss:.4f}" if result.val_loss is not None else ""
-    print(f"finished at step {result.final_step}{val}; run directory {run_dir}")
+    import jax
+
+    if jax.process_index() == 0:
+        print(f"finished at step {result.final_step}{val}; run directory {run_dir}")
     return 0
 
 
@@ -44,6 +48,30 @@ def _sample(args) -> int:
                           top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     print(args.prompt + tokenizer.decode(ids))
     return 0
+
+
+def _launch(args) -> int:
+    from gptjax.launch import BACKENDS
+    from gptjax.launch.common import make_jobs
+
+    jobs = make_jobs(args.config, args.overrides, args.run_dir, args.sweep)
+    return BACKENDS[args.backend].launch(jobs, args)
+
+
+def _add_launch(sub) -> None:
+    from gptjax.launch import BACKENDS
+
+    s = sub.add_parser("launch", help="run training on a cluster engine (local, slurm, tpu, k8s)")
+    backends = s.add_subparsers(dest="backend", required=True)
+    for name, module in BACKENDS.items():
+        b = backends.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
+        b.add_argument("config", help="a YAML file (see experiments/) or a preset name")
+        b.add_argument("overrides", nargs="*", help="section.field=value applied to every run")
+        b.add_argument("--run-dir", help="run directory (sweeps: one numbered subdirectory per run)")
+        b.add_argument("--sweep", help="YAML list of override sets: one run each (a job array on SLURM)")
+        b.add_argument("--dry-run", action="store_true", help="print exactly what would be submitted, and stop")
+        module.add_arguments(b)
+        b.set_defaults(func=_launch)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, default=None)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_sample)
+
+    _add_launch(sub)
     return p
 
 
@@ -85,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     # positional handling does not allow with subcommands; collect them here.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command != "train" or any(e.startswith("-") or "=" not in e for e in extra):
+        if args.command not in ("train", "launch") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     from gptjax.checkpoint_io import CheckpointError

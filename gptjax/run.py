@@ -268,7 +268,8 @@ def _loop(cfg, tr, state, start, tokens, run_dir, ckpts, progress, resumed) -> R
                 if eval_now:
                     val_loss = evaluate(cfg, eval_fn, state["params"], tokens.val, tr.batch_sharding, weight_sh)
                     row["val_loss"] = result.val_loss = val_loss
-                    bar.write(f"step {number}: loss {row['loss']:.4f}, val_loss {val_loss:.4f}")
+                    if jax.process_index() == 0:
+                        bar.write(f"step {number}: loss {row['loss']:.4f}, val_loss {val_loss:.4f}")
                 emit(row, force=eval_now)
                 if save_now:
                     with jax.transfer_guard_device_to_host("allow"):  # Orbax copies to host
@@ -290,9 +291,11 @@ def _loop(cfg, tr, state, start, tokens, run_dir, ckpts, progress, resumed) -> R
     finally:
         bar.close()
         metrics_log.close()
-    if jax.process_index() == 0 and result.stopped is None:
+    if result.stopped is None:
         with jax.transfer_guard_device_to_host("allow"):  # after the loop: not a training stall
-            _write_sample(cfg, tr, state, tokens.tokenizer, run_dir, result.final_step)
+            params = _host_params(state["params"])
+            if jax.process_index() == 0:
+                _write_sample(cfg, tr, params, tokens.tokenizer, run_dir, result.final_step)
     return result
 
 
@@ -302,8 +305,18 @@ def _meta(cfg: TrainConfig, step: int) -> dict:
             "rng": {"dropout_key": f"fold_in(key({cfg.seed}), step)"}, "config": cfg.to_dict()}
 
 
-def _write_sample(cfg, tr, state, tokenizer, run_dir, step) -> None:
-    model = nnx.merge(tr.graphdef, jax.device_get(state["params"]))
+def _host_params(params):
+    """Parameters as host arrays; with several processes each holds only shards, so gather
+    (a collective: every process must call this)."""
+    if jax.process_count() == 1:
+        return jax.device_get(params)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(params, tiled=True)
+
+
+def _write_sample(cfg, tr, params, tokenizer, run_dir, step) -> None:
+    model = nnx.merge(tr.graphdef, params)
     prompt = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n")
     ids = generate.sample(model, prompt, cfg.sample_tokens, temperature=0.8, top_k=200, seed=cfg.seed)
     text = tokenizer.decode(ids)

@@ -1,0 +1,60 @@
+"""Multi-controller start-up: jax.distributed when this process is one of several.
+
+Detection, in order:
+1. GPTJAX_COORDINATOR (host:port), GPTJAX_NUM_PROCESSES, GPTJAX_PROCESS_ID: any launcher
+   (ours for `local` and `k8s` set them; set them by hand elsewhere).
+2. SLURM, inside an `srun` step with more than one task: JAX's own cluster detection.
+3. A Cloud TPU slice with several hosts: JAX's own cluster detection.
+Otherwise the run is single-process and nothing is started.
+
+The heartbeat timeout is deliberate: jax 0.10.2 waits 100 s by default before declaring a silent
+peer dead; we use HEARTBEAT_TIMEOUT_S so a dead process ends the others within about that time.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+HEARTBEAT_TIMEOUT_S = 15
+INIT_TIMEOUT_S = 120
+SHUTDOWN_TIMEOUT_S = 30
+ENV_COORDINATOR, ENV_NUM, ENV_ID = "GPTJAX_COORDINATOR", "GPTJAX_NUM_PROCESSES", "GPTJAX_PROCESS_ID"
+
+
+class DistributedError(RuntimeError):
+    """The multi-process environment is incomplete or inconsistent."""
+
+
+def detect(env: dict[str, str] | None = None) -> str | None:
+    """Which cluster environment launched us: 'explicit', 'slurm', 'tpu', or None (single process)."""
+    env = os.environ if env is None else env
+    if env.get(ENV_COORDINATOR):
+        missing = [k for k in (ENV_NUM, ENV_ID) if not env.get(k)]
+        if missing:
+            raise DistributedError(f"{ENV_COORDINATOR}={env[ENV_COORDINATOR]} is set but {', '.join(missing)} "
+                                   "is not; set all three (coordinator host:port, process count, process id)")
+        return "explicit"
+    if "SLURM_STEP_NODELIST" in env and int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1"))) > 1:
+        return "slurm"
+    hosts = env.get("TPU_WORKER_HOSTNAMES", "")
+    if hosts and len(hosts.split(",")) > 1:
+        return "tpu"
+    return None
+
+
+def initialize() -> int:
+    """Start jax.distributed if launched as one of several processes; returns the process count."""
+    kind = detect()
+    if kind is None:
+        return 1
+    timeouts = dict(initialization_timeout=INIT_TIMEOUT_S, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
+                    shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
+    if kind == "explicit":
+        jax.distributed.initialize(coordinator_address=os.environ[ENV_COORDINATOR],
+                                   num_processes=int(os.environ[ENV_NUM]), process_id=int(os.environ[ENV_ID]),
+                                   **timeouts)
+    else:
+        jax.distributed.initialize(**timeouts)
+    return jax.process_count()

@@ -1,0 +1,83 @@
+"""`slurm`: one sbatch script per run (a job array for a sweep), one `srun` task per process.
+
+Inside the step, JAX's SLURM detection connects the tasks; `--kill-on-bad-exit` ends the step
+when any task dies.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+from gptjax.launch.common import Job, record, shell_join
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--nodes", type=int, default=1, help="#SBATCH --nodes")
+    p.add_argument("--tasks-per-node", type=int, default=1, help="processes per node (one per GPU host or GPU)")
+    p.add_argument("--gpus-per-task", type=int, default=0, help="#SBATCH --gpus-per-task (0: none)")
+    p.add_argument("--cpus-per-task", type=int, default=0, help="#SBATCH --cpus-per-task (0: SLURM's default)")
+    p.add_argument("--time", default="01:00:00", help="#SBATCH --time limit, HH:MM:SS")
+    p.add_argument("--partition", default=None, help="#SBATCH --partition")
+    p.add_argument("--account", default=None, help="#SBATCH --account")
+    p.add_argument("--job-name", default="gptjax", help="#SBATCH --job-name")
+    p.add_argument("--cpu-devices-per-task", type=int, default=0,
+                   help="fake CPU devices per task (XLA_FLAGS), for CPU-only clusters and tests")
+    p.add_argument("--python", default=sys.executable, help="the Python that runs gptjax on the nodes")
+    p.add_argument("--wait", action="store_true", help="block until the job ends (sbatch --wait)")
+
+
+def script(jobs: list[Job], args) -> str:
+    """The sbatch script: one run, or a job array whose task i runs jobs[i]."""
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={args.job_name}", f"#SBATCH --nodes={args.nodes}",
+             f"#SBATCH --ntasks-per-node={args.tasks_per_node}", f"#SBATCH --time={args.time}"]
+    if args.gpus_per_task:
+        lines.append(f"#SBATCH --gpus-per-task={args.gpus_per_task}")
+    if args.cpus_per_task:
+        lines.append(f"#SBATCH --cpus-per-task={args.cpus_per_task}")
+    for flag in ("partition", "account"):
+        if getattr(args, flag):
+            lines.append(f"#SBATCH --{flag}={getattr(args, flag)}")
+    out_dir = _log_dir(jobs)
+    if len(jobs) > 1:
+        lines += [f"#SBATCH --array=0-{len(jobs) - 1}", f"#SBATCH --output={out_dir}/slurm-%A_%a.out"]
+    else:
+        lines.append(f"#SBATCH --output={out_dir}/slurm-%j.out")
+    lines += ["set -euo pipefail", f"cd {shell_join([os.getcwd()])}"]
+    if args.cpu_devices_per_task:
+        lines += [f"export XLA_FLAGS=--xla_force_host_platform_device_count={args.cpu_devices_per_task}",
+                  "export JAX_PLATFORMS=cpu"]
+    srun = ["srun", "--kill-on-bad-exit=1"]
+    if len(jobs) == 1:
+        lines.append(shell_join(srun + jobs[0].train_args(args.python)))
+    else:
+        lines.append('case "$SLURM_ARRAY_TASK_ID" in')
+        for i, job in enumerate(jobs):
+            lines.append(f"  {i}) {shell_join(srun + job.train_args(args.python))} ;;")
+        lines += ['  *) echo "no run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac"]
+    return "\n".join(lines) + "\n"
+
+
+def _log_dir(jobs: list[Job]) -> pathlib.Path:
+    return (jobs[0].run_dir.parent if len(jobs) > 1 else jobs[0].run_dir).absolute()
+
+
+def launch(jobs: list[Job], args) -> int:
+    text = script(jobs, args)
+    if args.dry_run:
+        print(text, end="")
+        return 0
+    for job in jobs:
+        record(job, "slurm", text)
+    path = _log_dir(jobs) / "sbatch.sh"
+    path.write_text(text)
+    cmd = ["sbatch", "--parsable"] + (["--wait"] if args.wait else []) + [str(path)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0 and not out.stdout.strip():
+        print(f"gptjax launch slurm: sbatch failed: {out.stderr.strip()}", file=sys.stderr)
+        return 1
+    job_id = out.stdout.strip().splitlines()[0] if out.stdout.strip() else "?"
+    print(f"submitted SLURM job {job_id}: {path}")
+    return out.returncode

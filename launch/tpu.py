@@ -1,0 +1,55 @@
+"""`tpu`: gcloud commands for a Cloud TPU VM slice: copy, install and run on every worker.
+
+`--queued` first creates the slice through a queued resource. Every process of the slice runs the
+same command; JAX's TPU detection connects them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from gptjax.launch.common import Job, record, shell_join
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--tpu-name", required=True, help="TPU VM (slice) name")
+    p.add_argument("--zone", required=True, help="zone, e.g. us-central2-b")
+    p.add_argument("--project", default=None, help="GCP project (default: gcloud's)")
+    p.add_argument("--queued", action="store_true", help="create the slice with a queued resource first")
+    p.add_argument("--accelerator-type", default="v4-32", help="with --queued: slice type")
+    p.add_argument("--runtime-version", default="tpu-ubuntu2204-base", help="with --queued: TPU VM image")
+    p.add_argument("--spot", action="store_true", help="with --queued: spot capacity")
+    p.add_argument("--remote-dir", default="gptjax", help="checkout directory on the workers")
+
+
+def commands(jobs: list[Job], args) -> list[list[str]]:
+    where = ["--zone", args.zone] + (["--project", args.project] if args.project else [])
+    cmds = []
+    if args.queued:
+        cmds.append(["gcloud", "compute", "tpus", "queued-resources", "create", f"{args.tpu_name}-qr",
+                     "--node-id", args.tpu_name, "--accelerator-type", args.accelerator_type,
+                     "--runtime-version", args.runtime_version, *where] + (["--spot"] if args.spot else []))
+    ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", args.tpu_name, *where, "--worker=all", "--command"]
+    cmds.append(["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", ".", f"{args.tpu_name}:~/{args.remote_dir}",
+                 *where, "--worker=all"])
+    cmds.append(ssh + [f"cd ~/{args.remote_dir} && python3 -m pip install -q -e '.[tpu]'"])
+    for job in jobs:
+        cmds.append(ssh + [f"cd ~/{args.remote_dir} && {shell_join(job.train_args('python3'))}"])
+    return cmds
+
+
+def launch(jobs: list[Job], args) -> int:
+    cmds = commands(jobs, args)
+    text = "\n".join(shell_join(c) for c in cmds)
+    if args.dry_run:
+        print(text)
+        return 0
+    for job in jobs:
+        record(job, "tpu", text)
+    for c in cmds:
+        rc = subprocess.run(c).returncode
+        if rc != 0:
+            print(f"gptjax launch tpu: failed ({rc}): {shell_join(c)}", file=sys.stderr)
+            return rc
+    return 0
