@@ -129,12 +129,15 @@ def load_tokens(cfg: DataConfig) -> Tokens:
     return _open(directory, tokenizer)
 
 
+# Cut only after a newline that precedes a non-space character: no BPE pre-token of the
+# supported encodings spans such a point, so chunked encoding equals whole-text encoding.
+_SAFE_CUT = re.compile(r"\n(?=\S)")
+
+
 def _split_points(text: str, target: int = 1 << 20) -> list[str]:
-    # Cut only after a newline that precedes a non-space character: no BPE pre-token of the
-    # supported encodings spans such a point, so chunked encoding equals whole-text encoding.
     chunks, start = [], 0
     while start < len(text):
-        m = re.compile(r"\n(?=\S)").search(text, min(start + target, len(text)))
+        m = _SAFE_CUT.search(text, min(start + target, len(text)))
         end = m.end() if m else len(text)
         chunks.append(text[start:end])
         start = end

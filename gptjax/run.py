@@ -24,12 +24,13 @@ import draccus
 import jax
 import numpy as np
 import tqdm
+import yaml
 from flax import nnx
 
 from gptjax import checkpoint, counting, data, generate, sharding, train
 from gptjax import tokenizer as tok_lib
 from gptjax.checkpoint_io import write_text_atomic
-from gptjax.config import TrainConfig
+from gptjax.config import TrainConfig, from_dict
 
 log = logging.getLogger("gptjax")
 
@@ -47,7 +48,8 @@ class RunResult:
     stopped: str | None  # None: ran to the end; else why it stopped
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
+    """The commit of the gptjax checkout that is running, if it is one."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=pathlib.Path(__file__).parent)
@@ -71,7 +73,7 @@ def prepare_run_dir(cfg: TrainConfig, run_dir: pathlib.Path, tokenizer) -> None:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", draccus.dump(cfg))
-    info = {"git_commit": _git_commit(), "versions": _versions(), "host": platform.node(),
+    info = {"git_commit": git_commit(), "versions": _versions(), "host": platform.node(),
             "python": platform.python_version(), "devices": [str(d) for d in jax.devices()],
             "process_count": jax.process_count(),
             "start_time": datetime.datetime.now(datetime.timezone.utc).isoformat()}
@@ -344,9 +346,6 @@ def load_run_model(run_dir: pathlib.Path):
 
 
 def load_run_config(run_dir: pathlib.Path) -> TrainConfig:
-    from gptjax.config import from_dict
-    import yaml
-
     path = pathlib.Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: it has no config.yaml")

@@ -6,13 +6,14 @@ import dataclasses
 import json
 import pathlib
 import shlex
-import subprocess
 import sys
 
+import draccus
 import yaml
 
 from gptjax.checkpoint_io import write_text_atomic
 from gptjax.config import ConfigError, load_train_config
+from gptjax.run import git_commit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,19 +52,9 @@ def make_jobs(config: str, overrides: list[str], run_dir: str | None, sweep: str
     return jobs
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except OSError:
-        return None
-
-
 def record(job: Job, backend: str, submitted: str) -> None:
     """The run directory gets the resolved config and what was submitted, with the git commit."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
-    import draccus
-
     write_text_atomic(job.run_dir / "config.yaml", draccus.dump(load_train_config(job.config, list(job.overrides))))
     info = {"backend": backend, "git_commit": git_commit(), "submitted": submitted, "argv": sys.argv}
     write_text_atomic(job.run_dir / "launch.json", json.dumps(info, indent=1))

@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import yaml
+from gptjax.launch.common import Job, record
 
 from gptjax import distributed
-from gptjax.launch.common import Job, record
 
 PORT = 8476
 

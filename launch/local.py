@@ -13,8 +13,9 @@ import subprocess
 import sys
 import time
 
-from gptjax import distributed
 from gptjax.launch.common import Job, record, shell_join
+
+from gptjax import distributed
 
 
 def add_arguments(p) -> None:

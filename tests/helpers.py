@@ -17,6 +17,14 @@ def markov_tokens(n=4000, vocab=65, seed=0):
 
 TOKENS = markov_tokens()
 
+# A model small enough that a whole end-to-end run takes seconds, on the real corpus.
+TINY_RUN = {
+    "model": {"vocab_size": 65, "max_seq_len": 32, "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64},
+    "data": {"corpus": "tinyshakespeare", "tokenizer": "char", "batch_size": 8},
+    "optim": {"lr": 3e-3, "warmup_steps": 2, "min_lr": 3e-4},
+    "log_every": 1, "eval_batch_size": 256, "keep_last": 10, "peak_flops": 1.0e11,
+}
+
 
 def run_steps(cfg, mesh_cfg, n_devices, steps=5):
     mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:n_devices])

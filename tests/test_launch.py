@@ -17,17 +17,12 @@ import numpy as np
 import pytest
 import slurm_cluster
 import yaml
+from helpers import TINY_RUN
 
 from gptjax import checkpoint, cli, sharding, train
 from gptjax.config import MeshConfig, load_train_config
 
-TINY = {
-    "model": {"vocab_size": 65, "max_seq_len": 32, "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64},
-    "data": {"corpus": "tinyshakespeare", "tokenizer": "char", "batch_size": 8},
-    "optim": {"lr": 3e-3, "warmup_steps": 2, "min_lr": 3e-4},
-    "steps": 8, "log_every": 1, "eval_every": 4, "eval_batch_size": 256, "checkpoint_every": 4,
-    "keep_last": 10, "sample_tokens": 10, "peak_flops": 1.0e11,
-}
+TINY = {**TINY_RUN, "steps": 8, "eval_every": 4, "checkpoint_every": 4, "sample_tokens": 10}
 ONE_PROCESS_8_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
 
 

@@ -13,17 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
+from helpers import TINY_RUN
 
 from gptjax import checkpoint, cli, run
 from gptjax.config import load_train_config
 
-TINY = {
-    "model": {"vocab_size": 65, "max_seq_len": 32, "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64},
-    "data": {"corpus": "tinyshakespeare", "tokenizer": "char", "batch_size": 8},
-    "optim": {"lr": 3e-3, "warmup_steps": 2, "min_lr": 3e-4},
-    "steps": 20, "log_every": 1, "eval_every": 10, "eval_batch_size": 256, "checkpoint_every": 5,
-    "keep_last": 10, "sample_tokens": 20, "peak_flops": 1.0e11,
-}
+TINY = {**TINY_RUN, "steps": 20, "eval_every": 10, "checkpoint_every": 5, "sample_tokens": 20}
 
 
 @pytest.fixture
