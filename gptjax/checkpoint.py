@@ -119,20 +119,43 @@ class Checkpoints:
         steps = sorted(self.manager.all_steps(), reverse=True) if step is None else [step]
         if not steps:
             return None
-        for s in steps:
-            step_dir = self.directory / str(s)
-            problem = verify(step_dir)
-            if problem is None:
-                try:
-                    out = self.manager.restore(s, args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-                    return out["state"], out["meta"]
-                except Exception as e:  # noqa: BLE001 - any failure means: try the previous step
-                    problem = f"{step_dir} failed to restore: {type(e).__name__}: {e}"
-            _loud(f"checkpoint step {s} is unusable: {problem}; falling back to the previous one")
-        raise CheckpointError(
-            f"no checkpoint in {self.directory} can be restored (tried steps {steps}); refusing to start "
-            "from step 0. Move the directory aside to start afresh.")
+        unusable = []
+        try:
+            for s in steps:
+                step_dir = self.directory / str(s)
+                problem = verify(step_dir)
+                if problem is None:
+                    try:
+                        out = self.manager.restore(s, args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+                        return out["state"], out["meta"]
+                    except Exception as e:  # noqa: BLE001 - any failure means: try the previous step
+                        problem = f"{step_dir} failed to restore: {type(e).__name__}: {e}"
+                _loud(f"checkpoint step {s} is unusable: {problem}; falling back to the previous one")
+                unusable.append(s)
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} can be restored (tried steps {steps}); refusing to start "
+                "from step 0. Move the directory aside to start afresh.")
+        finally:
+            self._set_aside(unusable)
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Rename unusable steps to `<step>.unusable` (kept for inspection): left in place, Orbax
+        would count them against max_to_keep and refuse to save that step number again."""
+        if not steps:
+            return
+        if jax.process_index() == 0:
+            for s in steps:
+                target = self.directory / f"{s}.unusable"
+                n = 1
+                while target.exists():
+                    target, n = self.directory / f"{s}.unusable.{n}", n + 1
+                os.replace(self.directory / str(s), target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("gptjax_checkpoint_set_aside")
+        self.manager.reload()
 
     def close(self) -> None:
         self.manager.wait_until_finished()

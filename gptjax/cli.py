@@ -44,8 +44,12 @@ def _sample(args) -> int:
     model, tokenizer = run.load_run_model(pathlib.Path(args.run_dir))
     prompt = tokenizer.encode(args.prompt) if args.prompt else (
         [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n"))
-    ids = generate.sample(model, prompt, args.max_new_tokens, temperature=args.temperature,
-                          top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    try:
+        ids = generate.sample(model, prompt, args.max_new_tokens, temperature=args.temperature,
+                              top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    except ValueError as e:  # sampling options out of range
+        print(f"gptjax sample: error: {e}", file=sys.stderr)
+        return 2
     print(args.prompt + tokenizer.decode(ids))
     return 0
 

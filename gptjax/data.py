@@ -155,6 +155,7 @@ def _encode_to(directory: pathlib.Path, text: str, tokenizer, cfg: DataConfig) -
     dtype = token_dtype(tokenizer.vocab_size)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the token cache may be shared by several users
     meta = {"tokenizer": tokenizer.to_dict(), "dtype": np.dtype(dtype).name, "val_fraction": cfg.val_fraction}
     for split, part in (("train", text[:cut]), ("val", text[cut:])):
         ids = _encode(part, tokenizer, cfg.encode_threads).astype(dtype)
@@ -221,6 +222,16 @@ def check_vocab(tokens: Tokens, vocab_size: int) -> None:
         if top >= vocab_size:
             raise DataError(f"{tokens.directory / (split + '.bin')}: token id {top} is beyond the model's "
                             f"vocabulary (model.vocab_size = {vocab_size}); set model.vocab_size >= {top + 1}")
+
+
+def check_lengths(tokens: Tokens, seq_len: int) -> None:
+    """Each split must fill at least one window, or training or the first eval would fail late."""
+    for split in ("train", "val"):
+        n = getattr(tokens, split).size
+        if n < seq_len + 1:
+            raise DataError(f"{tokens.directory}: the {split} split has {n} tokens, fewer than one window of "
+                            f"data.seq_len + 1 = {seq_len + 1}; use a longer corpus, a shorter data.seq_len, "
+                            "or another data.val_fraction")
 
 
 # --- loaders ------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Detection, in order:
 1. GPTJAX_COORDINATOR (host:port), GPTJAX_NUM_PROCESSES, GPTJAX_PROCESS_ID: any launcher
    (ours for `local` and `k8s` set them; set them by hand elsewhere).
 2. SLURM, inside an `srun` step with more than one task: JAX's own cluster detection.
-3. A Cloud TPU slice with several hosts: JAX's own cluster detection.
+3. A Cloud TPU slice with several hosts (TPU_WORKER_HOSTNAMES on GKE, or GPTJAX_AUTO_DISTRIBUTED=1
+   from our tpu launcher on TPU VMs): JAX's own cluster detection.
 Otherwise the run is single-process and nothing is started.
 
 The heartbeat timeout is deliberate: jax 0.10.2 waits 100 s by default before declaring a silent
@@ -21,6 +22,9 @@ HEARTBEAT_TIMEOUT_S = 15
 INIT_TIMEOUT_S = 120
 SHUTDOWN_TIMEOUT_S = 30
 ENV_COORDINATOR, ENV_NUM, ENV_ID = "GPTJAX_COORDINATOR", "GPTJAX_NUM_PROCESSES", "GPTJAX_PROCESS_ID"
+# Set by the tpu launcher: TPU VM hosts learn their peers from the metadata server, not from the
+# environment, so JAX's own detection must be asked for explicitly.
+ENV_AUTO = "GPTJAX_AUTO_DISTRIBUTED"
 
 
 class DistributedError(RuntimeError):
@@ -39,7 +43,7 @@ def detect(env: dict[str, str] | None = None) -> str | None:
     if "SLURM_STEP_NODELIST" in env and int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1"))) > 1:
         return "slurm"
     hosts = env.get("TPU_WORKER_HOSTNAMES", "")
-    if hosts and len(hosts.split(",")) > 1:
+    if env.get(ENV_AUTO) == "1" or (hosts and len(hosts.split(",")) > 1):
         return "tpu"
     return None
 

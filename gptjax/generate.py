@@ -48,6 +48,10 @@ def sample(model: GPT, prompt: list[int], max_new_tokens: int, *, temperature: f
         raise ValueError("the prompt must hold at least one token")
     if temperature < 0:
         raise ValueError(f"temperature = {temperature} must be >= 0 (0 means greedy)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k = {top_k} must be >= 1 (leave it unset for no top-k filtering)")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p = {top_p} must be in (0, 1] (leave it unset for no nucleus filtering)")
     t = model.cfg.max_seq_len
     graphdef, params = nnx.split(model)
     tokens = list(prompt)

@@ -85,8 +85,13 @@ def _truncate_metrics(path: pathlib.Path, last_step: int) -> None:
     """On resume, drop rows after the restored step so each step appears once."""
     if jax.process_index() != 0 or not path.is_file():
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    keep = [r for r in rows if json.loads(r)["step"] <= last_step]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line torn by a kill mid-write
     write_text_atomic(path, "".join(r + "\n" for r in keep))
 
 
@@ -114,21 +119,23 @@ def peak_flops_per_device(configured: float | None) -> float:
     """The configured peak, or one measured by a matmul benchmark and cached per device kind."""
     if configured is not None:
         return configured
-    kind = jax.devices()[0].device_kind
+    kind = jax.local_devices()[0].device_kind
     cache = data.cache_root() / "peak_flops.json"
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     if kind not in known:
         known[kind] = _measure_matmul_flops()
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(cache, json.dumps(known, indent=1))
+        if jax.process_index() == 0:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(cache, json.dumps(known, indent=1))
     return known[kind]
 
 
 def _measure_matmul_flops(n: int = 1024, reps: int = 5) -> float:
     import jax.numpy as jnp
 
-    dtype = jnp.float32 if jax.devices()[0].platform == "cpu" else jnp.bfloat16
-    a = jnp.ones((n, n), dtype, device=jax.devices()[0])
+    device = jax.local_devices()[0]
+    dtype = jnp.float32 if device.platform == "cpu" else jnp.bfloat16
+    a = jnp.ones((n, n), dtype, device=device)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
     times = []
@@ -190,6 +197,7 @@ def train_run(cfg: TrainConfig, run_dir: pathlib.Path, *, progress: bool = True)
     run_dir = pathlib.Path(run_dir)
     tokens = data.load_tokens(cfg.data)
     data.check_vocab(tokens, cfg.model.vocab_size)
+    data.check_lengths(tokens, cfg.seq_len)
     mesh = sharding.make_mesh(cfg.mesh)
     tr = train.make_trainer(cfg, mesh)
     prepare_run_dir(cfg, run_dir, tokens.tokenizer)
@@ -198,10 +206,10 @@ def train_run(cfg: TrainConfig, run_dir: pathlib.Path, *, progress: bool = True)
     if restored is not None:
         state, meta = restored
         start = int(meta["step"])
-        _truncate_metrics(run_dir / "metrics.jsonl", start)
         _say(f"resumed from step {start}")
     else:
         state, start = train.init_state(tr), 0
+    _truncate_metrics(run_dir / "metrics.jsonl", start)
     try:
         return _loop(cfg, tr, state, start, tokens, run_dir, ckpts, progress, resumed=restored is not None)
     finally:
@@ -223,13 +231,16 @@ def _loop(cfg, tr, state, start, tokens, run_dir, ckpts, progress, resumed) -> R
     pending = None  # (step number, device metrics) of the step whose results are not read yet
     mark = None  # wall time at which the last read step was known complete
     val_loss = None
+    stop_requested = False  # agreed by all processes: read from the step's metrics
+    local_rows = cfg.data.batch_size // jax.process_count()
 
     def read(pending):
         """Fetch a finished step's metrics (the one allowed device-to-host transfer per step)."""
-        nonlocal mark
+        nonlocal mark, stop_requested
         number, device_metrics = pending
         with jax.transfer_guard_device_to_host("allow"):
             m = jax.device_get(device_metrics)
+        stop_requested = stop_requested or bool(m["stop"])
         now = time.perf_counter()
         elapsed, mark = now - mark, now
         tps = tokens_per_step / elapsed
@@ -253,7 +264,8 @@ def _loop(cfg, tr, state, start, tokens, run_dir, ckpts, progress, resumed) -> R
         with _StopFlag() as stop, jax.transfer_guard_device_to_host("disallow"):
             for step, rows in zip(range(start, cfg.steps), batches.iterate(start, cfg.steps)):
                 number = step + 1
-                state, device_metrics = step_fn(state, to_global(rows, tr.batch_sharding))
+                flags = np.full(local_rows, 1.0 if stop.signal is not None else 0.0, np.float32)
+                state, device_metrics = step_fn(state, to_global(rows, tr.batch_sharding), to_global(flags, weight_sh))
                 if mark is None:
                     mark = time.perf_counter()  # compiled and dispatched: time from here
                 if pending is not None:
@@ -262,7 +274,7 @@ def _loop(cfg, tr, state, start, tokens, run_dir, ckpts, progress, resumed) -> R
                 bar.update(1)
                 is_last = number == cfg.steps
                 eval_now = number % cfg.eval_every == 0 or is_last
-                save_now = number % cfg.checkpoint_every == 0 or is_last or stop.signal is not None
+                save_now = number % cfg.checkpoint_every == 0 or is_last or stop_requested
                 if not (eval_now or save_now):
                     continue
                 row = read(pending)  # this step's metrics: a NaN must stop us before saving
@@ -273,15 +285,17 @@ def _loop(cfg, tr, state, start, tokens, run_dir, ckpts, progress, resumed) -> R
                     if jax.process_index() == 0:
                         bar.write(f"step {number}: loss {row['loss']:.4f}, val_loss {val_loss:.4f}")
                 emit(row, force=eval_now)
+                save_now = save_now or stop_requested  # a signal may arrive during eval
                 if save_now:
                     with jax.transfer_guard_device_to_host("allow"):  # Orbax copies to host
                         ckpts.save(number, state, _meta(cfg, number))
                     if cfg.faults.kill_after_save_at_step == number:
                         os.kill(os.getpid(), signal.SIGKILL)  # the save is still in flight
                 mark = time.perf_counter()  # eval and saving are not training throughput
-                if stop.signal is not None:
-                    result.stopped = f"signal {signal.Signals(stop.signal).name}"
-                    _say(f"received {signal.Signals(stop.signal).name}: saved step {number}, exiting")
+                if stop_requested:
+                    name = signal.Signals(stop.signal).name if stop.signal is not None else "a signal on another process"
+                    result.stopped = f"stopped by {name}"
+                    _say(f"received {name}: saved step {number}, exiting")
                     break
             if pending is not None:
                 emit(read(pending))

@@ -98,7 +98,7 @@ def make_train_step(tr: Trainer):
         acc = jax.tree.map(jnp.add, carry["grads"], grads)
         return {**carry, "grads": acc, "ce": carry["ce"] + ce}, None
 
-    def step(state, rows_BxT1):
+    def step(state, rows_BxT1, stop_B):
         key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"]) if dropout else None
         b, t1 = rows_BxT1.shape
         micro_rows = sharding.micro_batches(rows_BxT1.reshape(accum, b // accum, t1), tr.mesh)
@@ -117,11 +117,13 @@ def make_train_step(tr: Trainer):
             params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                                              (params, opt_state), (state["params"], state["opt_state"]))
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+        # stop_B holds each process's "a signal arrived" on its rows: the max travels with the
+        # metrics, so every process learns of a stop at the same step without an extra sync.
         metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
-                   "lr": tr.lr_schedule(state["step"])}
+                   "lr": tr.lr_schedule(state["step"]), "stop": jnp.max(stop_B) > 0}
         return new_state, metrics
 
-    return jax.jit(step, in_shardings=(tr.state_shardings, tr.batch_sharding),
+    return jax.jit(step, in_shardings=(tr.state_shardings, tr.batch_sharding, sharding.batch_sharding(tr.mesh, 1)),
                    out_shardings=(tr.state_shardings, sharding.replicated(tr.mesh)), donate_argnums=0)
 
 

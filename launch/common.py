@@ -62,3 +62,12 @@ def record(job: Job, backend: str, submitted: str) -> None:
 
 def shell_join(args: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in args)
+
+
+def require_shared_run_dir(jobs: list[Job], backend: str) -> None:
+    """Hosts of one run must share its directory (checkpoints, manifests): an absolute path on a
+    filesystem they all mount. A relative path would land on each host's own disk."""
+    for job in jobs:
+        if not job.run_dir.is_absolute():
+            raise ConfigError(f"--run-dir {str(job.run_dir)!r}: {backend} runs span hosts, so give an absolute path "
+                              "on storage every host mounts (e.g. /mnt/shared/runs/NAME)")

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import yaml
-from gptjax.launch.common import Job, record
+from gptjax.launch.common import Job, record, require_shared_run_dir
 
 from gptjax import distributed
 
@@ -55,6 +55,8 @@ def manifest(job: Job, args, name: str) -> dict:
 
 
 def launch(jobs: list[Job], args) -> int:
+    if args.hosts > 1:
+        require_shared_run_dir(jobs, "k8s")
     # One JobSet per sweep member, with distinct names (the coordinator's DNS name follows).
     names = [args.name] if len(jobs) == 1 else [f"{args.name}-{i:03d}" for i in range(len(jobs))]
     docs = [manifest(job, args, name) for job, name in zip(jobs, names)]

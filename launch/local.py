@@ -78,7 +78,9 @@ def _run_group(cmd: list[str], envs: list[dict[str, str]], grace: float) -> int:
                 return 0
             time.sleep(0.2)
     except KeyboardInterrupt:
-        _stop(procs, grace)
+        # The children got the same SIGINT and are finishing a step and saving: let them.
+        for p in procs:
+            p.wait()
         raise
 
 

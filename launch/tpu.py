@@ -9,7 +9,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from gptjax.launch.common import Job, record, shell_join
+from gptjax import distributed
+from gptjax.launch.common import Job, record, require_shared_run_dir, shell_join
 
 
 def add_arguments(p) -> None:
@@ -30,16 +31,23 @@ def commands(jobs: list[Job], args) -> list[list[str]]:
         cmds.append(["gcloud", "compute", "tpus", "queued-resources", "create", f"{args.tpu_name}-qr",
                      "--node-id", args.tpu_name, "--accelerator-type", args.accelerator_type,
                      "--runtime-version", args.runtime_version, *where] + (["--spot"] if args.spot else []))
+        # `create` returns while the request waits for capacity: copy only once the slice is ACTIVE.
+        describe = shell_join(["gcloud", "compute", "tpus", "queued-resources", "describe", f"{args.tpu_name}-qr",
+                               *where, "--format=value(state.state)"])
+        cmds.append(["bash", "-c", f"until [ \"$({describe})\" = ACTIVE ]; do sleep 30; done"])
     ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", args.tpu_name, *where, "--worker=all", "--command"]
     cmds.append(["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", ".", f"{args.tpu_name}:~/{args.remote_dir}",
                  *where, "--worker=all"])
     cmds.append(ssh + [f"cd ~/{args.remote_dir} && python3 -m pip install -q -e '.[tpu]'"])
     for job in jobs:
-        cmds.append(ssh + [f"cd ~/{args.remote_dir} && {shell_join(job.train_args('python3'))}"])
+        # JAX finds the other hosts of a TPU VM slice itself; the marker tells gptjax to ask it to.
+        run = f"cd ~/{args.remote_dir} && {distributed.ENV_AUTO}=1 {shell_join(job.train_args('python3'))}"
+        cmds.append(ssh + [run])
     return cmds
 
 
 def launch(jobs: list[Job], args) -> int:
+    require_shared_run_dir(jobs, "tpu")
     cmds = commands(jobs, args)
     text = "\n".join(shell_join(c) for c in cmds)
     if args.dry_run:

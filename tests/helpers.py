@@ -34,6 +34,7 @@ def run_steps(cfg, mesh_cfg, n_devices, steps=5):
     batches = data.TrainBatches(TOKENS, cfg.seq_len, cfg.data.batch_size, cfg.seed)
     losses = []
     for s in range(steps):
-        state, m = step(state, jax.device_put(batches(s), tr.batch_sharding))
+        no_stop = jax.device_put(np.zeros(cfg.data.batch_size, np.float32), sharding.batch_sharding(mesh, 1))
+        state, m = step(state, jax.device_put(batches(s), tr.batch_sharding), no_stop)
         losses.append(float(m["loss"]))
     return state, np.array(losses)

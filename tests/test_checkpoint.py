@@ -85,6 +85,12 @@ def test_flipped_byte_falls_back_to_the_previous_step(saved, capsys):
     assert meta["step"] == 1
     assert_params_equal(state["params"], expected[1])
     assert "step 2 is unusable" in capsys.readouterr().err
+    # The bad step is set aside, so the resumed run can save step 2 again.
+    assert (directory / "2.unusable").is_dir() and not (directory / "2").exists()
+    ckpts = checkpoint.Checkpoints(directory, keep_last=5, keep_every=None)
+    ckpts.save(2, state, {"step": 2})
+    ckpts.close()
+    assert restore(directory)[1]["step"] == 2
 
 
 def test_truncated_checkpoint_falls_back(saved, capsys):
@@ -115,6 +121,7 @@ def test_no_loadable_checkpoint_is_an_error_not_a_fresh_start(saved):
         (directory / str(step) / checkpoint.MANIFEST).unlink()
     with pytest.raises(CheckpointError, match="refusing to start from step 0"):
         restore(directory)
+    assert sorted(p.name for p in directory.iterdir() if p.is_dir()) == ["1.unusable", "2.unusable"]
 
 
 def test_empty_directory_means_no_checkpoint(tmp_path):

@@ -155,8 +155,16 @@ def test_tpu_dry_run_runs_on_all_workers(config_file, capsys):
                      "--accelerator-type", "v4-32", "--run-dir", "/mnt/runs/r", "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("gcloud compute tpus queued-resources create pod-qr --node-id pod")
-    assert all("--worker=all" in line for line in lines[1:]) and len(lines) == 4
-    assert "gptjax.cli train" in lines[-1] and "--run-dir /mnt/runs/r" in lines[-1]
+    assert "queued-resources describe pod-qr" in lines[1] and "ACTIVE" in lines[1]
+    assert all("--worker=all" in line for line in lines[2:]) and len(lines) == 5
+    assert "GPTJAX_AUTO_DISTRIBUTED=1" in lines[-1] and "gptjax.cli train" in lines[-1]
+    assert "--run-dir /mnt/runs/r" in lines[-1]
+
+
+def test_multi_host_backends_refuse_a_relative_run_dir(config_file, capsys):
+    assert cli.main(["launch", "tpu", str(config_file), "--tpu-name", "pod", "--zone", "z", "--run-dir", "runs/x",
+                     "--dry-run"]) == 2
+    assert "absolute path" in capsys.readouterr().err
 
 
 def test_sweep_validation_happens_before_submission(config_file, tmp_path, capsys):
@@ -216,3 +224,21 @@ def test_slurm_job_array_sweep(slurm, config_file, tmp_path):
         assert len(losses(run_dir)) == 4
         finals.append(losses(run_dir)[0])
     assert len(set(finals)) == 3, "each array task must run its own override set"
+
+
+def test_sigterm_to_one_process_stops_every_process_at_the_same_step(config_file, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "gptjax.cli", "launch", "local", str(config_file), "steps=100000",
+                             "checkpoint_every=1000", "--run-dir", str(run_dir), "--processes", "2",
+                             "--devices-per-process", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists() and len(losses(run_dir)) >= 5):
+        time.sleep(0.2)
+    victim = _pid_of_process(run_dir, 1)
+    assert victim is not None
+    os.kill(victim, signal.SIGTERM)  # only process 1 hears it; the flag travels with the step's metrics
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    step = int(err.split("saved step ")[1].split(",")[0])
+    assert checkpoint.verify(run_dir / "checkpoints" / str(step)) is None
