@@ -176,6 +176,11 @@ def test_sweep_validation_happens_before_submission(config_file, tmp_path, capsy
 
 # --- SLURM --------------------------------------------------------------------------------------
 
+# One cluster per pytest worker: keep every SLURM test on the same worker (scripts/test.sh runs
+# xdist with --dist loadgroup).
+slurm_group = pytest.mark.xdist_group("slurm")
+
+
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
     why = slurm_cluster.unavailable()
@@ -189,6 +194,7 @@ def slurm(tmp_path_factory):
     cluster.stop()
 
 
+@slurm_group
 def test_slurm_script_is_accepted_by_sbatch(slurm, config_file, tmp_path):
     out = gptjax("launch", "slurm", config_file, "--run-dir", tmp_path / "r", "--tasks-per-node", 2,
                  "--cpu-devices-per-task", 4, "--time", "00:10:00", "--dry-run", env=slurm.env)
@@ -200,6 +206,7 @@ def test_slurm_script_is_accepted_by_sbatch(slurm, config_file, tmp_path):
     assert "to start at" in test_only.stderr
 
 
+@slurm_group
 def test_two_slurm_tasks_match_one_process(slurm, config_file, single_process_run, tmp_path):
     run_dir = tmp_path / "run"
     out = gptjax("launch", "slurm", config_file, "--run-dir", run_dir, "--tasks-per-node", 2,
@@ -209,6 +216,7 @@ def test_two_slurm_tasks_match_one_process(slurm, config_file, single_process_ru
     np.testing.assert_allclose(losses(run_dir), losses(single_process_run), rtol=0, atol=1e-5)
 
 
+@slurm_group
 def test_slurm_job_array_sweep(slurm, config_file, tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump([{"seed": s, "steps": 4, "eval_every": 4} for s in range(3)]))
