@@ -17,7 +17,7 @@ from flax import nnx
 
 from gptjax.attention import GLOBAL_WINDOW, Attention
 from gptjax.config import ModelConfig
-from gptjax.layers import DTYPES, MLP, Dense, Embedding, Norm, dropout, param
+from gptjax.layers import MLP, Dense, Embedding, Norm, dropout
 
 REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole block on the backward pass
@@ -149,9 +149,3 @@ def abstract_model(cfg: ModelConfig) -> GPT:
     """The model with ShapeDtypeStructs in place of weights: nothing is allocated."""
     return nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(params=0)))
 
-
-def compute_dtype(cfg: ModelConfig):
-    return DTYPES[cfg.compute_dtype]
-
-
-__all__ = ["GPT", "Block", "init_model", "abstract_model", "param"]

@@ -1,5 +1,12 @@
 """Shared test helpers: a learnable token stream and a few sharded train steps."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
 import jax
 import numpy as np
 
@@ -38,3 +45,26 @@ def run_steps(cfg, mesh_cfg, n_devices, steps=5):
         state, m = step(state, jax.device_put(batches(s), tr.batch_sharding), no_stop)
         losses.append(float(m["loss"]))
     return state, np.array(losses)
+
+
+def gptjax_cli(*args, env=None, check=True, timeout=300):
+    """`python -m gptjax.cli ARGS` in a subprocess; fails the test with its output unless check=False."""
+    out = subprocess.run([sys.executable, "-m", "gptjax.cli", *map(str, args)], capture_output=True, text=True,
+                         timeout=timeout, env={**os.environ, **(env or {})})
+    if check and out.returncode != 0:
+        raise AssertionError(f"gptjax {args} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (pathlib.Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir):
+    return [row["loss"] for row in metrics(run_dir)]
+
+
+def wait_until(condition, timeout=180.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline and not condition():
+        time.sleep(0.2)

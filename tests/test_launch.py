@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import slurm_cluster
 import yaml
-from helpers import TINY_RUN
+from helpers import TINY_RUN, losses, wait_until
+from helpers import gptjax_cli as gptjax
 
 from gptjax import checkpoint, cli, sharding, train
 from gptjax.config import MeshConfig, load_train_config
@@ -31,18 +32,6 @@ def config_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY))
     return path
-
-
-def gptjax(*args, env=None, check=True, timeout=300):
-    out = subprocess.run([sys.executable, "-m", "gptjax.cli", *map(str, args)], capture_output=True, text=True,
-                         timeout=timeout, env={**os.environ, **(env or {})})
-    if check and out.returncode != 0:
-        raise AssertionError(f"gptjax {args} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
-    return out
-
-
-def losses(run_dir):
-    return [json.loads(line)["loss"] for line in (pathlib.Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -108,15 +97,17 @@ def _pid_of_process(run_dir, process_id):
     return None
 
 
+def _start_two_processes(config_file, run_dir, *overrides):
+    """A long 2-process local launch in the background (tests stop it themselves)."""
+    return subprocess.Popen([sys.executable, "-m", "gptjax.cli", "launch", "local", str(config_file), "steps=100000",
+                             *overrides, "--run-dir", str(run_dir), "--processes", "2", "--devices-per-process", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_a_dead_process_ends_the_job_quickly_and_restart_resumes(config_file, tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "gptjax.cli", "launch", "local", str(config_file), "steps=100000",
-                             "checkpoint_every=4", "--run-dir", str(run_dir), "--processes", "2",
-                             "--devices-per-process", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and not (run_dir / "checkpoints" / "8").is_dir():
-        time.sleep(0.2)
+    proc = _start_two_processes(config_file, run_dir, "checkpoint_every=4")
+    wait_until(lambda: (run_dir / "checkpoints" / "8").is_dir())
     victim = _pid_of_process(run_dir, 1)
     assert victim is not None, "process 1 not found"
     killed_at = time.time()
@@ -236,13 +227,8 @@ def test_slurm_job_array_sweep(slurm, config_file, tmp_path):
 
 def test_sigterm_to_one_process_stops_every_process_at_the_same_step(config_file, tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "gptjax.cli", "launch", "local", str(config_file), "steps=100000",
-                             "checkpoint_every=1000", "--run-dir", str(run_dir), "--processes", "2",
-                             "--devices-per-process", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists() and len(losses(run_dir)) >= 5):
-        time.sleep(0.2)
+    proc = _start_two_processes(config_file, run_dir, "checkpoint_every=1000")
+    wait_until(lambda: (run_dir / "metrics.jsonl").exists() and len(losses(run_dir)) >= 5)
     victim = _pid_of_process(run_dir, 1)
     assert victim is not None
     os.kill(victim, signal.SIGTERM)  # only process 1 hears it; the flag travels with the step's metrics

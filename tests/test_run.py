@@ -6,14 +6,14 @@ import math
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
-from helpers import TINY_RUN
+from helpers import TINY_RUN, metrics, wait_until
+from helpers import gptjax_cli as gptjax
 
 from gptjax import checkpoint, cli, run
 from gptjax.config import load_train_config
@@ -26,18 +26,6 @@ def config_file(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY))
     return path
-
-
-def gptjax(*args, check=True, **kw):
-    out = subprocess.run([sys.executable, "-m", "gptjax.cli", *map(str, args)], capture_output=True,
-                         text=True, timeout=300, **kw)
-    if check and out.returncode != 0:
-        raise AssertionError(f"gptjax {args} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    return out
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def final_params(run_dir, step):
@@ -100,10 +88,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_cleanly(config_file, tmp_path
     proc = subprocess.Popen([sys.executable, "-m", "gptjax.cli", "train", str(config_file), "--run-dir",
                              str(run_dir), "--no-progress", "steps=100000"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (
-            (run_dir / "metrics.jsonl").exists() and len(metrics(run_dir)) >= 3):
-        time.sleep(0.2)
+    wait_until(lambda: (run_dir / "metrics.jsonl").exists() and len(metrics(run_dir)) >= 3, timeout=120)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
