@@ -74,7 +74,7 @@ def main():
     no_decay = [q for q in model.parameters() if q.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=(o.b1, o.b2))
-    t, bs = cfg.seq_len, cfg.data.batch_size
+    t, bs = cfg.resolved_seq_len, cfg.data.batch_size
 
     def get_lr(it):
         if it < o.warmup_steps:

@@ -53,7 +53,7 @@ def fused_attention(q, k, v, *, mask_BxTxS, bias_BxNxTxS, scale, implementation)
 
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, out_std: float, rngs: nnx.Rngs):
-        d, n, kv, h = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head
+        d, n, kv, h = cfg.d_model, cfg.n_heads, cfg.resolved_kv_heads, cfg.resolved_head_dim
         common = dict(cfg=cfg, rngs=rngs)
         std = cfg.init_std
         self.cfg = cfg

@@ -98,29 +98,29 @@ class ModelConfig:
         return -(-self.vocab_size // m) * m
 
     @property
-    def kv_heads(self) -> int:
+    def resolved_kv_heads(self) -> int:
         return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
 
     @property
-    def dim_per_head(self) -> int:
+    def resolved_head_dim(self) -> int:
         return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
 
     @property
-    def ffn_dim(self) -> int:
+    def resolved_d_ff(self) -> int:
         return 4 * self.d_model if self.d_ff is None else self.d_ff
 
     @property
-    def rotary_dims(self) -> int:
+    def resolved_rotary_dim(self) -> int:
         """Width of each head that rotary embeddings rotate (0 without rotary)."""
         if self.position != "rotary":
             return 0
         if self.rotary_dim is not None:
             return self.rotary_dim
-        return int(self.dim_per_head * self.rotary_pct)
+        return int(self.resolved_head_dim * self.rotary_pct)
 
     @property
     def softmax_scale(self) -> float:
-        return 1.0 / math.sqrt(self.dim_per_head) if self.attn_scale is None else self.attn_scale
+        return 1.0 / math.sqrt(self.resolved_head_dim) if self.attn_scale is None else self.attn_scale
 
     @property
     def layer_kinds(self) -> tuple[AttentionKind, ...]:
@@ -218,10 +218,10 @@ def _check_model(c: ModelConfig) -> None:
     _require(c.d_ff is None or c.d_ff > 0, "d_ff", c.d_ff, "must be a positive integer")
     _require(0.0 < c.rotary_pct <= 1.0, "rotary_pct", c.rotary_pct, "must be in (0, 1]")
     if c.position == "rotary":
-        r = c.rotary_dims
+        r = c.resolved_rotary_dim
         field = "rotary_dim" if c.rotary_dim is not None else "rotary_pct"
-        _require(0 < r <= c.dim_per_head and r % 2 == 0, field, getattr(c, field),
-                 f"rotated width {r} must be even, positive and at most head_dim = {c.dim_per_head}")
+        _require(0 < r <= c.resolved_head_dim and r % 2 == 0, field, getattr(c, field),
+                 f"rotated width {r} must be even, positive and at most head_dim = {c.resolved_head_dim}")
     _require(len(c.attention_pattern) > 0, "attention_pattern", c.attention_pattern,
              "must name at least one of 'global', 'local'")
     _require(c.local_window > 0, "local_window", c.local_window, "must be a positive integer")
@@ -337,15 +337,15 @@ class TrainConfig:
         _check_literals(self)
         for name in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_last", "eval_batch_size"):
             _require_in(self, name, getattr(self, name) >= 1, "must be >= 1")
-        if self.seq_len > self.model.max_seq_len:
-            raise ConfigError(f"data.seq_len = {self.seq_len} exceeds model.max_seq_len = "
+        if self.resolved_seq_len > self.model.max_seq_len:
+            raise ConfigError(f"data.seq_len = {self.resolved_seq_len} exceeds model.max_seq_len = "
                               f"{self.model.max_seq_len}; use at most that")
         if self.data.batch_size % self.optim.grad_accum:
             raise ConfigError(f"optim.grad_accum = {self.optim.grad_accum} must divide data.batch_size = "
                               f"{self.data.batch_size}")
 
     @property
-    def seq_len(self) -> int:
+    def resolved_seq_len(self) -> int:
         return self.model.max_seq_len if self.data.seq_len is None else self.data.seq_len
 
     def to_dict(self) -> dict[str, Any]:

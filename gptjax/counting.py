@@ -73,7 +73,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
         raise ConfigError(f"seq_len = {t!r} is invalid: must be a positive integer")
     g = _groups(cfg)
     n_matmul = g.total - g.position - (0 if cfg.tie_embeddings else g.input_embedding)
-    return 6 * n_matmul + 12 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * t
+    return 6 * n_matmul + 12 * cfg.n_layers * cfg.n_heads * cfg.resolved_head_dim * t
 
 
 def param_counts(cfg: ModelConfig, seq_len: int | None = None) -> Counts:

@@ -167,7 +167,7 @@ def _gptj_read(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def _gptj_write(cfg: ModelConfig) -> dict[str, Any]:
-    return dict(rotary_dim=cfg.rotary_dims, activation_function=_hf_activation(cfg, "gptj"))
+    return dict(rotary_dim=cfg.resolved_rotary_dim, activation_function=_hf_activation(cfg, "gptj"))
 
 
 def _neox_read(hf: dict[str, Any]) -> dict[str, Any]:
@@ -182,8 +182,8 @@ def _neox_read(hf: dict[str, Any]) -> dict[str, Any]:
 
 def _neox_write(cfg: ModelConfig) -> dict[str, Any]:
     # Written both ways: transformers 5 reads rope_parameters, 4.x the legacy keys.
-    pct = cfg.rotary_dims / cfg.dim_per_head if cfg.position == "rotary" else 1.0
-    if int(cfg.dim_per_head * pct) != cfg.rotary_dims:  # HF truncates head_dim * pct
+    pct = cfg.resolved_rotary_dim / cfg.resolved_head_dim if cfg.position == "rotary" else 1.0
+    if int(cfg.resolved_head_dim * pct) != cfg.resolved_rotary_dim:  # HF truncates head_dim * pct
         pct = math.nextafter(pct, 1.0)
     return dict(rotary_pct=pct, rotary_emb_base=cfg.rotary_base,
                 rope_parameters=dict(rope_type="default", rope_theta=cfg.rotary_base, partial_rotary_factor=pct),
@@ -206,7 +206,7 @@ def _llama_read(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def _llama_write(cfg: ModelConfig) -> dict[str, Any]:
-    return dict(hidden_act="silu", num_key_value_heads=cfg.kv_heads, head_dim=cfg.dim_per_head,
+    return dict(hidden_act="silu", num_key_value_heads=cfg.resolved_kv_heads, head_dim=cfg.resolved_head_dim,
                 rope_theta=cfg.rotary_base, rope_parameters=dict(rope_type="default", rope_theta=cfg.rotary_base),
                 attention_bias=cfg.qkv_bias)
 
@@ -258,7 +258,7 @@ def _d_ff(cfg: ModelConfig, family: Family) -> dict[str, Any]:
     keys = [key for key, ours in family.renames if ours == "d_ff"]
     if not keys:
         return {}
-    return {keys[0]: cfg.ffn_dim if family.model_type in ("gpt_neox", "llama") else cfg.d_ff}
+    return {keys[0]: cfg.resolved_d_ff if family.model_type in ("gpt_neox", "llama") else cfg.d_ff}
 
 
 def _family(model_type: Any) -> Family:
@@ -282,7 +282,7 @@ def architecture(cfg: ModelConfig) -> dict[str, Any]:
     """What decides a model's function and parameter shapes, keyed by the ModelConfig field that
     sets it; two configs that agree here compute the same function from the same weights."""
     a = dict(vocab_size=cfg.vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-             n_kv_heads=cfg.kv_heads, head_dim=cfg.dim_per_head, d_ff=cfg.ffn_dim, position=cfg.position,
+             n_kv_heads=cfg.resolved_kv_heads, head_dim=cfg.resolved_head_dim, d_ff=cfg.resolved_d_ff, position=cfg.position,
              residual=cfg.residual, norm=cfg.norm, norm_eps=cfg.norm_eps, embed_norm=cfg.embed_norm,
              activation=cfg.activation, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias, mlp_bias=cfg.mlp_bias,
              head_bias=cfg.head_bias, tie_embeddings=cfg.tie_embeddings, attention_pattern=cfg.layer_kinds,
@@ -290,7 +290,7 @@ def architecture(cfg: ModelConfig) -> dict[str, Any]:
     if cfg.position == "learned":
         a["max_seq_len"] = cfg.max_seq_len
     if cfg.position == "rotary":
-        a.update(rotary_dim=cfg.rotary_dims, rotary_layout=cfg.rotary_layout, rotary_base=cfg.rotary_base)
+        a.update(rotary_dim=cfg.resolved_rotary_dim, rotary_layout=cfg.rotary_layout, rotary_base=cfg.rotary_base)
     if cfg.norm == "layernorm":
         a["norm_bias"] = cfg.norm_bias
     if "local" in cfg.layer_kinds:

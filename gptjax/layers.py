@@ -133,7 +133,7 @@ class MLP(nnx.Module):
     """Position-wise feed-forward: down(act(up(x))), or down(silu(gate(x)) * up(x)) for SwiGLU."""
 
     def __init__(self, cfg: ModelConfig, *, out_std: float, rngs: nnx.Rngs):
-        d, f = cfg.d_model, cfg.ffn_dim
+        d, f = cfg.d_model, cfg.resolved_d_ff
         common = dict(bias=cfg.mlp_bias, cfg=cfg, rngs=rngs)
         self.act = ACTIVATIONS[cfg.activation]
         self.up = Dense((d,), (f,), ("embed", "mlp"), std=cfg.init_std, **common)

@@ -15,9 +15,9 @@ import numpy as np
 from gptjax.config import ModelConfig
 
 
-def rotary_angles(positions_BxT: jax.Array, rotary_dims: int, base: float) -> jax.Array:
-    """Angles [B, T, rotary_dims/2]: position × base^(-2i/r), in float32 like the references."""
-    exponents = jnp.arange(0, rotary_dims, 2, dtype=jnp.float32) / rotary_dims
+def rotary_angles(positions_BxT: jax.Array, rotary_dim: int, base: float) -> jax.Array:
+    """Angles [B, T, rotary_dim/2]: position × base^(-2i/r), in float32 like the references."""
+    exponents = jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim
     inv_freq = 1.0 / (base ** exponents)
     return positions_BxT.astype(jnp.float32)[..., None] * inv_freq.reshape(1, 1, -1)
 
@@ -35,8 +35,8 @@ def _rotate_every_two(x: jax.Array) -> jax.Array:
 
 
 def apply_rotary(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, cfg: ModelConfig) -> jax.Array:
-    """Rotate the first `cfg.rotary_dims` features of every head; the rest pass through."""
-    r = cfg.rotary_dims
+    """Rotate the first `cfg.resolved_rotary_dim` features of every head; the rest pass through."""
+    r = cfg.resolved_rotary_dim
     angles = rotary_angles(positions_BxT, r, cfg.rotary_base)  # [B, T, r/2]
     if cfg.rotary_layout == "neox":
         angles = jnp.concatenate([angles, angles], axis=-1)

@@ -178,7 +178,7 @@ def evaluate(cfg: TrainConfig, eval_step, params, tokens: np.ndarray, batch_sh, 
     """Mean token loss over the whole split."""
     shard = data.Shard(jax.process_index(), jax.process_count())
     total, count = 0.0, 0.0
-    for rows, weights in data.eval_batches(tokens, cfg.seq_len, cfg.eval_batch_size, shard):
+    for rows, weights in data.eval_batches(tokens, cfg.resolved_seq_len, cfg.eval_batch_size, shard):
         s, c = eval_step(params, to_global(rows, batch_sh), to_global(weights, weight_sh))
         with jax.transfer_guard_device_to_host("allow"):
             total, count = total + float(s), count + float(c)
@@ -197,7 +197,7 @@ def train_run(cfg: TrainConfig, run_dir: pathlib.Path, *, progress: bool = True)
     run_dir = pathlib.Path(run_dir)
     tokens = data.load_tokens(cfg.data)
     data.check_vocab(tokens, cfg.model.vocab_size)
-    data.check_lengths(tokens, cfg.seq_len)
+    data.check_lengths(tokens, cfg.resolved_seq_len)
     mesh = sharding.make_mesh(cfg.mesh)
     tr = train.make_trainer(cfg, mesh)
     prepare_run_dir(cfg, run_dir, tokens.tokenizer)
@@ -220,10 +220,10 @@ def _loop(cfg, tr, state, start, tokens, run_dir, ckpts, progress, resumed) -> R
     step_fn, eval_fn = train.make_train_step(tr), train.make_eval_step(tr)
     weight_sh = sharding.batch_sharding(tr.mesh, 1)
     shard = data.Shard(jax.process_index(), jax.process_count())
-    batches = data.TrainBatches(tokens.train, cfg.seq_len, cfg.data.batch_size, cfg.seed, shard)
-    flops = counting.flops_per_token(cfg.model, cfg.seq_len)
+    batches = data.TrainBatches(tokens.train, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed, shard)
+    flops = counting.flops_per_token(cfg.model, cfg.resolved_seq_len)
     peak = peak_flops_per_device(cfg.peak_flops) * jax.device_count()
-    tokens_per_step = cfg.data.batch_size * cfg.seq_len
+    tokens_per_step = cfg.data.batch_size * cfg.resolved_seq_len
     metrics_log = _MetricsLog(run_dir)
     bar = tqdm.tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True,
                     disable=not progress or jax.process_index() != 0)

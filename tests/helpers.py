@@ -38,7 +38,7 @@ def run_steps(cfg, mesh_cfg, n_devices, steps=5):
     tr = train.make_trainer(cfg, mesh)
     state = train.init_state(tr)
     step = train.make_train_step(tr)
-    batches = data.TrainBatches(TOKENS, cfg.seq_len, cfg.data.batch_size, cfg.seed)
+    batches = data.TrainBatches(TOKENS, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed)
     losses = []
     for s in range(steps):
         no_stop = jax.device_put(np.zeros(cfg.data.batch_size, np.float32), sharding.batch_sharding(mesh, 1))
