@@ -1,18 +1,22 @@
-"""Orbax CheckpointManager with our own integrity manifest and fallback to the last good step.
+"""Orbax CheckpointManager with our own integrity manifest, on local disks, gs:// and s3://.
 
-Orbax commits atomically (rename of a tmp directory) but checksums no data chunk and follows
-symlinks, so a flipped byte or a planted link would restore silently as wrong values. After each
-commit we write `gptjax_manifest.json` (sha256 of every file); restore verifies it and falls back,
-loudly, to the previous good checkpoint. No loadable checkpoint at all is an error, never a
-silent restart from step 0.
+Orbax commits atomically (rename of a tmp directory locally, a commit file on gs://) but checksums
+no data chunk and follows symlinks, so a flipped byte or a planted link would restore silently as
+wrong values. Before each commit we write `gptjax_manifest.json` (sha256 of every file); restore
+verifies it. Only a checkpoint whose own integrity check fails (manifest mismatch, missing or
+truncated files, a link) is set aside, loudly, in favour of the previous one. Any other failure
+(a shape or tree mismatch, out of memory, an I/O error, an interrupt) is an error that leaves every
+checkpoint exactly as it was. No loadable checkpoint at all is an error, never a silent restart.
+
+Each step holds three items, so inspection can read the parameters alone: `params`, `train`
+({"step", "opt_state"}) and `meta` (JSON). s3:// goes through a local staging mirror (mirror.py),
+because Orbax 0.12 cannot write s3:// itself.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import pathlib
 import sys
 import threading
 from typing import Any
@@ -20,137 +24,191 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from gptjax.checkpoint_io import CheckpointError, sha256_file
+from gptjax import storage
+from gptjax.checkpoint_io import CheckpointError
 
 log = logging.getLogger(__name__)
 MANIFEST = "gptjax_manifest.json"
+ITEMS = ("params", "train", "meta")
+# Orbax's own markers, rewritten around the commit after our manifest is written, and the s3
+# mirror's commit marker, written after everything else.
+COMMIT_MARKER = "gptjax_committed"
+_UNHASHED = {MANIFEST, "commit_success.txt", "_CHECKPOINT_METADATA", COMMIT_MARKER}
 
 
-ITEMS = ("state", "meta")
-# Orbax's own markers, rewritten around the commit after our manifest is written.
-_UNHASHED = {MANIFEST, "commit_success.txt", "_CHECKPOINT_METADATA"}
+class RestoreError(CheckpointError):
+    """A checkpoint that passed its integrity check could not be restored into this run's state."""
 
 
-def _files(step_dir: pathlib.Path) -> list[pathlib.Path]:
-    """Every data file of the checkpoint; any symbolic link anywhere in it is refused."""
-    out = []
-    for root, dirs, files in os.walk(step_dir, followlinks=False):
-        for name in dirs + files:
-            p = pathlib.Path(root) / name
-            if p.is_symlink():
-                raise CheckpointError(f"{p} is a symbolic link; checkpoints must hold only regular files")
-        out += [pathlib.Path(root) / f for f in files if f not in _UNHASHED]
-    return sorted(out)
+def _hashed(step_dir) -> list[str]:
+    return [rel for rel in storage.files(step_dir) if rel.rsplit("/", 1)[-1] not in _UNHASHED]
 
 
-def write_manifest(step_dir: pathlib.Path) -> None:
-    entries = {str(p.relative_to(step_dir)): sha256_file(p) for p in _files(step_dir)}
-    tmp = step_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(entries, indent=0, sort_keys=True))
-    os.replace(tmp, step_dir / MANIFEST)
+def write_manifest(step_dir) -> None:
+    step_dir = storage.as_path(step_dir)
+    entries = {rel: storage.sha256(step_dir / rel) for rel in _hashed(step_dir)}
+    storage.write_text(step_dir / MANIFEST, json.dumps(entries, indent=0, sort_keys=True))
 
 
-def verify(step_dir: pathlib.Path) -> str | None:
-    """None if every file matches the manifest; otherwise what is wrong."""
-    manifest = step_dir / MANIFEST
-    if not manifest.is_file():
-        return f"{step_dir} has no {MANIFEST} (the run stopped before the save was verified)"
-    expected = json.loads(manifest.read_text())
+def verify(step_dir, skip: tuple[str, ...] = ()) -> str | None:
+    """None if every file (outside the item folders in `skip`) matches the manifest; otherwise
+    what is wrong. I/O errors other than a missing file propagate: they say nothing about the
+    checkpoint's integrity."""
+    step_dir = storage.as_path(step_dir)
+    if not (step_dir / MANIFEST).exists():
+        return f"{step_dir} has no {MANIFEST} (damaged, or not written by a verified save)"
     try:
-        files = _files(step_dir)
-    except CheckpointError as e:
+        expected = json.loads((step_dir / MANIFEST).read_text())
+        found = _hashed(step_dir)
+    except json.JSONDecodeError as e:
+        return f"{step_dir / MANIFEST} is not valid JSON ({e})"
+    except storage.StorageError as e:
         return str(e)
-    found = {str(p.relative_to(step_dir)): p for p in files}
-    for rel in sorted(set(expected) | set(found)):
+    kept = [rel for rel in sorted(set(expected) | set(found)) if rel.split("/", 1)[0] not in skip]
+    for rel in kept:
         if rel not in found:
             return f"{step_dir / rel} is missing"
         if rel not in expected:
             return f"{step_dir / rel} is not in the manifest"
-        if sha256_file(found[rel]) != expected[rel]:
+        if storage.sha256(step_dir / rel) != expected[rel]:
             return f"{step_dir / rel} does not match its sha256 in the manifest (corrupted or truncated)"
     return None
 
 
 class Checkpoints:
-    """Asynchronous saves of {state, meta}; keep the last N plus every K-th step."""
+    """Asynchronous saves of {params, train, meta}; keep the last N plus every K-th step.
 
-    def __init__(self, directory: pathlib.Path, keep_last: int, keep_every: int | None):
-        self.directory = pathlib.Path(directory).absolute()
+    `read_only` opens for inspection: nothing in the directory is created, renamed, written or
+    deleted, and damaged steps are skipped rather than set aside.
+    """
+
+    def __init__(self, directory, keep_last: int, keep_every: int | None, *, read_only: bool = False):
+        self.directory = storage.as_path(directory)
+        self.read_only = read_only
+        self.keep_last, self.keep_every = keep_last, keep_every
         self._pending: list[int] = []
         self._lock = threading.Lock()
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep_last, keep_period=keep_every, create=True,
-            async_options=ocp.AsyncOptions(post_finalization_callback=self._on_commit))
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        self.mirror = None
+        local = self.directory
+        if storage.scheme(self.directory) == "s3":
+            from gptjax.mirror import Mirror
+
+            self.mirror = Mirror(self.directory, keep_last, keep_every, read_only=read_only)
+            local = self.mirror.staging
+        storage.tensorstore_env()
+        self._local = local
+        if read_only:
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep_last, keep_period=keep_every, create=True,
+                async_options=ocp.AsyncOptions(post_finalization_callback=self._on_commit))
+        self.manager = ocp.CheckpointManager(local, options=options, item_names=ITEMS)
 
     def _on_commit(self) -> None:
-        # Orbax calls this after the data is written and before the atomic rename, so the
-        # manifest is committed together with the data: a committed step always has one.
+        # Orbax calls this after the data is written and before the commit (rename or commit
+        # file), so the manifest is committed together with the data.
         with self._lock:
             pending, self._pending = self._pending, []
         if jax.process_index() != 0:
             return
         for step in pending:
-            tmp = sorted(self.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
-            step_dir = tmp[-1] if tmp else self.directory / str(step)
+            tmp = sorted(self._local.glob(f"{step}.orbax-checkpoint-tmp*"))
+            step_dir = tmp[-1] if tmp else self._local / str(step)
             if step_dir.is_dir():
                 write_manifest(step_dir)
 
-    def save(self, step: int, state: Any, meta: dict) -> None:
+    def save(self, step: int, state: dict, meta: dict) -> None:
+        if self.read_only:
+            raise CheckpointError(f"{self.directory} was opened read-only; refusing to save step {step}")
         # Orbax finishes the previous save before starting one anyway; waiting here first means
         # the commit callback of that save cannot mistake this step for its own.
-        self.manager.wait_until_finished()
+        self.wait()
         with self._lock:
             self._pending.append(step)
+        train_state = {"step": state["step"], "opt_state": state["opt_state"]}
         self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+            params=ocp.args.StandardSave(state["params"]), train=ocp.args.StandardSave(train_state),
+            meta=ocp.args.JsonSave(meta)), force=True)
+        if self.mirror is not None:
+            self.mirror.upload_when_committed(step)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
+        if self.mirror is not None:
+            self.mirror.wait()
+
+    def all_steps(self) -> list[int]:
+        if self.mirror is not None:
+            return self.mirror.committed_steps()
+        return sorted(self.manager.all_steps())
 
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict] | None:
-        """The newest verified checkpoint restored into `abstract_state`'s shardings (or `step`).
-
-        Returns None only when there is no checkpoint at all.
+    def restore(self, abstract_state: dict, step: int | None = None) -> tuple[dict, dict] | None:
+        """The newest verified checkpoint (or exactly `step`) restored into `abstract_state`'s
+        shardings. Returns None only when there is no checkpoint at all.
         """
-        steps = sorted(self.manager.all_steps(), reverse=True) if step is None else [step]
+        args = {"params": ocp.args.StandardRestore(abstract_state["params"]),
+                "train": ocp.args.StandardRestore({"step": abstract_state["step"],
+                                                   "opt_state": abstract_state["opt_state"]})}
+        found = self._restore_newest(args, skip=(), only=step)
+        if found is None:
+            return None
+        out, meta = found
+        return {"step": out["train"]["step"], "params": out["params"],
+                "opt_state": out["train"]["opt_state"]}, meta
+
+    def restore_params(self, abstract_params: dict) -> tuple[dict, dict] | None:
+        """Parameters (and meta) only, for inspection: the optimizer state is never read."""
+        found = self._restore_newest({"params": ocp.args.StandardRestore(abstract_params)}, skip=("train",))
+        return None if found is None else (found[0]["params"], found[1])
+
+    def _restore_newest(self, args: dict, skip: tuple[str, ...], only: int | None = None):
+        steps = sorted(self.all_steps(), reverse=True) if only is None else [only]
         if not steps:
             return None
-        unusable = []
-        try:
-            for s in steps:
-                step_dir = self.directory / str(s)
-                problem = verify(step_dir)
-                if problem is None:
-                    try:
-                        out = self.manager.restore(s, args=ocp.args.Composite(
-                            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-                        return out["state"], out["meta"]
-                    except Exception as e:  # noqa: BLE001 - any failure means: try the previous step
-                        problem = f"{step_dir} failed to restore: {type(e).__name__}: {e}"
-                _loud(f"checkpoint step {s} is unusable: {problem}; falling back to the previous one")
-                unusable.append(s)
-            raise CheckpointError(
-                f"no checkpoint in {self.directory} can be restored (tried steps {steps}); refusing to start "
-                "from step 0. Move the directory aside to start afresh.")
-        finally:
-            self._set_aside(unusable)
+        for s in steps:
+            step_dir = self.mirror.fetch(s, skip=skip) if self.mirror is not None else self._local / str(s)
+            problem = verify(step_dir, skip=skip)
+            if problem is None:
+                out = self._restore_step(s, {**args, "meta": ocp.args.JsonRestore()})
+                return out, out["meta"]
+            action = "skipping it (read-only)" if self.read_only else f"setting it aside as {s}.unusable"
+            _loud(f"checkpoint step {s} is unusable: {problem}; {action} and falling back to the previous one")
+            if not self.read_only:
+                self._set_aside(s)
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} passes its integrity check (tried steps {steps}); refusing to "
+            "start from step 0. Move the directory aside to start afresh.")
 
-    def _set_aside(self, steps: list[int]) -> None:
-        """Rename unusable steps to `<step>.unusable` (kept for inspection): left in place, Orbax
-        would count them against max_to_keep and refuse to save that step number again."""
-        if not steps:
-            return
+    def _restore_step(self, step: int, args: dict) -> dict:
+        if self.mirror is not None:
+            self.manager.reload()  # the step was just downloaded into the staging directory
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(**args))
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 - reported whole; nothing is set aside
+            raise RestoreError(
+                f"checkpoint step {step} in {self.directory} passed its integrity check but could not be restored "
+                f"into this run's state ({type(e).__name__}: {str(e)[:600]}). No checkpoint was changed. If the "
+                "config changed, resume with the one in the run directory's config.yaml, or start a new run "
+                "with --run-dir.") from e
+
+    def _set_aside(self, step: int) -> None:
+        """Rename a damaged step to `<step>.unusable` (kept for inspection): left in place, Orbax
+        would count it against max_to_keep and refuse to save that step number again."""
         if jax.process_index() == 0:
-            for s in steps:
-                target = self.directory / f"{s}.unusable"
-                n = 1
+            if self.mirror is not None:
+                self.mirror.set_aside(step)
+            else:
+                target, n = self.directory / f"{step}.unusable", 1
                 while target.exists():
-                    target, n = self.directory / f"{s}.unusable.{n}", n + 1
-                os.replace(self.directory / str(s), target)
+                    target, n = self.directory / f"{step}.unusable.{n}", n + 1
+                storage.move_tree(self.directory / str(step), target)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -158,8 +216,10 @@ class Checkpoints:
         self.manager.reload()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
+        if self.mirror is not None:
+            self.mirror.close()
 
 
 def _loud(message: str) -> None:

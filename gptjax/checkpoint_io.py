@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import numpy as np
 import safetensors
 import safetensors.numpy
+
+from gptjax import storage
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -49,12 +52,10 @@ def regular_file(directory: pathlib.Path, name: str) -> pathlib.Path:
 
 def refuse_links(root: pathlib.Path) -> None:
     """Raise if anything under root is a symbolic link (Orbax would follow it to a foreign file)."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in dirnames + filenames:
-            path = pathlib.Path(dirpath) / name
-            if path.is_symlink():
-                raise CheckpointError(f"{path} is a symbolic link; checkpoint directories must hold "
-                                      "only regular files and directories")
+    try:
+        storage.files(root)
+    except storage.StorageError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def read_json(directory: pathlib.Path, name: str) -> dict[str, Any]:
@@ -69,36 +70,7 @@ def read_json(directory: pathlib.Path, name: str) -> dict[str, Any]:
 
 
 def write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def write_text_atomic(path: pathlib.Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of it (temporary file, then rename)."""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; others on a cluster must read runs
-    os.replace(tmp, path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def sha256_file(path: pathlib.Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    storage.write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 class TensorReader:
@@ -180,10 +152,16 @@ def write_safetensors(path: pathlib.Path, tensors: dict[str, np.ndarray]) -> Non
 
 
 @contextlib.contextmanager
-def atomic_directory(path: pathlib.Path, *, overwrite: bool = False) -> Iterator[pathlib.Path]:
-    """Yield a fresh temporary sibling of `path` to fill; it is renamed onto `path` only if the block
-    succeeds, so readers never see a half-written checkpoint. An existing `path` is an error unless
-    `overwrite`, in which case it is replaced after the new one is complete."""
+def atomic_directory(path, *, overwrite: bool = False, last: tuple[str, ...] = ()) -> Iterator[pathlib.Path]:
+    """Yield a fresh local temporary directory to fill; only if the block succeeds does it appear
+    at `path`, so readers never see a half-written checkpoint. Locally that is one rename of a
+    sibling; on an object store the files are uploaded with the marker files named in `last`
+    (the ones loaders look for) written after everything else. An existing `path` is an error
+    unless `overwrite`, in which case it is replaced after the new one is complete."""
+    if storage.is_remote(path):
+        with _remote_directory(storage.as_path(path), overwrite, last) as tmp:
+            yield tmp
+        return
     path = pathlib.Path(path).absolute()
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise FileExistsError(f"{path} already exists; choose a new directory or pass overwrite=True")
@@ -196,6 +174,18 @@ def atomic_directory(path: pathlib.Path, *, overwrite: bool = False) -> Iterator
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def _remote_directory(path, overwrite: bool, last: tuple[str, ...]) -> Iterator[pathlib.Path]:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; choose a new directory or pass overwrite=True")
+    with tempfile.TemporaryDirectory(prefix="gptjax-export-") as tmp:
+        yield pathlib.Path(tmp)
+        storage.remove_tree(path)
+        names = storage.files(tmp)
+        for rel in sorted(names, key=lambda r: r in last):
+            storage.copy_file(pathlib.Path(tmp) / rel, path / rel)
 
 
 def _replace(new: pathlib.Path, path: pathlib.Path) -> None:

@@ -28,7 +28,7 @@ def _train(args) -> int:
 
     cfg = load_train_config(args.config, args.overrides)  # bad input fails before any connection
     distributed.initialize()
-    run_dir = pathlib.Path(args.run_dir) if args.run_dir else pathlib.Path("runs") / cfg.name
+    run_dir = args.run_dir or str(pathlib.Path("runs") / cfg.name)
     result = run.train_run(cfg, run_dir, progress=not args.no_progress)
     val = f", val_loss {result.val_loss:.4f}" if result.val_loss is not None else ""
     import jax
@@ -39,9 +39,9 @@ def _train(args) -> int:
 
 
 def _sample(args) -> int:
-    from gptjax import generate, run
+    from gptjax import generate, rundir
 
-    model, tokenizer = run.load_run_model(pathlib.Path(args.run_dir))
+    model, tokenizer, _ = rundir.load_model(args.run_dir)
     prompt = tokenizer.encode(args.prompt) if args.prompt else (
         [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n"))
     try:

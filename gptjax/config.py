@@ -27,6 +27,13 @@ DType = Literal["float32", "bfloat16"]
 AttentionImpl = Literal["auto", "xla", "cudnn", "einsum"]
 
 
+# Fields that choose how a model runs (kernels, compute precision, training-time dropout), not
+# which function its weights define: a loader may set them, a resumed run may change them, and
+# export ignores them.
+EXECUTION_FIELDS = ("scan_layers", "remat", "compute_dtype", "attention_impl",
+                    "embed_dropout", "attn_dropout", "resid_dropout")
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names field, value and what is accepted."""
 
@@ -259,9 +266,14 @@ class OptimConfig:
     grad_clip: float | None = 1.0  # global-norm clipping; None disables
     z_loss: float = 0.0  # PaLM's auxiliary z-loss weight on log(Z)^2
     grad_accum: int = 1  # micro-batches per step; batch_size is split across them
+    # Adafactor's own options (b1, b2 and eps belong to Adam and Lion): the exponent of its
+    # second-moment decay 1 - t^-rate, and an optional first moment (off: the memory saving).
+    adafactor_decay_rate: float = 0.8
+    adafactor_momentum: float | None = None
 
     def __post_init__(self) -> None:
         _check_literals(self)
+        _check_unused_options(self)
         for name in ("lr", "eps"):
             _require_in(self, name, getattr(self, name) > 0, "must be positive")
         _require_in(self, "min_lr", 0 <= self.min_lr <= self.lr, f"must be in [0, lr = {self.lr}]")
@@ -269,7 +281,29 @@ class OptimConfig:
         _require_in(self, "grad_accum", self.grad_accum >= 1, "must be >= 1")
         _require_in(self, "weight_decay", self.weight_decay >= 0, "must be >= 0")
         _require_in(self, "wsd_decay_fraction", 0 < self.wsd_decay_fraction <= 1, "must be in (0, 1]")
+        _require_in(self, "adafactor_decay_rate", 0 < self.adafactor_decay_rate <= 1, "must be in (0, 1]")
+        _require_in(self, "adafactor_momentum",
+                    self.adafactor_momentum is None or 0 <= self.adafactor_momentum < 1, "must be in [0, 1) or null")
         _require_in(self, "grad_clip", self.grad_clip is None or self.grad_clip > 0, "must be positive or null")
+
+
+# Options each optimizer does not read: setting one is refused rather than silently ignored.
+_UNUSED_OPTIONS = {
+    "adamw": ("adafactor_decay_rate", "adafactor_momentum"),
+    "lion": ("eps", "adafactor_decay_rate", "adafactor_momentum"),
+    "adafactor": ("b1", "b2", "eps"),
+}
+
+
+def _check_unused_options(cfg: OptimConfig) -> None:
+    defaults = OptimConfig.__dataclass_fields__
+    for name in _UNUSED_OPTIONS[cfg.name]:
+        default = defaults[name].default
+        if getattr(cfg, name) != default:
+            used = [f for f in ("b1", "b2", "eps", "adafactor_decay_rate", "adafactor_momentum")
+                    if f not in _UNUSED_OPTIONS[cfg.name]]
+            raise ConfigError(f"OptimConfig.{name} = {getattr(cfg, name)!r} is not used by {cfg.name!r}; leave it "
+                              f"at its default ({default!r}). {cfg.name} reads {', '.join(used)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,12 +337,19 @@ class MeshConfig:
                     f"axis sizes {sizes} must be positive, with at most one -1")
 
 
+FaultPhase = Literal["step", "save", "eval"]
+
+
 @dataclasses.dataclass(frozen=True)
 class FaultConfig:
-    """Deliberate failures for fault-injection tests; every field off by default."""
+    """Deliberate failures for fault-injection tests (tests/faults); every field off by default."""
 
     nan_at_step: int | None = None  # the loss of this step (1-based) becomes NaN inside the step
-    kill_after_save_at_step: int | None = None  # SIGKILL self right after this step's async save starts
+    # SIGKILL this process at step kill_at_step: right after dispatching it ("step"), right after
+    # its asynchronous checkpoint save started ("save"; the final save when it is the last step),
+    # or after the first batch of its evaluation ("eval").
+    kill_at_step: int | None = None
+    kill_during: FaultPhase = "save"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -399,3 +440,43 @@ def load_train_config(source: str, overrides: list[str] = ()) -> TrainConfig:
                 raise ConfigError(f"override {text!r}: {k!r} is not a section")
         node[keys[-1]] = value
     return from_dict(TrainConfig, data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resuming: which changes a run directory's state survives.
+
+# A resumed run refuses these: they change what the checkpointed parameters and optimizer state
+# mean, even where shapes happen to agree (a residual layout, an activation, the vocabulary).
+# Everything else (steps, schedule lengths, cadences, eval batch size, mesh, data paths, model
+# EXECUTION_FIELDS) may change and is recorded. Changes of the state's tree or shapes by other
+# fields (grad_clip on/off, Adafactor's factoring) are caught by comparing the abstract states.
+STATE_SECTIONS = ("model",)
+STATE_FIELDS = ("optim.name", "data.tokenizer")
+
+
+def flat_fields(cfg: TrainConfig) -> dict[str, Any]:
+    """{"model.d_model": 128, "steps": 2000, ...} with the override keys as names."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            out[prefix[:-1]] = node
+
+    walk("", cfg.to_dict())
+    return out
+
+
+def config_changes(old: TrainConfig, new: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """(field, old value, new value) for every field that differs."""
+    a, b = flat_fields(old), flat_fields(new)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def alters_state(field: str) -> bool:
+    section, _, name = field.partition(".")
+    if section in STATE_SECTIONS:
+        return name not in EXECUTION_FIELDS
+    return field in STATE_FIELDS

@@ -22,7 +22,8 @@ import grain
 import numpy as np
 
 from gptjax import tokenizer as tok_lib
-from gptjax.checkpoint_io import sha256_file
+from gptjax.storage import cache_root
+from gptjax.storage import sha256 as sha256_file
 from gptjax.config import DataConfig
 
 
@@ -46,10 +47,6 @@ CORPORA = {
         size=1_115_394,
     ),
 }
-
-
-def cache_root() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("GPTJAX_CACHE_DIR", pathlib.Path.home() / ".cache" / "gptjax"))
 
 
 def corpus_path(corpus: str) -> pathlib.Path:
@@ -253,29 +250,21 @@ class Windows:
         return np.asarray(self.tokens[start:start + self.length], np.int32)
 
 
-@dataclasses.dataclass(frozen=True)
-class Shard:
-    """Which rows of each global batch this process materialises."""
-
-    index: int = 0
-    count: int = 1
-
-
 class TrainBatches:
     """Batch `step` is rows [step·B, (step+1)·B) of a seeded shuffle of all windows (reshuffled
-    each epoch); a process reads only its contiguous B/count rows, so the batch depends on
-    (seed, step) alone, not on how many processes assemble it."""
+    each epoch); a process materialises only the global rows its devices hold (`rows`, from
+    sharding.local_rows), so the batch depends on (seed, step) alone, not on how many processes
+    assemble it or how the mesh lays the batch over them."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int, shard: Shard = Shard()):
-        if global_batch % shard.count:
-            raise DataError(f"data.batch_size = {global_batch} is not divisible by {shard.count} processes")
+    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int,
+                 rows: np.ndarray | None = None):
         self.windows = grain.MapDataset.source(Windows(tokens, seq_len + 1)).shuffle(seed=seed).repeat()
-        self.global_batch, self.local = global_batch, global_batch // shard.count
-        self.offset = shard.index * self.local
+        self.global_batch = global_batch
+        self.rows = np.arange(global_batch) if rows is None else np.asarray(rows)
 
     def __call__(self, step: int) -> np.ndarray:
-        start = step * self.global_batch + self.offset
-        return np.stack([self.windows[start + j] for j in range(self.local)])
+        start = step * self.global_batch
+        return np.stack([self.windows[start + int(j)] for j in self.rows])
 
     def iterate(self, start_step: int, end_step: int, prefetch: int = 4):
         """Batches for steps [start_step, end_step), prepared ahead by grain's reader threads."""
@@ -283,14 +272,15 @@ class TrainBatches:
         return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch)))
 
 
-def eval_batches(tokens: np.ndarray, seq_len: int, global_batch: int, shard: Shard = Shard()):
+def eval_batches(tokens: np.ndarray, seq_len: int, global_batch: int, rows: np.ndarray | None = None):
     """The whole split as non-overlapping windows, in fixed order; the last batch is padded with
-    zero-weight rows so every real token counts exactly once. Yields (rows, weights) per process."""
+    zero-weight rows so every real token counts exactly once. Yields this process's (rows,
+    weights) of each global batch (`rows` as in TrainBatches)."""
     windows = Windows(tokens, seq_len + 1, stride=seq_len)
     n = len(windows)
-    local = global_batch // shard.count
+    local = np.arange(global_batch) if rows is None else np.asarray(rows)
     for start in range(0, n, global_batch):
-        ids = [start + shard.index * local + j for j in range(local)]
-        rows = np.stack([windows[i] if i < n else np.zeros(seq_len + 1, np.int32) for i in ids])
+        ids = [start + int(j) for j in local]
+        batch = np.stack([windows[i] if i < n else np.zeros(seq_len + 1, np.int32) for i in ids])
         weights = np.asarray([1.0 if i < n else 0.0 for i in ids], np.float32)
-        yield rows, weights
+        yield batch, weights

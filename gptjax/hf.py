@@ -24,15 +24,12 @@ from flax import nnx
 
 from gptjax import checkpoint_io
 from gptjax.checkpoint_io import CheckpointError
-from gptjax.config import ConfigError, ModelConfig
+from gptjax.config import EXECUTION_FIELDS, ConfigError, ModelConfig
 from gptjax.layers import DTYPES
 from gptjax.model import GPT, abstract_model
 
 CONFIG_FILE = "config.json"
-# Fields that choose how a model runs (kernels, compute precision, training-time dropout), not
-# which function its weights define: a caller may set them on load, and export ignores them.
-EXECUTION_FIELDS = ("scan_layers", "remat", "compute_dtype", "attention_impl",
-                    "embed_dropout", "attn_dropout", "resid_dropout")
+# Fields that change the stored layout but not the function: a loader may choose them.
 LAYOUT_FIELDS = ("vocab_pad_multiple", "param_dtype")
 _STORAGE_DTYPES = {"F32": "float32", "F16": "float32", "BF16": "bfloat16"}  # F16 -> F32 is exact
 
@@ -782,10 +779,10 @@ def export_hf(model: GPT, path: str | pathlib.Path, *, model_type: str | None = 
     specs = _param_specs(state, cfg)
     ours = {".".join(map(str, p)): np.asarray(jax.device_get(v.get_value())) for p, v in nnx.to_flat_state(state)}
     tensors = _export_tensors(family, cfg, specs, ours)
-    with checkpoint_io.atomic_directory(pathlib.Path(path), overwrite=overwrite) as tmp:
+    with checkpoint_io.atomic_directory(path, overwrite=overwrite, last=(CONFIG_FILE,)) as tmp:
         checkpoint_io.write_json(tmp / CONFIG_FILE, hf_config)
         checkpoint_io.write_safetensors(tmp / checkpoint_io.SINGLE_FILE, tensors)
-    return pathlib.Path(path)
+    return path
 
 
 def _export_tensors(family: Family, cfg: ModelConfig, specs: dict[str, ParamSpec],

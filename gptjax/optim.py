@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import optax
 
@@ -37,17 +39,46 @@ def decay_mask(params: dict, decay_embeddings: bool) -> dict:
     return jax.tree_util.tree_map_with_path(lambda path, _: str(path[-1].key) in decayed, params)
 
 
-def build(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    lr = schedule(cfg, total_steps)
+def _direction(cfg: OptimConfig) -> list[optax.GradientTransformation]:
+    """The optimizer's update direction, before weight decay and the learning rate."""
+    if cfg.name == "adamw":
+        return [optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)]
+    if cfg.name == "lion":
+        return [optax.scale_by_lion(b1=cfg.b1, b2=cfg.b2)]
+    # Adafactor as optax.adafactor's defaults (Shazeer & Stern 2018): factored second moments,
+    # update clipping at RMS 1, steps relative to each parameter block's scale.
+    parts = [optax.scale_by_factored_rms(decay_rate=cfg.adafactor_decay_rate),
+             optax.clip_by_block_rms(1.0), optax.scale_by_param_block_rms()]
+    if cfg.adafactor_momentum is not None:
+        parts.append(optax.ema(cfg.adafactor_momentum, debias=False))
+    return parts
 
+
+def _chain(cfg: OptimConfig, learning_rate: float) -> optax.GradientTransformation:
     def mask(params):
         return decay_mask(params, cfg.decay_embeddings)
 
-    if cfg.name == "adamw":
-        opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=mask)
-    elif cfg.name == "lion":
-        opt = optax.lion(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=mask)
-    else:
-        opt = optax.adafactor(lr, weight_decay_rate=cfg.weight_decay or None, weight_decay_mask=mask)
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip is not None else []
-    return optax.chain(*parts, opt)
+    parts += _direction(cfg)
+    # Decoupled weight decay (Loshchilov & Hutter), scaled by the scheduled rate as in AdamW,
+    # for every optimizer: update = -lr * (direction + weight_decay * p).
+    if cfg.weight_decay:
+        parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=mask))
+    parts.append(optax.scale_by_learning_rate(learning_rate))
+    return optax.chain(*parts)
+
+
+def build(cfg: OptimConfig) -> optax.GradientTransformation:
+    """The Optax chain, its learning rate a hyperparameter that the train step sets from the
+    schedule at the step being taken (`with_learning_rate`), not from the optimizer's own update
+    count: a dropped update (nan_policy=skip) then shifts nothing, and the logged rate is the
+    applied one."""
+    return optax.inject_hyperparams(functools.partial(_chain, cfg))(learning_rate=cfg.lr)
+
+
+def with_learning_rate(opt_state: optax.InjectHyperparamsState, lr: jax.Array) -> optax.InjectHyperparamsState:
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
+
+
+def applied_learning_rate(opt_state: optax.InjectHyperparamsState) -> jax.Array:
+    return opt_state.hyperparams["learning_rate"]

@@ -15,9 +15,9 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from gptjax import checkpoint_io, hf
+from gptjax import checkpoint_io, hf, storage
 from gptjax.checkpoint_io import CheckpointError
-from gptjax.config import ModelConfig, from_dict
+from gptjax.config import EXECUTION_FIELDS, ModelConfig, from_dict
 from gptjax.model import GPT, abstract_model
 
 NATIVE_CONFIG = "gptjax_config.json"
@@ -28,20 +28,20 @@ FORMAT_VERSION = 1
 def save_pretrained(model: GPT, path: str | pathlib.Path, *, overwrite: bool = False) -> pathlib.Path:
     """Write gptjax_config.json and the parameters (Orbax) into `path`, which appears whole or not at all."""
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    with checkpoint_io.atomic_directory(pathlib.Path(path), overwrite=overwrite) as tmp:
+    with checkpoint_io.atomic_directory(path, overwrite=overwrite, last=(NATIVE_CONFIG,)) as tmp:
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(tmp / PARAMS_DIR, params)
         checkpointer.wait_until_finished()  # saves are asynchronous; the rename must follow the commit
         checkpointer.close()
         checkpoint_io.write_json(tmp / NATIVE_CONFIG, {"format_version": FORMAT_VERSION,
                                                        "model": model.cfg.to_dict()})
-    return pathlib.Path(path)
+    return path
 
 
 def load_native(path: str | pathlib.Path, **overrides: Any) -> GPT:
-    """A GPT from a directory written by save_pretrained; `overrides` may set hf.EXECUTION_FIELDS."""
+    """A GPT from a directory written by save_pretrained; `overrides` may set EXECUTION_FIELDS."""
     directory = pathlib.Path(path)
-    cfg = hf.with_overrides(_native_config(directory), overrides, hf.EXECUTION_FIELDS)
+    cfg = hf.with_overrides(_native_config(directory), overrides, EXECUTION_FIELDS)
     checkpoint_io.refuse_links(directory)
     graphdef, state = nnx.split(abstract_model(cfg))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -62,16 +62,16 @@ def _native_config(directory: pathlib.Path) -> ModelConfig:
     return from_dict(ModelConfig, data["model"])
 
 
-# Marker file -> loader, tried in order. Run directories (a later issue) add their entry here.
 def load_run(path: str | pathlib.Path, **overrides: Any) -> GPT:
-    """The model of a training run directory, from its latest verified checkpoint."""
-    from gptjax import run
+    """The model of a training run directory, from its latest verified checkpoint (read-only)."""
+    from gptjax import rundir
 
     if overrides:
         raise ValueError(f"run directories take no overrides, got {sorted(overrides)}")
-    return run.load_run_model(pathlib.Path(path))[0]
+    return rundir.load_model(path)[0]
 
 
+# Marker file -> loader, tried in order.
 LOADERS: list[tuple[str, Callable[..., GPT]]] = [
     (NATIVE_CONFIG, load_native),
     (hf.CONFIG_FILE, hf.load_hf),
@@ -80,7 +80,12 @@ LOADERS: list[tuple[str, Callable[..., GPT]]] = [
 
 
 def from_pretrained(path: str | pathlib.Path, **overrides: Any) -> GPT:
-    """Load a native or Hugging Face directory, whichever `path` is."""
+    """Load a native or Hugging Face directory, or a run directory, whichever `path` is."""
+    if storage.is_remote(path):
+        if storage.exists(storage.as_path(path) / "checkpoints"):
+            return load_run(path, **overrides)
+        raise CheckpointError(f"{path}: from object storage only run directories are read; copy a Hugging Face "
+                              "or gptjax directory to a local disk first (gcloud storage cp -r, aws s3 cp --recursive)")
     directory = pathlib.Path(path)
     for marker, loader in LOADERS:
         if (directory / marker).exists() or (directory / marker).is_symlink():

@@ -1,36 +1,28 @@
-"""The training run: run directory, resume, and the loop's cadence of logging, eval, checkpoints.
+"""The training loop: resume, and the cadence of logging, eval, checkpoints and signals.
 
 The loop never waits on the device: step t is dispatched before step t-1's metrics are read,
-and nothing else leaves the device except at eval and checkpoint steps.
+and nothing else leaves the device except at eval and checkpoint steps. The run directory's
+layout and I/O live in rundir.py; checkpoints in checkpoint.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import datetime
-import json
 import logging
 import os
-import pathlib
-import platform
 import signal
-import subprocess
 import sys
 import time
-from importlib import metadata as importlib_metadata
 
-import draccus
 import jax
 import numpy as np
 import tqdm
-import yaml
 from flax import nnx
 
-from gptjax import checkpoint, counting, data, generate, sharding, train
-from gptjax import tokenizer as tok_lib
-from gptjax.checkpoint_io import write_text_atomic
-from gptjax.config import TrainConfig, from_dict
+from gptjax import counting, data, generate, hardware, sharding, train
+from gptjax.config import TrainConfig
+from gptjax.rundir import RunDir
+from gptjax.signals import StopFlag
 
 log = logging.getLogger("gptjax")
 
@@ -48,191 +40,88 @@ class RunResult:
     stopped: str | None  # None: ran to the end; else why it stopped
 
 
-def git_commit() -> str | None:
-    """The commit of the gptjax checkout that is running, if it is one."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=pathlib.Path(__file__).parent)
-        return out.stdout.strip() or None
-    except OSError:
-        return None
+class Feeds:
+    """Host-to-device placement of this process's rows of the global batch and stop flags."""
+
+    def __init__(self, tr: train.Trainer):
+        self.tr, self.batch_size = tr, tr.cfg.data.batch_size
+        self.rows = sharding.local_rows(tr.batch_sharding, self.batch_size)
+        self.flag_sharding = sharding.per_device(tr.mesh)
+        self.flag_rows = sharding.local_rows(self.flag_sharding, tr.mesh.size)
+
+    def batch(self, local: np.ndarray) -> jax.Array:
+        return sharding.global_array(local, self.rows, self.tr.batch_sharding, self.batch_size)
+
+    def stop_flags(self, stopping: bool) -> jax.Array:
+        local = np.full(len(self.flag_rows), 1.0 if stopping else 0.0, np.float32)
+        return sharding.global_array(local, self.flag_rows, self.flag_sharding, self.tr.mesh.size)
 
 
-def _versions() -> dict[str, str]:
-    names = ("gptjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tiktoken", "numpy")
-    out = {}
-    for n in names:
-        with contextlib.suppress(importlib_metadata.PackageNotFoundError):
-            out[n] = importlib_metadata.version(n)
-    return out
-
-
-def prepare_run_dir(cfg: TrainConfig, run_dir: pathlib.Path, tokenizer) -> None:
-    """config.yaml, run.json and tokenizer.json (process 0 only)."""
-    if jax.process_index() != 0:
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", draccus.dump(cfg))
-    info = {"git_commit": git_commit(), "versions": _versions(), "host": platform.node(),
-            "python": platform.python_version(), "devices": [str(d) for d in jax.devices()],
-            "process_count": jax.process_count(),
-            "start_time": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-    write_text_atomic(run_dir / "run.json", json.dumps(info, indent=1))
-    write_text_atomic(run_dir / "tokenizer.json", json.dumps(tokenizer.to_dict()))
-
-
-def _truncate_metrics(path: pathlib.Path, last_step: int) -> None:
-    """On resume, drop rows after the restored step so each step appears once."""
-    if jax.process_index() != 0 or not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= last_step:
-                keep.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line torn by a kill mid-write
-    write_text_atomic(path, "".join(r + "\n" for r in keep))
-
-
-class _StopFlag:
-    """SIGTERM/SIGINT finish the current step, save and exit cleanly."""
-
-    def __init__(self):
-        self.signal: int | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def peak_flops_per_device(configured: float | None) -> float:
-    """The configured peak, or one measured by a matmul benchmark and cached per device kind."""
-    if configured is not None:
-        return configured
-    kind = jax.local_devices()[0].device_kind
-    cache = data.cache_root() / "peak_flops.json"
-    known = json.loads(cache.read_text()) if cache.is_file() else {}
-    if kind not in known:
-        known[kind] = _measure_matmul_flops()
-        if jax.process_index() == 0:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(cache, json.dumps(known, indent=1))
-    return known[kind]
-
-
-def _measure_matmul_flops(n: int = 1024, reps: int = 5) -> float:
-    import jax.numpy as jnp
-
-    device = jax.local_devices()[0]
-    dtype = jnp.float32 if device.platform == "cpu" else jnp.bfloat16
-    a = jnp.ones((n, n), dtype, device=device)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        f(a).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / float(np.median(times))
-
-
-class _MetricsLog:
-    """metrics.jsonl and TensorBoard, written by process 0 only."""
-
-    def __init__(self, run_dir: pathlib.Path):
-        self.enabled = jax.process_index() == 0
-        self.path = run_dir / "metrics.jsonl"
-        self.tb = None
-        if self.enabled:
-            from tensorboardX import SummaryWriter
-
-            self.file = open(self.path, "a")
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-
-    def write(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
-        for k, v in row.items():
-            if k != "step" and isinstance(v, (int, float)):
-                self.tb.add_scalar(k, v, row["step"])
-
-    def close(self) -> None:
-        if self.enabled:
-            self.file.close()
-            self.tb.close()
-
-
-def evaluate(cfg: TrainConfig, eval_step, params, tokens: np.ndarray, batch_sh, weight_sh) -> float:
+def evaluate(cfg: TrainConfig, eval_step, params, tokens: np.ndarray, tr, on_batch=None) -> float:
     """Mean token loss over the whole split."""
-    shard = data.Shard(jax.process_index(), jax.process_count())
+    weight_sh = sharding.batch_sharding(tr.mesh, 1)
+    b = cfg.eval_batch_size
+    rows = sharding.local_rows(tr.batch_sharding, b)
     total, count = 0.0, 0.0
-    for rows, weights in data.eval_batches(tokens, cfg.resolved_seq_len, cfg.eval_batch_size, shard):
-        s, c = eval_step(params, to_global(rows, batch_sh), to_global(weights, weight_sh))
+    for i, (batch, weights) in enumerate(data.eval_batches(tokens, cfg.resolved_seq_len, b, rows)):
+        s, c = eval_step(params, sharding.global_array(batch, rows, tr.batch_sharding, b),
+                         sharding.global_array(weights, rows, weight_sh, b))
         with jax.transfer_guard_device_to_host("allow"):
             total, count = total + float(s), count + float(c)
+        if on_batch is not None:
+            on_batch(i)
     return total / count
 
 
-def to_global(local: np.ndarray, sh) -> jax.Array:
-    """The global batch from this process's rows (multi-host: each host holds a slice)."""
-    if jax.process_count() == 1:
-        return jax.device_put(local, sh)
-    return jax.make_array_from_process_local_data(sh, local)
-
-
-def train_run(cfg: TrainConfig, run_dir: pathlib.Path, *, progress: bool = True) -> RunResult:
-    """Train (or resume) `cfg` in `run_dir`. Every input check happens before compilation."""
-    run_dir = pathlib.Path(run_dir)
+def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True) -> RunResult:
+    """Train (or resume) `cfg` in `run_dir`. Every input check, the comparison with the config
+    the run was started with included, happens before anything is written or compiled."""
+    rd = RunDir(run_dir)
+    changes = rd.check_resume(cfg)
     tokens = data.load_tokens(cfg.data)
     data.check_vocab(tokens, cfg.model.vocab_size)
     data.check_lengths(tokens, cfg.resolved_seq_len)
+    rd.check_tokenizer(tokens.tokenizer)
     mesh = sharding.make_mesh(cfg.mesh)
     tr = train.make_trainer(cfg, mesh)
-    prepare_run_dir(cfg, run_dir, tokens.tokenizer)
-    ckpts = checkpoint.Checkpoints(run_dir / "checkpoints", cfg.keep_last, cfg.keep_every)
-    restored = ckpts.restore(tr.abstract_state)
-    if restored is not None:
-        state, meta = restored
-        start = int(meta["step"])
-        _say(f"resumed from step {start}")
-    else:
-        state, start = train.init_state(tr), 0
-    _truncate_metrics(run_dir / "metrics.jsonl", start)
+    ckpts = rd.checkpoints(cfg)
     try:
-        return _loop(cfg, tr, state, start, tokens, run_dir, ckpts, progress, resumed=restored is not None)
+        restored = ckpts.restore(tr.abstract_state)
+        if restored is not None:
+            state, meta = restored
+            start = int(meta["step"])
+            _say(f"resumed from step {start}")
+            if changes:
+                _say("config changes recorded in config.{}.yaml: {}".format(
+                    start, ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes)))
+        else:
+            state, start = train.init_state(tr), 0
+        rd.record_start(cfg, tokens.tokenizer, start, changes)
+        rd.truncate_metrics(start)
+        return _loop(cfg, tr, state, start, tokens, rd, ckpts, progress, resumed=restored is not None)
     finally:
         ckpts.close()
 
 
-def _loop(cfg, tr, state, start, tokens, run_dir, ckpts, progress, resumed) -> RunResult:
+def _kill_now() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _loop(cfg, tr, state, start, tokens, rd, ckpts, progress, resumed) -> RunResult:
     step_fn, eval_fn = train.make_train_step(tr), train.make_eval_step(tr)
-    weight_sh = sharding.batch_sharding(tr.mesh, 1)
-    shard = data.Shard(jax.process_index(), jax.process_count())
-    batches = data.TrainBatches(tokens.train, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed, shard)
+    feeds = Feeds(tr)
+    batches = data.TrainBatches(tokens.train, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed, feeds.rows)
     flops = counting.flops_per_token(cfg.model, cfg.resolved_seq_len)
-    peak = peak_flops_per_device(cfg.peak_flops) * jax.device_count()
+    peak = hardware.peak_flops_per_device(cfg.peak_flops) * jax.device_count()
     tokens_per_step = cfg.data.batch_size * cfg.resolved_seq_len
-    metrics_log = _MetricsLog(run_dir)
+    faults = cfg.faults
+    metrics_log = rd.metrics_log()
     bar = tqdm.tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True,
                     disable=not progress or jax.process_index() != 0)
     result = RunResult(start, None, None, start if resumed else None, None)
     pending = None  # (step number, device metrics) of the step whose results are not read yet
     mark = None  # wall time at which the last read step was known complete
-    val_loss = None
     stop_requested = False  # agreed by all processes: read from the step's metrics
-    local_rows = cfg.data.batch_size // jax.process_count()
 
     def read(pending):
         """Fetch a finished step's metrics (the one allowed device-to-host transfer per step)."""
@@ -248,9 +137,9 @@ def _loop(cfg, tr, state, start, tokens, run_dir, ckpts, progress, resumed) -> R
                "grad_norm": float(m["grad_norm"]), "tokens_per_sec": tps, "mfu": flops * tps / peak}
         if not m["finite"]:
             if cfg.nan_policy == "stop":
-                last = ckpts.latest_step()
                 raise RunStopped(f"non-finite loss at step {number} (loss={row['loss']}, grad_norm="
-                                 f"{row['grad_norm']}); stopping. The last good checkpoint is step {last}.")
+                                 f"{row['grad_norm']}); stopping. The last good checkpoint is step "
+                                 f"{ckpts.latest_step()}.")
             _say(f"non-finite loss at step {number}: update skipped (nan_policy=skip)")
         return row
 
@@ -261,11 +150,12 @@ def _loop(cfg, tr, state, start, tokens, run_dir, ckpts, progress, resumed) -> R
         bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_sec']:.0f}", refresh=False)
 
     try:
-        with _StopFlag() as stop, jax.transfer_guard_device_to_host("disallow"):
+        with StopFlag() as stop, jax.transfer_guard_device_to_host("disallow"):
             for step, rows in zip(range(start, cfg.steps), batches.iterate(start, cfg.steps)):
                 number = step + 1
-                flags = np.full(local_rows, 1.0 if stop.signal is not None else 0.0, np.float32)
-                state, device_metrics = step_fn(state, to_global(rows, tr.batch_sharding), to_global(flags, weight_sh))
+                state, device_metrics = step_fn(state, feeds.batch(rows), feeds.stop_flags(stop.signal is not None))
+                if faults.kill_at_step == number and faults.kill_during == "step":
+                    _kill_now()  # the step is in flight, its metrics unread
                 if mark is None:
                     mark = time.perf_counter()  # compiled and dispatched: time from here
                 if pending is not None:
@@ -280,20 +170,23 @@ def _loop(cfg, tr, state, start, tokens, run_dir, ckpts, progress, resumed) -> R
                 row = read(pending)  # this step's metrics: a NaN must stop us before saving
                 pending = None
                 if eval_now:
-                    val_loss = evaluate(cfg, eval_fn, state["params"], tokens.val, tr.batch_sharding, weight_sh)
-                    row["val_loss"] = result.val_loss = val_loss
+                    kill = faults.kill_at_step == number and faults.kill_during == "eval"
+                    row["val_loss"] = result.val_loss = evaluate(
+                        cfg, eval_fn, state["params"], tokens.val, tr,
+                        on_batch=(lambda i: _kill_now()) if kill else None)
                     if jax.process_index() == 0:
-                        bar.write(f"step {number}: loss {row['loss']:.4f}, val_loss {val_loss:.4f}")
+                        bar.write(f"step {number}: loss {row['loss']:.4f}, val_loss {row['val_loss']:.4f}")
                 emit(row, force=eval_now)
                 save_now = save_now or stop_requested  # a signal may arrive during eval
                 if save_now:
                     with jax.transfer_guard_device_to_host("allow"):  # Orbax copies to host
                         ckpts.save(number, state, _meta(cfg, number))
-                    if cfg.faults.kill_after_save_at_step == number:
-                        os.kill(os.getpid(), signal.SIGKILL)  # the save is still in flight
+                    if faults.kill_at_step == number and faults.kill_during == "save":
+                        _kill_now()  # the save is still in flight
+                    metrics_log.flush()
                 mark = time.perf_counter()  # eval and saving are not training throughput
                 if stop_requested:
-                    name = signal.Signals(stop.signal).name if stop.signal is not None else "a signal on another process"
+                    name = stop.name or "a signal on another process"
                     result.stopped = f"stopped by {name}"
                     _say(f"received {name}: saved step {number}, exiting")
                     break
@@ -311,7 +204,7 @@ def _loop(cfg, tr, state, start, tokens, run_dir, ckpts, progress, resumed) -> R
         with jax.transfer_guard_device_to_host("allow"):  # after the loop: not a training stall
             params = _host_params(state["params"])
             if jax.process_index() == 0:
-                _write_sample(cfg, tr, params, tokens.tokenizer, run_dir, result.final_step)
+                _write_sample(cfg, tr, params, tokens.tokenizer, rd, result.final_step)
     return result
 
 
@@ -331,39 +224,11 @@ def _host_params(params):
     return multihost_utils.process_allgather(params, tiled=True)
 
 
-def _write_sample(cfg, tr, params, tokenizer, run_dir, step) -> None:
+def _write_sample(cfg, tr, params, tokenizer, rd: RunDir, step) -> None:
     model = nnx.merge(tr.graphdef, params)
     prompt = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n")
     ids = generate.sample(model, prompt, cfg.sample_tokens, temperature=0.8, top_k=200, seed=cfg.seed)
-    text = tokenizer.decode(ids)
-    (run_dir / "samples").mkdir(exist_ok=True)
-    write_text_atomic(run_dir / "samples" / f"step_{step}.txt", text)
-
-
-def load_run_model(run_dir: pathlib.Path):
-    """(model, tokenizer) from a run directory's config and latest good checkpoint, on one device."""
-    run_dir = pathlib.Path(run_dir)
-    cfg = load_run_config(run_dir)
-    mesh = sharding.make_mesh(dataclasses.replace(cfg.mesh, data=1, fsdp=1, tensor=1), jax.devices()[:1])
-    tr = train.make_trainer(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=1),
-                                                optim=dataclasses.replace(cfg.optim, grad_accum=1),
-                                                eval_batch_size=1), mesh)
-    ckpts = checkpoint.Checkpoints(run_dir / "checkpoints", cfg.keep_last, cfg.keep_every)
-    try:
-        restored = ckpts.restore(tr.abstract_state)
-    finally:
-        ckpts.close()
-    if restored is None:
-        raise checkpoint.CheckpointError(f"{run_dir / 'checkpoints'} holds no checkpoint yet")
-    tokenizer = tok_lib.from_dict(json.loads((run_dir / "tokenizer.json").read_text()))
-    return nnx.merge(tr.graphdef, restored[0]["params"]), tokenizer
-
-
-def load_run_config(run_dir: pathlib.Path) -> TrainConfig:
-    path = pathlib.Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory: it has no config.yaml")
-    return from_dict(TrainConfig, yaml.safe_load(path.read_text()))
+    rd.write_sample(step, tokenizer.decode(ids))
 
 
 def _say(message: str) -> None:

@@ -74,6 +74,36 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def per_device(mesh: Mesh) -> NamedSharding:
+    """One element per device of the mesh: a reduction over it reaches every process, whatever
+    the batch layout (the stop flag travels this way)."""
+    return NamedSharding(mesh, PartitionSpec(AXES))
+
+
+def local_rows(sh: NamedSharding, n_rows: int) -> np.ndarray:
+    """The rows (dimension 0) of a global array of `n_rows` that this process's devices hold,
+    sorted. Where the batch axes do not span every process (say tensor parallelism across hosts),
+    several processes hold the same rows and each must supply them."""
+    shape = (n_rows,) + (1,) * (len(sh.spec) - 1) if len(sh.spec) else (n_rows,)
+    rows: set[int] = set()
+    for index in sh.addressable_devices_indices_map(shape).values():
+        rows.update(range(*index[0].indices(n_rows)))
+    return np.asarray(sorted(rows), np.int64)
+
+
+def global_array(local: np.ndarray, rows: np.ndarray, sh: NamedSharding, n_rows: int) -> jax.Array:
+    """The global array whose rows `rows` (from local_rows) this process holds as `local`."""
+    if jax.process_count() == 1 and len(rows) == n_rows:
+        return jax.device_put(local, sh)
+    position = {int(r): i for i, r in enumerate(rows)}
+
+    def shard(index):
+        picked = [position[r] for r in range(*index[0].indices(n_rows))]
+        return local[picked][(slice(None),) + tuple(index[1:])]
+
+    return jax.make_array_from_callback((n_rows,) + local.shape[1:], sh, shard)
+
+
 _noticed: set[tuple] = set()
 
 

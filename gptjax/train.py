@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from gptjax import optim, sharding
 from gptjax.config import TrainConfig
-from gptjax.model import GPT
+from gptjax.model import GPT, abstract_model
 
 State = dict[str, Any]
 
@@ -48,7 +48,7 @@ def make_trainer(cfg: TrainConfig, mesh: Mesh) -> Trainer:
     abstract_model = nnx.eval_shape(lambda: GPT(cfg.model, rngs=nnx.Rngs(params=cfg.seed)))
     graphdef, params_state = nnx.split(abstract_model)
     shapes = nnx.to_pure_dict(params_state)
-    tx = optim.build(cfg.optim, cfg.steps)
+    tx = optim.build(cfg.optim)
     param_sh = sharding.param_shardings(sharding.logical_axes(abstract_model), shapes, mesh)
     opt_shapes = jax.eval_shape(tx.init, shapes)
     state_sh = {"step": sharding.replicated(mesh), "params": param_sh,
@@ -57,6 +57,16 @@ def make_trainer(cfg: TrainConfig, mesh: Mesh) -> Trainer:
                             {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": shapes,
                              "opt_state": opt_shapes}, state_sh)
     return Trainer(cfg, mesh, graphdef, tx, optim.schedule(cfg.optim, cfg.steps), abstract, state_sh)
+
+
+def state_layout(cfg: TrainConfig) -> tuple[str, list[tuple]]:
+    """The state's tree structure, shapes and dtypes: what a checkpoint must match, whatever
+    the mesh (evaluated abstractly, nothing allocated)."""
+    shapes = nnx.to_pure_dict(nnx.split(abstract_model(cfg.model))[1])
+    state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": shapes,
+             "opt_state": jax.eval_shape(optim.build(cfg.optim).init, shapes)}
+    leaves, treedef = jax.tree.flatten(state)
+    return str(treedef), [(tuple(a.shape), str(a.dtype)) for a in leaves]
 
 
 def init_state(tr: Trainer) -> State:
@@ -98,7 +108,7 @@ def make_train_step(tr: Trainer):
         acc = jax.tree.map(jnp.add, carry["grads"], grads)
         return {**carry, "grads": acc, "ce": carry["ce"] + ce}, None
 
-    def step(state, rows_BxT1, stop_B):
+    def step(state, rows_BxT1, stop_D):
         key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"]) if dropout else None
         b, t1 = rows_BxT1.shape
         micro_rows = sharding.micro_batches(rows_BxT1.reshape(accum, b // accum, t1), tr.mesh)
@@ -109,7 +119,9 @@ def make_train_step(tr: Trainer):
         grads = jax.tree.map(lambda g: g / accum, carry["grads"])
         loss = carry["ce"] / accum
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tr.tx.update(grads, state["opt_state"], state["params"])
+        lr = tr.lr_schedule(state["step"])
+        opt_state = optim.with_learning_rate(state["opt_state"], lr)
+        updates, opt_state = tr.tx.update(grads, opt_state, state["params"])
         params = optax.apply_updates(state["params"], updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         if cfg.nan_policy == "skip":
@@ -117,13 +129,13 @@ def make_train_step(tr: Trainer):
             params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                                              (params, opt_state), (state["params"], state["opt_state"]))
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
-        # stop_B holds each process's "a signal arrived" on its rows: the max travels with the
+        # stop_D holds, per device, whether its process heard a signal: the max travels with the
         # metrics, so every process learns of a stop at the same step without an extra sync.
-        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
-                   "lr": tr.lr_schedule(state["step"]), "stop": jnp.max(stop_B) > 0}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "lr": lr,
+                   "stop": jnp.max(stop_D) > 0}
         return new_state, metrics
 
-    return jax.jit(step, in_shardings=(tr.state_shardings, tr.batch_sharding, sharding.batch_sharding(tr.mesh, 1)),
+    return jax.jit(step, in_shardings=(tr.state_shardings, tr.batch_sharding, sharding.per_device(tr.mesh)),
                    out_shardings=(tr.state_shardings, sharding.replicated(tr.mesh)), donate_argnums=0)
 
 

@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import shlex
 import sys
 
-import draccus
 import yaml
 
-from gptjax.checkpoint_io import write_text_atomic
+from gptjax import storage
 from gptjax.config import ConfigError, load_train_config
-from gptjax.run import git_commit
+from gptjax.provenance import git_commit
+from gptjax.rundir import RunDir
 
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One training run: a config (YAML file or preset), overrides, and its run directory."""
+    """One training run: a config (YAML file or preset), overrides, and its run directory (a
+    local path, gs:// or s3://)."""
 
     config: str
     overrides: tuple[str, ...]
-    run_dir: pathlib.Path
+    run_dir: str
 
     def train_args(self, python: str = "python") -> list[str]:
         return [python, "-m", "gptjax.cli", "train", self.config, *self.overrides, "--run-dir", str(self.run_dir),
@@ -42,22 +42,23 @@ def load_sweep(path: str) -> list[tuple[str, ...]]:
 def make_jobs(config: str, overrides: list[str], run_dir: str | None, sweep: str | None) -> list[Job]:
     """Jobs for a run or a sweep; every resolved config is validated before anything is submitted."""
     base_cfg = load_train_config(config, overrides)
-    base = pathlib.Path(run_dir) if run_dir else pathlib.Path("runs") / base_cfg.name
+    base = run_dir or f"runs/{base_cfg.name}"
     sets = load_sweep(sweep) if sweep else [()]
     jobs = []
     for i, extra in enumerate(sets):
         all_overrides = (*overrides, *extra)
-        load_train_config(config, list(all_overrides))
-        jobs.append(Job(config, all_overrides, base / f"{i:03d}" if sweep else base))
+        cfg = load_train_config(config, list(all_overrides))
+        job = Job(config, all_overrides, f"{base.rstrip('/')}/{i:03d}" if sweep else base)
+        RunDir(job.run_dir).check_resume(cfg)  # a resumed run that cannot continue is refused here
+        jobs.append(job)
     return jobs
 
 
 def record(job: Job, backend: str, submitted: str) -> None:
-    """The run directory gets the resolved config and what was submitted, with the git commit."""
-    job.run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(job.run_dir / "config.yaml", draccus.dump(load_train_config(job.config, list(job.overrides))))
+    """launch.json in the run directory: what was submitted, with the git commit. The resolved
+    config is the run's own to write (after it compared it with the one it resumes)."""
     info = {"backend": backend, "git_commit": git_commit(), "submitted": submitted, "argv": sys.argv}
-    write_text_atomic(job.run_dir / "launch.json", json.dumps(info, indent=1))
+    RunDir(job.run_dir).record_launch(info)
 
 
 def shell_join(args: list[str]) -> str:
@@ -65,9 +66,10 @@ def shell_join(args: list[str]) -> str:
 
 
 def require_shared_run_dir(jobs: list[Job], backend: str) -> None:
-    """Hosts of one run must share its directory (checkpoints, manifests): an absolute path on a
-    filesystem they all mount. A relative path would land on each host's own disk."""
+    """Hosts of one run must share its directory (checkpoints, manifests): gs://, s3://, or an
+    absolute path on a filesystem they all mount. A relative path would land on each host's disk."""
     for job in jobs:
-        if not job.run_dir.is_absolute():
-            raise ConfigError(f"--run-dir {str(job.run_dir)!r}: {backend} runs span hosts, so give an absolute path "
-                              "on storage every host mounts (e.g. /mnt/shared/runs/NAME)")
+        if not storage.is_remote(job.run_dir) and not pathlib.Path(job.run_dir).is_absolute():
+            raise ConfigError(f"--run-dir {job.run_dir!r}: {backend} runs span hosts, so give gs://BUCKET/..., "
+                              "s3://BUCKET/... or an absolute path on storage every host mounts "
+                              "(e.g. /mnt/shared/runs/NAME)")

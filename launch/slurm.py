@@ -11,6 +11,7 @@ import pathlib
 import subprocess
 import sys
 
+from gptjax import storage
 from gptjax.launch.common import Job, record, shell_join
 
 
@@ -61,7 +62,12 @@ def script(jobs: list[Job], args) -> str:
 
 
 def _log_dir(jobs: list[Job]) -> pathlib.Path:
-    return (jobs[0].run_dir.parent if len(jobs) > 1 else jobs[0].run_dir).absolute()
+    """Where SLURM writes its logs and we the sbatch script: beside the runs, or, for runs on
+    object storage (which SLURM cannot write), in ./slurm-logs."""
+    run_dir = jobs[0].run_dir
+    if storage.is_remote(run_dir):
+        return pathlib.Path("slurm-logs").absolute()
+    return (pathlib.Path(run_dir).parent if len(jobs) > 1 else pathlib.Path(run_dir)).absolute()
 
 
 def launch(jobs: list[Job], args) -> int:
@@ -72,7 +78,7 @@ def launch(jobs: list[Job], args) -> int:
     for job in jobs:
         record(job, "slurm", text)
     path = _log_dir(jobs) / "sbatch.sh"
-    path.write_text(text)
+    storage.write_text(path, text)
     cmd = ["sbatch", "--parsable"] + (["--wait"] if args.wait else []) + [str(path)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0 and not out.stdout.strip():

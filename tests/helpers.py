@@ -41,7 +41,7 @@ def run_steps(cfg, mesh_cfg, n_devices, steps=5):
     batches = data.TrainBatches(TOKENS, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed)
     losses = []
     for s in range(steps):
-        no_stop = jax.device_put(np.zeros(cfg.data.batch_size, np.float32), sharding.batch_sharding(mesh, 1))
+        no_stop = jax.device_put(np.zeros(mesh.size, np.float32), sharding.per_device(mesh))
         state, m = step(state, jax.device_put(batches(s), tr.batch_sharding), no_stop)
         losses.append(float(m["loss"]))
     return state, np.array(losses)
@@ -64,7 +64,10 @@ def losses(run_dir):
     return [row["loss"] for row in metrics(run_dir)]
 
 
-def wait_until(condition, timeout=180.0):
+def wait_until(condition, timeout=180.0, what="the condition"):
+    """Poll until `condition()` holds; a timeout fails the test (it must never pass silently)."""
     deadline = time.time() + timeout
-    while time.time() < deadline and not condition():
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.2)

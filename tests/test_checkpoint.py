@@ -136,5 +136,5 @@ def test_keep_last_n_plus_every_k(tmp_path):
         ckpts.save(step, state, {"step": step})
     ckpts.close()
     kept = checkpoint.Checkpoints(tmp_path / "ckpt", keep_last=2, keep_every=4)
-    assert kept.manager.all_steps() == [4, 8, 9, 10]
+    assert kept.all_steps() == [4, 8, 9, 10]
     kept.close()

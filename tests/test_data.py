@@ -59,7 +59,7 @@ def test_processes_split_the_global_batch_and_read_only_their_rows(monkeypatch):
     parts = []
     for p in range(4):
         CountingWindows.reads = 0
-        loader = data.TrainBatches(STREAM, 16, 8, seed=1, shard=data.Shard(p, 4))
+        loader = data.TrainBatches(STREAM, 16, 8, seed=1, rows=np.arange(2 * p, 2 * p + 2))
         parts.append(loader(9))
         assert CountingWindows.reads == 2, "a process must materialise only its own 2 of 8 rows"
     np.testing.assert_array_equal(np.concatenate(parts), whole(9))
@@ -75,7 +75,7 @@ def test_eval_batches_cover_the_split_exactly_once():
     assert seen == list(range(0, 990, 10))
     # Two processes together see the same rows, each half of every batch.
     single = list(data.eval_batches(tokens, 10, 8))
-    halves = zip(*[data.eval_batches(tokens, 10, 8, data.Shard(p, 2)) for p in range(2)])
+    halves = zip(*[data.eval_batches(tokens, 10, 8, np.arange(4 * p, 4 * p + 4)) for p in range(2)])
     for (rows, w), ((r0, w0), (r1, w1)) in zip(single, halves):
         assert r0.shape == (4, 11)
         np.testing.assert_array_equal(np.concatenate([r0, r1]), rows)

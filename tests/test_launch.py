@@ -60,7 +60,7 @@ def test_two_processes_match_one_process(single_process_run, two_process_run):
 def _restore_params(run_dir, mesh_cfg, n_devices):
     cfg = load_train_config(str(run_dir / "config.yaml"))
     tr = train.make_trainer(cfg, sharding.make_mesh(mesh_cfg, jax.devices()[:n_devices]))
-    ckpts = checkpoint.Checkpoints(run_dir / "checkpoints", 10, None)
+    ckpts = checkpoint.Checkpoints(run_dir / "checkpoints", 10, None, read_only=True)
     try:
         state, meta = ckpts.restore(tr.abstract_state)
     finally:
@@ -117,7 +117,7 @@ def test_a_dead_process_ends_the_job_quickly_and_restart_resumes(config_file, tm
     assert proc.returncode != 0
     assert "process 1 of 2 died (signal SIGKILL)" in err
     assert elapsed < 30, f"the job took {elapsed:.1f} s to end after a process died"
-    last = checkpoint.Checkpoints(run_dir / "checkpoints", 10, None).latest_step()
+    last = checkpoint.Checkpoints(run_dir / "checkpoints", 10, None, read_only=True).latest_step()
     assert last is not None and last >= 8
     out = gptjax("launch", "local", config_file, f"steps={last + 2}", "--run-dir", run_dir, "--processes", 2,
                  "--devices-per-process", 4)

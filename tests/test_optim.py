@@ -64,17 +64,31 @@ def test_decay_mask_spares_biases_norms_and_optionally_embeddings():
         assert mask["embed"]["table"] == with_tables == mask["pos_embed"]["table"]
 
 
-def test_weight_decay_touches_only_masked_parameters():
+@pytest.mark.parametrize("name", ["adamw", "lion", "adafactor"])
+def test_weight_decay_is_decoupled_and_scaled_by_the_schedule(name):
+    # With zero gradients every optimizer's direction is 0, so one update is exactly the decay:
+    # -lr * weight_decay * p on decayed parameters (AdamW's formula), nothing elsewhere. At lr 0.01
+    # this tells decoupled decay apart from decay that ignores the rate (-weight_decay * p).
     cfg = ModelConfig(vocab_size=64, max_seq_len=8, d_model=32, n_layers=1, n_heads=4)
     params = nnx.to_pure_dict(nnx.state(init_model(cfg), nnx.Param))
     params = jax.tree.map(lambda x: x + 1.0, params)  # make biases non-zero so decay would show
-    tx = optim.build(OptimConfig(lr=1.0, warmup_steps=0, schedule="constant", weight_decay=0.5,
-                                 grad_clip=None), 10)
-    zero = jax.tree.map(jnp.zeros_like, params)
-    updates, _ = tx.update(zero, tx.init(params), params)
+    tx = optim.build(OptimConfig(name=name, lr=1.0, min_lr=0.0, weight_decay=0.5, grad_clip=None))
+    lr = 0.01
+    state = optim.with_learning_rate(tx.init(params), jnp.asarray(lr))
+    updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+    assert float(optim.applied_learning_rate(state)) == pytest.approx(lr)
     decayed = optim.decay_mask(params, False)
     for u, p, d in zip(jax.tree.leaves(updates), jax.tree.leaves(params), jax.tree.leaves(decayed)):
-        np.testing.assert_allclose(u, -0.5 * p if d else np.zeros_like(p), rtol=1e-6)
+        np.testing.assert_allclose(u, -lr * 0.5 * p if d else np.zeros_like(p), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name,field,value", [("adafactor", "b2", 0.99), ("adafactor", "b1", 0.8),
+                                              ("adafactor", "eps", 1e-6), ("lion", "eps", 1e-6),
+                                              ("adamw", "adafactor_momentum", 0.9)])
+def test_options_an_optimizer_does_not_use_are_refused(name, field, value):
+    with pytest.raises(ConfigError, match=rf"OptimConfig.{field} = {value!r} is not used by '{name}'"):
+        OptimConfig(name=name, **{field: value})
+    OptimConfig(name=name)  # the defaults are accepted
 
 
 CFG = TrainConfig(model=ModelConfig(vocab_size=65, max_seq_len=16, d_model=64, n_layers=2, n_heads=4, d_ff=128),
@@ -125,3 +139,26 @@ def test_micro_batch_must_divide_the_data_parallel_size():
     cfg = dataclasses.replace(CFG, optim=dataclasses.replace(CFG.optim, grad_accum=4))
     with pytest.raises(ConfigError, match="micro-batch"):
         train.make_trainer(cfg, sharding.make_mesh(MeshConfig(data=8)))
+
+
+def test_skipped_update_keeps_the_logged_rate_the_applied_one():
+    # Warmup makes every step's rate distinct. Step 3's update is dropped (nan_policy=skip); the
+    # rate logged for each later step must be the one the optimizer applied, and follow the
+    # train step (not the count of accepted updates, which lags by one after the skip).
+    cfg = dataclasses.replace(CFG, nan_policy="skip", faults=dataclasses.replace(CFG.faults, nan_at_step=3),
+                              optim=dataclasses.replace(CFG.optim, warmup_steps=10))
+    mesh = sharding.make_mesh(MeshConfig(data=1), jax.devices()[:1])
+    tr = train.make_trainer(cfg, mesh)
+    state, step = train.init_state(tr), train.make_train_step(tr)
+    from gptjax import data
+
+    batches = data.TrainBatches(TOKENS, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed)
+    no_stop = jax.device_put(np.zeros(1, np.float32), sharding.per_device(mesh))
+    schedule = optim.schedule(cfg.optim, cfg.steps)
+    for s in range(5):
+        state, m = step(state, jax.device_put(batches(s), tr.batch_sharding), no_stop)
+        assert float(m["lr"]) == pytest.approx(float(schedule(s)), rel=1e-6)
+        if s == 2:
+            assert not bool(m["finite"])
+        else:  # the skipped step keeps the previous state, rate included
+            assert float(optim.applied_learning_rate(state["opt_state"])) == float(m["lr"])

@@ -15,7 +15,8 @@ import yaml
 from helpers import TINY_RUN, metrics, wait_until
 from helpers import gptjax_cli as gptjax
 
-from gptjax import checkpoint, cli, run
+from gptjax import checkpoint, cli, run, rundir
+from gptjax.rundir import RunDir
 from gptjax.config import load_train_config
 
 TINY = {**TINY_RUN, "steps": 20, "eval_every": 10, "checkpoint_every": 5, "sample_tokens": 20}
@@ -29,11 +30,11 @@ def config_file(tmp_path):
 
 
 def final_params(run_dir, step):
-    cfg = run.load_run_config(run_dir)
+    cfg = RunDir(run_dir).read_config()
     from gptjax import sharding, train
 
     tr = train.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
-    ckpts = checkpoint.Checkpoints(run_dir / "checkpoints", 10, None)
+    ckpts = checkpoint.Checkpoints(run_dir / "checkpoints", 10, None, read_only=True)
     try:
         state, meta = ckpts.restore(tr.abstract_state, step=step)
     finally:
@@ -71,9 +72,9 @@ def test_sigkill_during_an_async_save_then_resume_is_exact(full_run, config_file
     reference_dir, _ = full_run
     run_dir = tmp_path / "run"
     killed = gptjax("train", config_file, "--run-dir", run_dir, "--no-progress",
-                    "faults.kill_after_save_at_step=15", check=False)
+                    "faults.kill_at_step=15", "faults.kill_during=save", check=False)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert checkpoint.Checkpoints(run_dir / "checkpoints", 10, None).latest_step() == 10
+    assert checkpoint.Checkpoints(run_dir / "checkpoints", 10, None, read_only=True).latest_step() == 10
     resumed = gptjax("train", config_file, "--run-dir", run_dir, "--no-progress")
     assert "resumed from step 10" in resumed.stderr
     rows, reference = metrics(run_dir), metrics(reference_dir)
@@ -138,10 +139,10 @@ def test_nan_on_a_checkpoint_step_stops_and_keeps_the_last_good_checkpoint(tmp_p
     cfg = _in_process_cfg(tmp_path, faults={"nan_at_step": 10})
     with pytest.raises(run.RunStopped, match="non-finite loss at step 10.*last good checkpoint is step 5"):
         run.train_run(cfg, tmp_path / "run", progress=False)
-    ckpts = checkpoint.Checkpoints(tmp_path / "run" / "checkpoints", 10, None)
-    assert ckpts.manager.all_steps() == [5]
+    ckpts = checkpoint.Checkpoints(tmp_path / "run" / "checkpoints", 10, None, read_only=True)
+    assert ckpts.all_steps() == [5]
     ckpts.close()
-    model, _ = run.load_run_model(tmp_path / "run")
+    model, _, _ = rundir.load_model(tmp_path / "run")
     assert np.isfinite(np.asarray(model(jnp.zeros((1, 4), jnp.int32)))).all()
 
 
@@ -151,7 +152,7 @@ def test_nan_skip_policy_drops_the_update_inside_the_step(tmp_path):
     assert result.final_step == 20
     rows = metrics(tmp_path / "run")
     assert math.isnan(rows[9]["loss"]) and all(math.isfinite(r["loss"]) for r in rows if r["step"] != 10)
-    model, _ = run.load_run_model(tmp_path / "run")
+    model, _, _ = rundir.load_model(tmp_path / "run")
     assert np.isfinite(np.asarray(model(jnp.zeros((1, 4), jnp.int32)))).all()
 
 

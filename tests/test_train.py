@@ -48,8 +48,8 @@ def shard_shapes(state):
 
 
 def adam_moments(state):
-    # optax.chain(clip, adamw) -> (clip state, (ScaleByAdamState, ...)).
-    adam = state["opt_state"][1][0]
+    # inject_hyperparams(chain(clip, scale_by_adam, ...)) -> inner (clip state, ScaleByAdamState, ...).
+    adam = state["opt_state"].inner_state[1]
     return adam.mu, adam.nu
 
 

@@ -1,0 +1,268 @@
+"""The run directory: its layout and all its file I/O, local or on gs:// / s3:// (storage.py).
+
+    config.yaml          the resolved config the run continues with
+    config.<step>.yaml   history: the config in force from <step> on, one per (re)start that changed it
+    run.json             provenance of the first start, and of every later one under "starts"
+    launch.json          what a launcher submitted (launchers only)
+    tokenizer.json       the tokenizer, so inspection decodes exactly as training encoded
+    metrics.jsonl        one JSON row per logged step, each step once (resume truncates)
+    checkpoints/         Orbax steps with their manifests (checkpoint.py)
+    tensorboard/         event files
+    samples/step_N.txt   the sample written at the end of a run
+
+Only the training run that owns a directory writes to it. `RunDir(path, read_only=True)` (what
+sampling, conversion, evaluation and from_pretrained use) never creates, renames, writes or
+deletes anything there, and restores parameters only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+import draccus
+import jax
+import yaml
+from flax import nnx
+
+from gptjax import checkpoint, provenance, sharding, storage
+from gptjax import tokenizer as tok_lib
+from gptjax.config import ConfigError, TrainConfig, alters_state, config_changes, from_dict
+
+CONFIG = "config.yaml"
+RUN_INFO = "run.json"
+LAUNCH_INFO = "launch.json"
+TOKENIZER = "tokenizer.json"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
+SAMPLES = "samples"
+
+
+class RunDir:
+    def __init__(self, path, *, read_only: bool = False):
+        self.path = storage.as_path(path)
+        self.read_only = read_only
+
+    def __str__(self) -> str:
+        return os.fspath(self.path)
+
+    def file(self, name: str):
+        return self.path / name
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def has_config(self) -> bool:
+        return self.file(CONFIG).exists()
+
+    def read_config(self) -> TrainConfig:
+        if not self.has_config():
+            raise FileNotFoundError(f"{self} is not a run directory: it has no {CONFIG}")
+        try:
+            return from_dict(TrainConfig, yaml.safe_load(self.file(CONFIG).read_text()))
+        except ConfigError as e:
+            raise ConfigError(f"{self.file(CONFIG)} cannot be read by this gptjax: {e}") from None
+
+    def read_tokenizer(self) -> tok_lib.Tokenizer:
+        return tok_lib.from_dict(json.loads(self.file(TOKENIZER).read_text()))
+
+    def checkpoints(self, cfg: TrainConfig) -> checkpoint.Checkpoints:
+        return checkpoint.Checkpoints(self.file(CHECKPOINTS), cfg.keep_last, cfg.keep_every, read_only=self.read_only)
+
+    def has_checkpoints(self) -> bool:
+        directory = self.file(CHECKPOINTS)
+        return directory.exists() and any(p.name.isdigit() for p in directory.iterdir())
+
+    def read_metrics(self) -> list[dict]:
+        if not self.file(METRICS).exists():
+            return []
+        rows = []
+        for line in self.file(METRICS).read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill mid-write
+        return rows
+
+    # --- resuming ---------------------------------------------------------------------------
+
+    def check_resume(self, cfg: TrainConfig) -> list[tuple[str, Any, Any]]:
+        """The changes from the config the run was started with; raises, before anything is
+        written, when one of them would make the checkpointed state invalid."""
+        if not self.has_config():
+            return []
+        old = self.read_config()
+        changes = config_changes(old, cfg)
+        if not changes or not self.has_checkpoints():
+            return changes  # no state yet: any config may (re)start it
+        refused = [c for c in changes if alters_state(c[0])]
+        if not refused:
+            from gptjax import train
+
+            if train.state_layout(old) != train.state_layout(cfg):
+                # Same fields of the model and optimizer kind, different tree: e.g. grad_clip on/off.
+                refused = [c for c in changes if c[0].startswith("optim.")]
+        if refused:
+            self._refuse(refused, "its checkpointed state (parameters and optimizer state)")
+        return changes
+
+    def check_tokenizer(self, tokenizer: tok_lib.Tokenizer) -> None:
+        if self.has_checkpoints() and self.file(TOKENIZER).exists():
+            saved = json.loads(self.file(TOKENIZER).read_text())
+            if saved != tokenizer.to_dict():
+                self._refuse([("tokenizer", _short(saved), _short(tokenizer.to_dict()))],
+                             "the vocabulary its embeddings were trained on")
+
+    def _refuse(self, refused: list[tuple[str, Any, Any]], what: str) -> None:
+        lines = "\n".join(f"  {k}: {a!r} in {self.file(CONFIG)}, {b!r} now" for k, a, b in refused)
+        raise ConfigError(
+            f"run directory {self} cannot be resumed with this config: it changes {what}:\n{lines}\n"
+            f"Nothing was changed. Resume with the run's own config (gptjax train {self.file(CONFIG)} "
+            f"--run-dir {self}), or start a new run with --run-dir NEW_DIR.")
+
+    # --- writing (the owning run only, process 0 only) --------------------------------------
+
+    def _writable(self) -> bool:
+        if self.read_only:
+            raise PermissionError(f"{self} was opened read-only")
+        return jax.process_index() == 0
+
+    def record_start(self, cfg: TrainConfig, tokenizer, step: int, changes: list) -> None:
+        """config.yaml (and a history entry when it changed), run.json and tokenizer.json."""
+        if not self._writable():
+            return
+        text = draccus.dump(cfg)
+        if not self.has_config() or changes:
+            storage.write_text(self.file(f"config.{step}.yaml"), text)
+        storage.write_text(self.file(CONFIG), text)
+        info = json.loads(self.file(RUN_INFO).read_text()) if self.file(RUN_INFO).exists() else {}
+        start = {**provenance.describe(), "step": step,
+                 "changed": {k: [a, b] for k, a, b in changes} if self.has_checkpoints() else {}}
+        if not info:
+            info = {**start, "starts": []}
+        info["starts"] = info.get("starts", []) + [start]
+        storage.write_text(self.file(RUN_INFO), json.dumps(info, indent=1, default=str))
+        storage.write_text(self.file(TOKENIZER), json.dumps(tokenizer.to_dict()))
+
+    def record_launch(self, info: dict) -> None:
+        if self._writable():
+            storage.write_text(self.file(LAUNCH_INFO), json.dumps(info, indent=1))
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """On resume, drop rows after the restored step so each step appears once."""
+        if not self._writable() or not self.file(METRICS).exists():
+            return
+        rows = [r for r in self.read_metrics() if isinstance(r, dict) and r.get("step", 0) <= last_step]
+        storage.write_text(self.file(METRICS), "".join(json.dumps(r) + "\n" for r in rows))
+
+    def write_sample(self, step: int, text: str) -> None:
+        if self._writable():
+            storage.write_text(self.file(SAMPLES) / f"step_{step}.txt", text)
+
+    def write_json(self, name: str, data: dict) -> None:
+        if self._writable():
+            storage.write_text(self.file(name), json.dumps(data, indent=1, default=str))
+
+    def metrics_log(self) -> MetricsLog:
+        return MetricsLog(self)
+
+
+def _short(tokenizer_dict: dict) -> str:
+    text = json.dumps(tokenizer_dict, sort_keys=True)
+    return text if len(text) < 80 else f"{tokenizer_dict.get('kind')} (sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]})"
+
+
+class MetricsLog:
+    """metrics.jsonl and TensorBoard, written by process 0 only.
+
+    Locally rows are appended and flushed as they come. Object stores cannot append: the rows are
+    kept and metrics.jsonl is rewritten whole at each flush (checkpoint and eval steps, at most
+    every FLUSH_S seconds otherwise, and at the end); TensorBoard writes to a local staging
+    folder whose files are uploaded at the same points. Rows lost to a kill between flushes are
+    after the last checkpoint, which resume truncates to anyway.
+    """
+
+    FLUSH_S = 30.0
+
+    def __init__(self, run_dir: RunDir):
+        self.enabled = jax.process_index() == 0
+        self.run_dir = run_dir
+        self.remote = storage.is_remote(run_dir.path)
+        self.tb = None
+        if not self.enabled:
+            return
+        from tensorboardX import SummaryWriter
+
+        if self.remote:
+            self.rows = run_dir.read_metrics()
+            key = hashlib.sha256(os.fspath(run_dir.path).encode()).hexdigest()[:16]
+            self.tb_dir = storage.cache_root() / "staging" / key / TENSORBOARD
+            self.last_flush = time.monotonic()
+        else:
+            self.tb_dir = run_dir.file(TENSORBOARD)
+            self.file = run_dir.file(METRICS).open("a")
+        self.tb = SummaryWriter(os.fspath(self.tb_dir))
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)):
+                self.tb.add_scalar(k, v, row["step"])
+        if self.remote:
+            self.rows.append(row)
+            if time.monotonic() - self.last_flush > self.FLUSH_S:
+                self.flush()
+            return
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def flush(self) -> None:
+        if not self.enabled or not self.remote:
+            return
+        storage.write_text(self.run_dir.file(METRICS), "".join(json.dumps(r) + "\n" for r in self.rows))
+        self.tb.flush()
+        for rel in storage.files(self.tb_dir):
+            storage.copy_file(self.tb_dir / rel, self.run_dir.file(TENSORBOARD) / rel)
+        self.last_flush = time.monotonic()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.flush()
+        if not self.remote:
+            self.file.close()
+        self.tb.close()
+
+
+# --- inspection -------------------------------------------------------------------------------
+
+def load_model(path, mesh=None):
+    """(model, tokenizer, step) from a run directory's newest verified checkpoint, opened
+    read-only; parameters only, placed as training would place them on `mesh` (default: one
+    device)."""
+    from gptjax.model import abstract_model
+
+    run_dir = RunDir(path, read_only=True)
+    cfg = run_dir.read_config()
+    if mesh is None:
+        mesh = sharding.make_mesh(dataclasses.replace(cfg.mesh, data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    model = abstract_model(cfg.model)
+    graphdef, state = nnx.split(model)
+    shapes = nnx.to_pure_dict(state)
+    shardings = sharding.param_shardings(sharding.logical_axes(model), shapes, mesh)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
+    ckpts = run_dir.checkpoints(cfg)
+    try:
+        restored = ckpts.restore_params(target)
+    finally:
+        ckpts.close()
+    if restored is None:
+        raise checkpoint.CheckpointError(f"{run_dir.file(CHECKPOINTS)} holds no checkpoint yet")
+    params, meta = restored
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state), run_dir.read_tokenizer(), int(meta["step"])
