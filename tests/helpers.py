@@ -71,3 +71,18 @@ def wait_until(condition, timeout=180.0, what="the condition"):
         if time.time() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.2)
+
+
+def reference(module: str):
+    """An optional reference library (torch, transformers, peft, lm_eval): skipped where it is not
+    installed, but a failure where GPTJAX_REQUIRE_HF=1 (CI) says it must run."""
+    import importlib
+
+    import pytest
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        if os.environ.get("GPTJAX_REQUIRE_HF") == "1":
+            pytest.fail(f"GPTJAX_REQUIRE_HF=1 but {module} cannot be imported ({e}); install the test extras")
+        pytest.skip(f"SKIPPING: reference {module} is not installed ({e})")

@@ -33,5 +33,7 @@ def test_convert_to_hf_and_back_is_bit_identical(tmp_path, capsys):
 
 
 def test_overrides_must_look_like_assignments(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "gpt2", "--run-dir", "x", "--bogus"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

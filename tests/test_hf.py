@@ -25,8 +25,10 @@ from gptjax.checkpoint_io import CheckpointError
 from gptjax.config import ConfigError, ModelConfig
 from gptjax.model import abstract_model, init_model
 
-torch = pytest.importorskip("torch")  # the optional "hf" extra: references only, gptjax never imports it
-transformers = pytest.importorskip("transformers")
+from helpers import reference  # noqa: E402
+
+torch = reference("torch")  # the optional "hf" extra: references only, gptjax never imports it
+transformers = reference("transformers")
 
 TOL = 1e-5  # relative logit error in float32 (STYLE.md); never loosen it to make a test pass
 VOCAB, BATCH, SEQ = 97, 2, 13

@@ -7,6 +7,7 @@ it cannot start they skip loudly; GPTJAX_REQUIRE_SLURM=1 (set by .ci/run) turns 
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,13 +77,28 @@ def test_checkpoints_move_between_process_counts(single_process_run, two_process
     assert step == 8
     for a, b in zip(jax.tree.leaves(two), jax.tree.leaves(one)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
-    # Written by 1 process, resumed by 2: continuing past step 8 must work and keep agreeing.
-    resumed = tmp_path / "resumed"
-    subprocess.run(["cp", "-r", str(single_process_run), str(resumed)], check=True)
+    # Written by 1 process, resumed by 2: the steps past 8 must agree with the same resume by 1
+    # process (both continue from the copied checkpoint of step 8 with the schedule of 10 steps).
+    resumed, one_resumed = tmp_path / "resumed", tmp_path / "one_resumed"
+    shutil.copytree(single_process_run, resumed)
+    shutil.copytree(single_process_run, one_resumed)
     gptjax("launch", "local", config_file, "steps=10", "--run-dir", resumed, "--processes", 2,
            "--devices-per-process", 4)
-    rows = losses(resumed)
-    assert len(rows) == 10 and rows[:8] == losses(single_process_run)
+    gptjax("train", config_file, "steps=10", "--run-dir", one_resumed, "--no-progress", env=ONE_PROCESS_8_DEVICES)
+    rows, reference = losses(resumed), losses(one_resumed)
+    assert len(rows) == len(reference) == 10 and rows[:8] == losses(single_process_run)
+    np.testing.assert_allclose(rows[8:], reference[8:], rtol=0, atol=1e-5)
+    assert abs(rows[9] - rows[7]) > 1e-4, "the resumed steps must be new steps, not copies"
+
+
+def test_a_batch_replicated_across_processes_matches_one_process(config_file, tmp_path):
+    # mesh tensor=8 over 2 processes x 4 devices: the batch axes (data, fsdp) span no process, so
+    # each process holds the whole batch, not half of it.
+    mesh = ["mesh.data=1", "mesh.tensor=8", "steps=4", "eval_every=4", "checkpoint_every=4"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    gptjax("train", config_file, *mesh, "--run-dir", one, "--no-progress", env=ONE_PROCESS_8_DEVICES)
+    gptjax("launch", "local", config_file, *mesh, "--run-dir", two, "--processes", 2, "--devices-per-process", 4)
+    np.testing.assert_allclose(losses(two), losses(one), rtol=0, atol=1e-5)
 
 
 def _pid_of_process(run_dir, process_id):

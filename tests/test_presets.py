@@ -5,6 +5,7 @@ import math
 
 import jax
 import pytest
+from helpers import reference
 
 from gptjax.config import ConfigError, ModelConfig
 from gptjax.counting import Counts, flops_per_token, format_table, param_counts
@@ -91,8 +92,8 @@ def test_every_preset_has_a_hugging_face_reference():
 
 @pytest.mark.parametrize("name", list(HF_CONFIGS))
 def test_total_matches_hugging_face_exactly(name):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = reference("torch")
+    transformers = reference("transformers")
     # The meta device gives shapes without memory, so even 175B builds in a fraction of a second.
     with torch.device("meta"):
         hf_model = transformers.AutoModelForCausalLM.from_config(HF_CONFIGS[name]())
