@@ -6,12 +6,12 @@ the URL>), exactly as on a local disk, manifest included. A background thread up
 committed step object by object and writes `gptjax_committed` last; a remote step exists for us
 only once that marker does, so a kill mid-upload leaves an uncommitted prefix that is ignored (and
 overwritten by the next save of that step). Restore downloads the newest committed step into the
-staging directory (reusing a staged copy whose manifest matches) and verifies it there against
+staging directory (always afresh: the check must see the bucket's bytes) and verifies it against
 the manifest, then Orbax restores from disk. Retention (keep_last, keep_every) is applied to the
 remote steps after each upload.
 
 Costs: local disk of keep_last checkpoints (Orbax's retention in the staging directory), one upload
-per save (in the background; training continues), one download per resume onto a fresh machine.
+per save (in the background; training continues), one download of a step per resume.
 Multi-process runs need a directory every process sees; the staging directories are per host,
 so s3:// run directories are refused for them (gs:// works natively with several processes).
 """
@@ -29,7 +29,6 @@ import jax
 
 from gptjax import checkpoint, storage
 from gptjax.checkpoint import COMMIT_MARKER as MARKER
-from gptjax.checkpoint import MANIFEST
 from gptjax.checkpoint_io import CheckpointError
 
 
@@ -123,13 +122,10 @@ class Mirror:
     # --- download ---------------------------------------------------------------------------
 
     def fetch(self, step: int, skip: tuple[str, ...] = ()):
-        """The staged local copy of a committed remote step (downloaded unless an identical one is
-        staged already); item folders in `skip` are not downloaded."""
+        """A local copy of a committed remote step, downloaded afresh (item folders in `skip` are
+        not): the integrity check must see the bucket's bytes, not an earlier staged copy."""
         local = self.staging / str(step)
         source = self.remote / str(step)
-        remote_manifest = (source / MANIFEST).read_text() if (source / MANIFEST).exists() else None
-        if local.is_dir() and (local / MANIFEST).exists() and (local / MANIFEST).read_text() == remote_manifest:
-            return local
         tmp = self.staging / f".{step}.download"
         storage.remove_tree(tmp)
         for rel in storage.files(source):
