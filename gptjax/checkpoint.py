@@ -19,7 +19,6 @@ import json
 import logging
 import sys
 import threading
-from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -38,6 +37,10 @@ _UNHASHED = {MANIFEST, "commit_success.txt", "_CHECKPOINT_METADATA", COMMIT_MARK
 
 class RestoreError(CheckpointError):
     """A checkpoint that passed its integrity check could not be restored into this run's state."""
+
+
+class SaveError(OSError):
+    """A save that did not commit (a full disk, a lost connection); earlier checkpoints are intact."""
 
 
 def _hashed(step_dir) -> list[str]:
@@ -86,7 +89,8 @@ class Checkpoints:
         self.directory = storage.as_path(directory)
         self.read_only = read_only
         self.keep_last, self.keep_every = keep_last, keep_every
-        self._pending: list[int] = []
+        self._pending: list[int] = []  # saved, manifest not yet written (the commit callback's queue)
+        self._unconfirmed: list[int] = []  # saved, commit not yet checked by wait()
         self._lock = threading.Lock()
         self.mirror = None
         local = self.directory
@@ -126,6 +130,7 @@ class Checkpoints:
         self.wait()
         with self._lock:
             self._pending.append(step)
+        self._unconfirmed.append(step)
         train_state = {"step": state["step"], "opt_state": state["opt_state"]}
         self.manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(state["params"]), train=ocp.args.StandardSave(train_state),
@@ -134,9 +139,21 @@ class Checkpoints:
             self.mirror.upload_when_committed(step)
 
     def wait(self) -> None:
+        """Block until every save has finished, and raise if one did not commit: Orbax logs a
+        failed background write (a full disk) and carries on, which would lose it silently."""
         self.manager.wait_until_finished()
         if self.mirror is not None:
             self.mirror.wait()
+        if not self._unconfirmed:
+            return
+        self.manager.reload()
+        missing = [s for s in self._unconfirmed if s not in self.all_steps()]
+        self._unconfirmed = []
+        if missing:
+            raise SaveError(
+                f"saving checkpoint step {missing[0]} to {self.directory} did not commit (Orbax reported why above: "
+                f"a full disk, a lost connection, ...); the last committed checkpoint is step {self.latest_step()}, "
+                "intact. Free space (or move the run directory), then run the same command to resume from it.")
 
     def all_steps(self) -> list[int]:
         if self.mirror is not None:

@@ -1,4 +1,4 @@
-"""`gptjax` command line: params, convert, train, sample."""
+"""`gptjax` command line: argument parsing only; each verb calls one function of the package."""
 
 from __future__ import annotations
 
@@ -52,6 +52,12 @@ def _sample(args) -> int:
         return 2
     print(args.prompt + tokenizer.decode(ids))
     return 0
+
+
+def _chaos(args) -> int:
+    from gptjax import chaos
+
+    return chaos.main(args.workdir, long=args.long, kills=args.kills, terms=args.terms, seed=args.seed)
 
 
 def _launch(args) -> int:
@@ -109,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_sample)
 
+    s = sub.add_parser("chaos", help="fault injection: break a small job at random points, resume, check nothing was lost")
+    s.add_argument("--workdir", default="runs/chaos", help="where the runs go (default: runs/chaos)")
+    s.add_argument("--long", action="store_true", help="add --kills random SIGKILLs and --terms random SIGTERMs")
+    s.add_argument("--kills", type=int, default=20)
+    s.add_argument("--terms", type=int, default=10)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_chaos)
+
     _add_launch(sub)
     return p
 
@@ -122,20 +136,56 @@ def main(argv: list[str] | None = None) -> int:
         if args.command not in ("train", "launch") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    from gptjax import errors
     from gptjax.checkpoint_io import CheckpointError
     from gptjax.config import ConfigError
     from gptjax.data import DataError
-    from gptjax.run import RunStopped
+    from gptjax.storage import StorageError
     from gptjax.tokenizer import TokenizerError
 
+    _one_line_background_errors()
+    _persistent_compilation_cache()
     try:
         return args.func(args)
-    except (ConfigError, DataError, TokenizerError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, DataError, TokenizerError, CheckpointError, StorageError, FileNotFoundError) as e:
         print(f"gptjax {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except RunStopped as e:
+        return errors.EXIT_REFUSED
+    except errors.RunStopped as e:
         print(f"gptjax {args.command}: stopped: {e}", file=sys.stderr)
-        return 1
+        return errors.EXIT_STOPPED
+    except OSError as e:  # a full disk, a lost connection: the last checkpoint is intact
+        print(f"gptjax {args.command}: stopped: {e}", file=sys.stderr)
+        return errors.EXIT_STOPPED
+
+
+def _persistent_compilation_cache() -> None:
+    """Compiled steps are kept in GPTJAX_CACHE_DIR/jax (unless JAX_COMPILATION_CACHE_DIR says
+    otherwise): a resumed or repeated run skips compilation (14 s -> 7 s for a tiny run here)."""
+    import jax
+
+    from gptjax import storage
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(storage.cache_root() / "jax"))
+
+
+def _one_line_background_errors() -> None:
+    """Failures in library threads (Orbax's writers, TensorBoard's) as one line each: the
+    command reports what happened itself, and a wall of tracebacks would bury it."""
+    import logging
+    import threading
+
+    class OneLine(logging.Filter):
+        def filter(self, record):
+            if record.exc_info:
+                record.msg = f"{record.getMessage()} ({record.exc_info[0].__name__}: {record.exc_info[1]})"
+                record.args, record.exc_info, record.exc_text = None, None, None
+            return True
+
+    logging.getLogger("absl").addFilter(OneLine())
+    threading.excepthook = lambda a: print(f"WARNING: {a.thread.name if a.thread else 'a thread'}: "
+                                           f"{a.exc_type.__name__}: {a.exc_value}", file=sys.stderr)
+    sys.unraisablehook = lambda u: print(f"WARNING: {u.exc_type.__name__}: {u.exc_value}", file=sys.stderr)
 
 
 if __name__ == "__main__":

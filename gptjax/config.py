@@ -350,6 +350,13 @@ class FaultConfig:
     # or after the first batch of its evaluation ("eval").
     kill_at_step: int | None = None
     kill_during: FaultPhase = "save"
+    kill_process: int | None = None  # only this process index kills itself (None: every process)
+
+    def kills(self, step: int, phase: str) -> bool:
+        import jax
+
+        return (self.kill_at_step == step and self.kill_during == phase
+                and self.kill_process in (None, jax.process_index()))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,9 +22,9 @@ import grain
 import numpy as np
 
 from gptjax import tokenizer as tok_lib
+from gptjax.config import DataConfig
 from gptjax.storage import cache_root
 from gptjax.storage import sha256 as sha256_file
-from gptjax.config import DataConfig
 
 
 class DataError(ValueError):

@@ -21,14 +21,11 @@ from flax import nnx
 
 from gptjax import counting, data, generate, hardware, sharding, train
 from gptjax.config import TrainConfig
+from gptjax.errors import RunStopped
 from gptjax.rundir import RunDir
 from gptjax.signals import StopFlag
 
 log = logging.getLogger("gptjax")
-
-
-class RunStopped(RuntimeError):
-    """The run ended early for a reason the user must see (a non-finite loss)."""
 
 
 @dataclasses.dataclass
@@ -154,7 +151,7 @@ def _loop(cfg, tr, state, start, tokens, rd, ckpts, progress, resumed) -> RunRes
             for step, rows in zip(range(start, cfg.steps), batches.iterate(start, cfg.steps)):
                 number = step + 1
                 state, device_metrics = step_fn(state, feeds.batch(rows), feeds.stop_flags(stop.signal is not None))
-                if faults.kill_at_step == number and faults.kill_during == "step":
+                if faults.kills(number, "step"):
                     _kill_now()  # the step is in flight, its metrics unread
                 if mark is None:
                     mark = time.perf_counter()  # compiled and dispatched: time from here
@@ -170,7 +167,7 @@ def _loop(cfg, tr, state, start, tokens, rd, ckpts, progress, resumed) -> RunRes
                 row = read(pending)  # this step's metrics: a NaN must stop us before saving
                 pending = None
                 if eval_now:
-                    kill = faults.kill_at_step == number and faults.kill_during == "eval"
+                    kill = faults.kills(number, "eval")
                     row["val_loss"] = result.val_loss = evaluate(
                         cfg, eval_fn, state["params"], tokens.val, tr,
                         on_batch=(lambda i: _kill_now()) if kill else None)
@@ -181,7 +178,7 @@ def _loop(cfg, tr, state, start, tokens, rd, ckpts, progress, resumed) -> RunRes
                 if save_now:
                     with jax.transfer_guard_device_to_host("allow"):  # Orbax copies to host
                         ckpts.save(number, state, _meta(cfg, number))
-                    if faults.kill_at_step == number and faults.kill_during == "save":
+                    if faults.kills(number, "save"):
                         _kill_now()  # the save is still in flight
                     metrics_log.flush()
                 mark = time.perf_counter()  # eval and saving are not training throughput

@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -31,7 +32,13 @@ from flax import nnx
 
 from gptjax import checkpoint, provenance, sharding, storage
 from gptjax import tokenizer as tok_lib
-from gptjax.config import ConfigError, TrainConfig, alters_state, config_changes, from_dict
+from gptjax.config import (
+    ConfigError,
+    TrainConfig,
+    alters_state,
+    config_changes,
+    from_dict,
+)
 
 CONFIG = "config.yaml"
 RUN_INFO = "run.json"
@@ -231,12 +238,17 @@ class MetricsLog:
         self.last_flush = time.monotonic()
 
     def close(self) -> None:
+        """Best effort: a run that is already failing (a full disk) must report its own error,
+        not one from closing its logs."""
         if not self.enabled:
             return
-        self.flush()
-        if not self.remote:
-            self.file.close()
-        self.tb.close()
+        try:
+            self.flush()
+            if not self.remote:
+                self.file.close()
+            self.tb.close()
+        except OSError as e:
+            print(f"WARNING: closing {self.run_dir.file(METRICS)} / {TENSORBOARD}: {e}", file=sys.stderr, flush=True)
 
 
 # --- inspection -------------------------------------------------------------------------------

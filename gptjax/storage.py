@@ -28,8 +28,9 @@ PathLike = Union[str, os.PathLike, epath.Path]
 REMOTE_SCHEMES = ("gs", "s3")
 
 
-class StorageError(OSError):
-    """A path that cannot be used; the message names it, what was found and what is accepted."""
+class StorageError(ValueError):
+    """A path that cannot be used (an unknown scheme, a link); the message names it, what was
+    found and what is accepted. Failing I/O raises OSError as usual."""
 
 
 def scheme(p: PathLike) -> str:

@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import yaml
-from gptjax.launch.common import Job, record, require_shared_run_dir
 
 from gptjax import distributed
+from gptjax.launch.common import Job, record, require_shared_run_dir
 
 PORT = 8476
 

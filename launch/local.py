@@ -13,9 +13,8 @@ import subprocess
 import sys
 import time
 
-from gptjax.launch.common import Job, record, shell_join
-
 from gptjax import distributed
+from gptjax.launch.common import Job, record, shell_join
 
 
 def add_arguments(p) -> None:

@@ -18,14 +18,13 @@ import numpy as np
 import pytest
 import safetensors.numpy
 from flax import nnx
+from helpers import reference  # noqa: E402
 
 from gptjax import checkpoint_io, hf, pretrained
 from gptjax import positions as pos_lib
 from gptjax.checkpoint_io import CheckpointError
 from gptjax.config import ConfigError, ModelConfig
 from gptjax.model import abstract_model, init_model
-
-from helpers import reference  # noqa: E402
 
 torch = reference("torch")  # the optional "hf" extra: references only, gptjax never imports it
 transformers = reference("transformers")

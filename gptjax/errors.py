@@ -1,0 +1,17 @@
+"""Why a run stops, as the command line reports it: a message and an exit code, never a traceback.
+
+Exit codes of `gptjax train` (and the other verbs):
+  0   finished, or stopped cleanly by SIGTERM/SIGINT after saving a checkpoint
+  1   stopped: a non-finite loss (nan_policy=stop), or an I/O failure such as a full disk; the
+      last committed checkpoint is intact and the same command resumes from it
+  2   refused: bad input (config, override, data, tokenizer, checkpoint or run directory);
+      nothing was written
+  -9  (137 from a shell) killed by SIGKILL; the same command resumes from the last checkpoint
+"""
+
+
+class RunStopped(RuntimeError):
+    """The run ended early for a reason the user must see (a non-finite loss)."""
+
+
+EXIT_FINISHED, EXIT_STOPPED, EXIT_REFUSED = 0, 1, 2
