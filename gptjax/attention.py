@@ -6,6 +6,8 @@ N query heads, K key/value heads, G = N/K query heads per key head, H head width
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -55,9 +57,13 @@ class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, out_std: float, rngs: nnx.Rngs):
         d, n, kv, h = cfg.d_model, cfg.n_heads, cfg.resolved_kv_heads, cfg.resolved_head_dim
         common = dict(cfg=cfg, rngs=rngs)
-        std = cfg.init_std
+        # μP: hidden matrices start at std / sqrt(m), and queries at zero (the mup package's
+        # Transformer recipe, so that attention starts uniform at every width).
+        std = cfg.init_std / math.sqrt(cfg.width_mult)
+        out_std = out_std / math.sqrt(cfg.width_mult)
+        q_std = 0.0 if cfg.parametrization == "mup" else std
         self.cfg = cfg
-        self.q = Dense((d,), (n, h), ("embed", "heads", "head_dim"), bias=cfg.qkv_bias, std=std, **common)
+        self.q = Dense((d,), (n, h), ("embed", "heads", "head_dim"), bias=cfg.qkv_bias, std=q_std, **common)
         self.k = Dense((d,), (kv, h), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, std=std, **common)
         self.v = Dense((d,), (kv, h), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, std=std, **common)
         self.o = Dense((n, h), (d,), ("heads", "head_dim", "embed"), bias=cfg.out_bias, std=out_std, **common)

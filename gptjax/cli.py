@@ -54,6 +54,144 @@ def _sample(args) -> int:
     return 0
 
 
+def _sweep_run(args) -> int:
+    from gptjax.sweeps import runner, spec
+
+    sweep = spec.load_sweep(args.sweep)
+    launcher_args = None
+    if args.launcher != "local":
+        launcher_args = _launcher_args(args.launcher, args.launcher_flags, args.dry_run)
+    return runner.run_sweep(sweep, args.run_dir, jobs=args.jobs, launcher=args.launcher, dry_run=args.dry_run,
+                            retry_failed=args.retry_failed, progress=not args.no_progress,
+                            launcher_args=launcher_args)
+
+
+def _launcher_args(name: str, flags: list[str], dry_run: bool):
+    """The cluster backend's own flags (those of `gptjax launch NAME`), given after the sweep's."""
+    from gptjax.launch import BACKENDS
+
+    p = argparse.ArgumentParser(prog=f"gptjax sweep run --launcher {name}")
+    BACKENDS[name].add_arguments(p)
+    out = p.parse_args(flags)
+    out.dry_run = dry_run
+    return out
+
+
+def _sweep_status(args) -> int:
+    from gptjax.sweeps import runner
+
+    print(runner.status_text(args.dir))
+    return 0
+
+
+def _sweep_analyze(args) -> int:
+    from gptjax.sweeps import report
+
+    summary = report.analyze(args.dir, holdout_largest=args.holdout_largest, bootstrap=args.bootstrap)
+    print(f"wrote {args.dir}/results.csv, report.md, {', '.join(summary['plots']) or 'no plots'}")
+    return 0
+
+
+def _sweep_fit(args) -> int:
+    from gptjax.sweeps import fit
+
+    print(fit.fit_command(args.csv, law=args.law, exclude_worst=args.exclude_worst, bootstrap=args.bootstrap,
+                          holdout_largest=args.holdout_largest, as_json=args.json, seed=args.seed))
+    return 0
+
+
+def _sweep_search(args) -> int:
+    import json
+
+    from gptjax.sweeps import runner, search, spec
+
+    sweep = spec.load_sweep(args.sweep)
+    directory = args.run_dir or runner.default_dir(sweep)
+    launcher_args = _launcher_args(args.launcher, args.launcher_flags, False) if args.launcher != "local" else None
+    out = search.search(args.sweep, sweep, directory, workers=args.workers, launcher=args.launcher,
+                        launcher_args=launcher_args)
+    if isinstance(out, dict):
+        print(json.dumps(out, indent=1))
+        return 0
+    return out
+
+
+def _sweep_search_worker(args) -> int:
+    from gptjax.sweeps import search, spec
+
+    sweep = spec.load_sweep(args.sweep)
+    search.work(sweep, args.run_dir, args.trials or sweep.search.trials)
+    return 0
+
+
+def _sweep_coord_check(args) -> int:
+    from gptjax.config import load_train_config
+    from gptjax.sweeps import mup
+
+    cfg = load_train_config(args.config, args.overrides)
+    widths = [int(w) for w in args.widths.split(",")]
+    summary = mup.run(cfg, widths, args.steps, args.png)
+    if args.json:
+        print(mup.to_json(summary))
+    else:
+        for p, g in summary["growth"].items():
+            print(f"{p}: slope of log mean|x| vs log width at step {args.steps}: "
+                  + ", ".join(f"{k} {v:+.2f}" for k, v in g.items()))
+        print(f"wrote {args.png}")
+    return 0
+
+
+def _add_sweep(sub) -> None:
+    s = sub.add_parser("sweep", help="scaling-law sweeps: run, status, analyze, fit, search, coord-check")
+    verbs = s.add_subparsers(dest="sweep_command", required=True)
+    r = verbs.add_parser("run", help="run (or resume) every run of a sweep file that is not finished")
+    r.add_argument("sweep", help="a sweep file (see experiments/sweeps/)")
+    r.add_argument("--run-dir", help="sweep directory (default: runs/sweeps/<name>); gs:// and s3:// work")
+    r.add_argument("--jobs", type=int, default=1, help="runs at once on this machine, each on its share of it")
+    r.add_argument("--launcher", choices=["local", "slurm", "tpu", "k8s"], default="local",
+                   help="where the runs go; cluster flags (those of `gptjax launch NAME`) follow the sweep's")
+    r.add_argument("--dry-run", action="store_true", help="list the runs and what would run, and stop")
+    r.add_argument("--retry-failed", action="store_true", help="run failed runs again too")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=_sweep_run, launcher_flags=[])
+    t = verbs.add_parser("status", help="counts of finished, failed, interrupted and pending runs")
+    t.add_argument("dir")
+    t.set_defaults(func=_sweep_status)
+    a = verbs.add_parser("analyze", help="results.csv, fitted laws, ablation statistics, plots, report.md")
+    a.add_argument("dir")
+    a.add_argument("--holdout-largest", type=int, default=1, help="extrapolation check: fit without the K largest")
+    a.add_argument("--bootstrap", type=int, default=100)
+    a.set_defaults(func=_sweep_analyze)
+    f = verbs.add_parser("fit", help="fit a scaling law to a CSV (params, tokens or flops, loss)")
+    f.add_argument("csv")
+    f.add_argument("--law", choices=["chinchilla", "power"], default="chinchilla")
+    f.add_argument("--exclude-worst", type=int, default=0)
+    f.add_argument("--bootstrap", type=int, default=0)
+    f.add_argument("--holdout-largest", type=int, default=0)
+    f.add_argument("--json", action="store_true", help="one JSON object")
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=_sweep_fit)
+    q = verbs.add_parser("search", help="Optuna search (TPE, pruning) over a sweep file's 'search' section")
+    q.add_argument("sweep")
+    q.add_argument("--run-dir", help="sweep directory (default: runs/sweeps/<name>)")
+    q.add_argument("--workers", type=int, default=1, help="workers sharing the study")
+    q.add_argument("--launcher", choices=["local", "slurm", "tpu", "k8s"], default="local")
+    q.set_defaults(func=_sweep_search, launcher_flags=[])
+    c = verbs.add_parser("coord-check", help="μP coordinate check: activation scales against width, both parametrizations")
+    c.add_argument("config", help="a YAML file or preset (its depth, head size, optimizer and data are used)")
+    c.add_argument("overrides", nargs="*", help="section.field=value")
+    c.add_argument("--widths", default="64,128,256,512")
+    c.add_argument("--steps", type=int, default=10)
+    c.add_argument("--png", default="coord_check.png")
+    c.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
+    c.set_defaults(func=_sweep_coord_check)
+    w = verbs.add_parser("search-worker", help="one worker of a search whose study exists (what search starts)")
+    w.add_argument("sweep")
+    w.add_argument("--run-dir", required=True)
+    w.add_argument("--trials", type=int, default=0, help="at most this many trials (default: the study's total)")
+    w.set_defaults(func=_sweep_search_worker)
+
+
 def _chaos(args) -> int:
     from gptjax import chaos
 
@@ -124,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_chaos)
 
     _add_launch(sub)
+    _add_sweep(sub)
     return p
 
 
@@ -132,8 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may come after options (`train cfg.yaml --run-dir d steps=10`), which argparse's
     # positional handling does not allow with subcommands; collect them here.
     args, extra = parser.parse_known_args(argv)
-    if extra:
-        if args.command not in ("train", "launch") or any(e.startswith("-") or "=" not in e for e in extra):
+    if extra and args.command == "sweep" and getattr(args, "sweep_command", None) in ("run", "search") \
+            and args.launcher != "local":
+        args.launcher_flags = extra  # the cluster backend's flags
+    elif extra:
+        takes_overrides = args.command in ("train", "launch") or getattr(args, "sweep_command", None) == "coord-check"
+        if not takes_overrides or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     from gptjax import errors

@@ -23,6 +23,7 @@ Norm = Literal["layernorm", "rmsnorm"]
 Activation = Literal["gelu_tanh", "gelu", "relu", "swiglu"]
 AttentionKind = Literal["global", "local"]
 Remat = Literal["none", "full", "save_dots"]
+Parametrization = Literal["standard", "mup"]
 DType = Literal["float32", "bfloat16"]
 AttentionImpl = Literal["auto", "xla", "cudnn", "einsum"]
 
@@ -84,6 +85,13 @@ class ModelConfig:
     resid_dropout: float = 0.0
     init_std: float = 0.02
     scale_residual_init: bool = True  # GPT-2: output projections get std / sqrt(2 * n_layers)
+    # mup: the Maximal Update Parametrization (Yang et al. 2022, Tensor Programs V), relative to a
+    # base model of width mup_base_width, as the `mup` package does it for Adam: hidden matrices
+    # initialised with std / sqrt(m) and trained with lr / m (m = d_model / mup_base_width), query
+    # weights zero, attention scaled 1/d (anchored to 1/sqrt(d) at the base head size), logits
+    # multiplied by 1/m (MuReadout / MuSharedReadout). At m = 1 only the query init differs.
+    parametrization: Parametrization = "standard"
+    mup_base_width: int = 128
 
     # Execution.
     scan_layers: bool = True
@@ -126,8 +134,19 @@ class ModelConfig:
         return int(self.resolved_head_dim * self.rotary_pct)
 
     @property
+    def width_mult(self) -> float:
+        """μP's m = d_model / mup_base_width (1 under the standard parametrization)."""
+        return self.d_model / self.mup_base_width if self.parametrization == "mup" else 1.0
+
+    @property
     def softmax_scale(self) -> float:
-        return 1.0 / math.sqrt(self.resolved_head_dim) if self.attn_scale is None else self.attn_scale
+        if self.attn_scale is not None:
+            return self.attn_scale
+        d = self.resolved_head_dim
+        if self.parametrization == "mup":
+            # 1/d attention, equal to 1/sqrt(d) at the base model's head size d / m.
+            return math.sqrt(d / self.width_mult) / d
+        return 1.0 / math.sqrt(d)
 
     @property
     def layer_kinds(self) -> tuple[AttentionKind, ...]:
@@ -235,6 +254,7 @@ def _check_model(c: ModelConfig) -> None:
     for name in ("embed_dropout", "attn_dropout", "resid_dropout"):
         _require(0.0 <= getattr(c, name) < 1.0, name, getattr(c, name), "must be in [0, 1)")
     _require(c.norm_eps > 0, "norm_eps", c.norm_eps, "must be positive")
+    _require(c.mup_base_width > 0, "mup_base_width", c.mup_base_width, "must be a positive integer")
     _require(not (c.tie_embeddings and c.head_bias), "head_bias", c.head_bias,
              "a tied output head has no bias; set tie_embeddings=false to use one")
 

@@ -49,13 +49,21 @@ CORPORA = {
 }
 
 
+# Corpora that exist only as a local copy (no canonical download of that exact text): a
+# directory of .txt files under GPTJAX_DATA_DIR, checked against its own SHA256SUMS.
+LOCAL_CORPORA = {"gutenberg": "gutenberg"}  # NLTK's 17-book Gutenberg selection, word-tokenised
+
+
 def corpus_path(corpus: str) -> pathlib.Path:
-    """A named corpus (GPTJAX_DATA_DIR, then the cache, then a verified download) or a text file."""
+    """A named corpus (GPTJAX_DATA_DIR, then the cache, then a verified download), a text file, or
+    a directory of .txt files."""
+    if corpus in LOCAL_CORPORA:
+        return _local_corpus(corpus)
     if corpus not in CORPORA:
         path = pathlib.Path(corpus).expanduser()
-        if not path.is_file():
-            raise DataError(f"data.corpus = {corpus!r}: no such file; give a text file path or one of "
-                            f"{', '.join(CORPORA)}")
+        if not (path.is_file() or (path.is_dir() and any(path.glob("*.txt")))):
+            raise DataError(f"data.corpus = {corpus!r}: no such file; give a text file, a directory of .txt files, "
+                            f"or one of {', '.join([*CORPORA, *LOCAL_CORPORA])}")
         return path
     spec = CORPORA[corpus]
     if os.environ.get("GPTJAX_DATA_DIR"):
@@ -69,6 +77,36 @@ def corpus_path(corpus: str) -> pathlib.Path:
         _download(spec, path)
     _verify(path, spec)
     return path
+
+
+def _local_corpus(name: str) -> pathlib.Path:
+    data_dir = os.environ.get("GPTJAX_DATA_DIR")
+    path = pathlib.Path(data_dir or "") / LOCAL_CORPORA[name]
+    if not data_dir or not path.is_dir():
+        raise DataError(f"data.corpus = {name!r} is read from $GPTJAX_DATA_DIR/{LOCAL_CORPORA[name]}/ (a directory of .txt "
+                        f"files), which {'is unset' if not data_dir else f'{path} does not exist'}; set "
+                        "GPTJAX_DATA_DIR, or point data.corpus at any text file or directory of .txt files")
+    sums = path / "SHA256SUMS"
+    if sums.is_file():
+        for line in sums.read_text().splitlines():
+            digest, _, rel = line.partition("  ")
+            file = path / pathlib.PurePath(rel).name
+            if not file.is_file() or sha256_file(file) != digest:
+                raise DataError(f"{file} is missing or does not match its sha256 in {sums}")
+    return path
+
+
+def read_corpus(path: pathlib.Path) -> str:
+    """A text file, or the .txt files of a directory in name order, one after another."""
+    if path.is_dir():
+        return "\n".join(p.read_text(encoding="utf-8") for p in sorted(path.glob("*.txt")))
+    return path.read_text(encoding="utf-8")
+
+
+def _content_hash(path: pathlib.Path) -> str:
+    if path.is_dir():
+        return hashlib.sha256("".join(sha256_file(p) for p in sorted(path.glob("*.txt"))).encode()).hexdigest()
+    return sha256_file(path)
 
 
 def _verify(path: pathlib.Path, spec: Corpus) -> None:
@@ -113,12 +151,12 @@ def load_tokens(cfg: DataConfig) -> Tokens:
     if cfg.token_dir is not None:
         return _load_nanogpt_dir(pathlib.Path(cfg.token_dir), cfg)
     path = corpus_path(cfg.corpus)
-    text = path.read_text(encoding="utf-8")
+    text = read_corpus(path)
     if not text.strip():
         raise DataError(f"{path}: the corpus is empty; give a text file with content")
     tokenizer = tok_lib.CharTokenizer.from_text(text) if cfg.tokenizer == "char" \
         else tok_lib.TiktokenTokenizer(cfg.tokenizer)
-    key = hashlib.sha256(json.dumps([sha256_file(path), tokenizer.to_dict(), cfg.val_fraction],
+    key = hashlib.sha256(json.dumps([_content_hash(path), tokenizer.to_dict(), cfg.val_fraction],
                                     sort_keys=True).encode()).hexdigest()[:20]
     directory = cache_root() / "tokens" / key
     if not (directory / "meta.json").is_file():

@@ -283,7 +283,7 @@ def architecture(cfg: ModelConfig) -> dict[str, Any]:
              residual=cfg.residual, norm=cfg.norm, norm_eps=cfg.norm_eps, embed_norm=cfg.embed_norm,
              activation=cfg.activation, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias, mlp_bias=cfg.mlp_bias,
              head_bias=cfg.head_bias, tie_embeddings=cfg.tie_embeddings, attention_pattern=cfg.layer_kinds,
-             attn_scale=cfg.softmax_scale)
+             attn_scale=cfg.softmax_scale, logit_scale=1.0 / cfg.width_mult)
     if cfg.position == "learned":
         a["max_seq_len"] = cfg.max_seq_len
     if cfg.position == "rotary":

@@ -135,9 +135,10 @@ class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, out_std: float, rngs: nnx.Rngs):
         d, f = cfg.d_model, cfg.resolved_d_ff
         common = dict(bias=cfg.mlp_bias, cfg=cfg, rngs=rngs)
+        std, out_std = cfg.init_std / math.sqrt(cfg.width_mult), out_std / math.sqrt(cfg.width_mult)  # μP
         self.act = ACTIVATIONS[cfg.activation]
-        self.up = Dense((d,), (f,), ("embed", "mlp"), std=cfg.init_std, **common)
-        self.gate = Dense((d,), (f,), ("embed", "mlp"), std=cfg.init_std, **common) \
+        self.up = Dense((d,), (f,), ("embed", "mlp"), std=std, **common)
+        self.gate = Dense((d,), (f,), ("embed", "mlp"), std=std, **common) \
             if cfg.activation == "swiglu" else None
         self.down = Dense((f,), (d,), ("mlp", "embed"), std=out_std, **common)
 

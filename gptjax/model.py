@@ -99,6 +99,8 @@ class GPT(nnx.Module):
         x = self.hidden(tokens_BxT, positions_BxT, key=key)
         logits = self.embed.attend(x) if self.head is None else self.head(x)
         logits = logits.astype(jnp.float32)
+        if self.cfg.parametrization == "mup":
+            logits = logits / self.cfg.width_mult  # MuReadout / MuSharedReadout's 1/m
         v = self.cfg.vocab_size
         if self.cfg.padded_vocab != v:
             real = (jnp.arange(self.cfg.padded_vocab) < v).reshape(1, 1, -1)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import optax
 
@@ -54,7 +52,16 @@ def _direction(cfg: OptimConfig) -> list[optax.GradientTransformation]:
     return parts
 
 
-def _chain(cfg: OptimConfig, learning_rate: float) -> optax.GradientTransformation:
+def mup_labels(params: dict) -> dict:
+    """μP's matrix-like parameters (both dimensions grow with width: the kernels inside blocks)
+    against vector-like ones (embeddings, the output head, biases, norms), as the mup package
+    classifies them by their infinite dimensions."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "hidden" if str(path[0].key) == "blocks" and str(path[-1].key) == "kernel" else "other",
+        params)
+
+
+def _chain(cfg: OptimConfig, learning_rate: float, width_mult: float = 1.0) -> optax.GradientTransformation:
     def mask(params):
         return decay_mask(params, cfg.decay_embeddings)
 
@@ -65,15 +72,21 @@ def _chain(cfg: OptimConfig, learning_rate: float) -> optax.GradientTransformati
     if cfg.weight_decay:
         parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=mask))
     parts.append(optax.scale_by_learning_rate(learning_rate))
+    if width_mult != 1.0:  # μP (MuAdam): hidden matrices learn at lr / m
+        parts.append(optax.multi_transform({"hidden": optax.scale(1.0 / width_mult), "other": optax.identity()},
+                                           mup_labels))
     return optax.chain(*parts)
 
 
-def build(cfg: OptimConfig) -> optax.GradientTransformation:
+def build(cfg: OptimConfig, width_mult: float = 1.0) -> optax.GradientTransformation:
     """The Optax chain, its learning rate a hyperparameter that the train step sets from the
     schedule at the step being taken (`with_learning_rate`), not from the optimizer's own update
     count: a dropped update (nan_policy=skip) then shifts nothing, and the logged rate is the
     applied one."""
-    return optax.inject_hyperparams(functools.partial(_chain, cfg))(learning_rate=cfg.lr)
+    def chain(learning_rate):  # a closure: inject_hyperparams would trace any other argument
+        return _chain(cfg, learning_rate, width_mult)
+
+    return optax.inject_hyperparams(chain)(learning_rate=cfg.lr)
 
 
 def with_learning_rate(opt_state: optax.InjectHyperparamsState, lr: jax.Array) -> optax.InjectHyperparamsState:

@@ -70,9 +70,12 @@ def evaluate(cfg: TrainConfig, eval_step, params, tokens: np.ndarray, tr, on_bat
     return total / count
 
 
-def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True) -> RunResult:
+def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None) -> RunResult:
     """Train (or resume) `cfg` in `run_dir`. Every input check, the comparison with the config
-    the run was started with included, happens before anything is written or compiled."""
+    the run was started with included, happens before anything is written or compiled.
+
+    `on_eval(step, val_loss)` is called after each evaluation (hyperparameter search reports
+    there; an exception it raises, such as a pruned trial, ends the run; its checkpoints stay)."""
     rd = RunDir(run_dir)
     changes = rd.check_resume(cfg)
     tokens = data.load_tokens(cfg.data)
@@ -84,9 +87,11 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True) -> RunResult:
     ckpts = rd.checkpoints(cfg)
     try:
         restored = ckpts.restore(tr.abstract_state)
+        wall_before = 0.0
         if restored is not None:
             state, meta = restored
             start = int(meta["step"])
+            wall_before = float(meta.get("wall_time_s", 0.0))
             _say(f"resumed from step {start}")
             if changes:
                 _say("config changes recorded in config.{}.yaml: {}".format(
@@ -95,7 +100,14 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True) -> RunResult:
             state, start = train.init_state(tr), 0
         rd.record_start(cfg, tokens.tokenizer, start, changes)
         rd.truncate_metrics(start)
-        return _loop(cfg, tr, state, start, tokens, rd, ckpts, progress, resumed=restored is not None)
+        clock = _Clock(wall_before)
+        try:
+            result = _loop(cfg, tr, state, start, tokens, rd, ckpts, progress, restored is not None, on_eval, clock)
+        except RunStopped as e:
+            _write_result(cfg, rd, clock, "diverged", error=str(e))
+            raise
+        _write_result(cfg, rd, clock, "stopped" if result.stopped else "finished")
+        return result
     finally:
         ckpts.close()
 
@@ -104,7 +116,33 @@ def _kill_now() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _loop(cfg, tr, state, start, tokens, rd, ckpts, progress, resumed) -> RunResult:
+class _Clock:
+    """Wall time of the run over all its starts (checkpoints carry the time before this one)."""
+
+    def __init__(self, before: float):
+        self.before, self.t0 = before, time.time()
+
+    def total(self) -> float:
+        return self.before + time.time() - self.t0
+
+
+def _write_result(cfg: TrainConfig, rd: RunDir, clock: _Clock, status: str, error: str | None = None) -> None:
+    """result.json: what a sweep collects from every run (see sweeps/report.py)."""
+    rows = rd.read_metrics()
+    steps = max((r["step"] for r in rows), default=0)
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    counts = counting.param_counts(cfg.model, cfg.resolved_seq_len)
+    tokens = steps * cfg.data.batch_size * cfg.resolved_seq_len
+    wall = clock.total()
+    rd.write_json("result.json", {
+        "status": status, "error": error, "final_val_loss": vals[-1] if vals else None,
+        "best_val_loss": min(vals) if vals else None, "final_train_loss": rows[-1]["loss"] if rows else None,
+        "steps": steps, "tokens": tokens, "params": counts.total, "non_embedding_params": counts.non_embedding,
+        "flops_per_token": counts.flops_per_token, "flops": counts.flops_per_token * tokens,
+        "wall_time_s": wall, "tokens_per_sec": tokens / wall if wall > 0 else None, "seed": cfg.seed})
+
+
+def _loop(cfg, tr, state, start, tokens, rd, ckpts, progress, resumed, on_eval, clock) -> RunResult:
     step_fn, eval_fn = train.make_train_step(tr), train.make_eval_step(tr)
     feeds = Feeds(tr)
     batches = data.TrainBatches(tokens.train, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed, feeds.rows)
@@ -174,10 +212,13 @@ def _loop(cfg, tr, state, start, tokens, rd, ckpts, progress, resumed) -> RunRes
                     if jax.process_index() == 0:
                         bar.write(f"step {number}: loss {row['loss']:.4f}, val_loss {row['val_loss']:.4f}")
                 emit(row, force=eval_now)
+                if eval_now and on_eval is not None:
+                    with jax.transfer_guard_device_to_host("allow"):
+                        on_eval(number, row["val_loss"])
                 save_now = save_now or stop_requested  # a signal may arrive during eval
                 if save_now:
                     with jax.transfer_guard_device_to_host("allow"):  # Orbax copies to host
-                        ckpts.save(number, state, _meta(cfg, number))
+                        ckpts.save(number, state, _meta(cfg, number, clock.total()))
                     if faults.kills(number, "save"):
                         _kill_now()  # the save is still in flight
                     metrics_log.flush()
@@ -205,9 +246,9 @@ def _loop(cfg, tr, state, start, tokens, rd, ckpts, progress, resumed) -> RunRes
     return result
 
 
-def _meta(cfg: TrainConfig, step: int) -> dict:
+def _meta(cfg: TrainConfig, step: int, wall_time_s: float) -> dict:
     # The data position and RNG are functions of (seed, step); both are stored for the record.
-    return {"step": step, "data": {"seed": cfg.seed, "next_step": step},
+    return {"step": step, "wall_time_s": wall_time_s, "data": {"seed": cfg.seed, "next_step": step},
             "rng": {"dropout_key": f"fold_in(key({cfg.seed}), step)"}, "config": cfg.to_dict()}
 
 

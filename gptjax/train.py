@@ -48,7 +48,7 @@ def make_trainer(cfg: TrainConfig, mesh: Mesh) -> Trainer:
     abstract_model = nnx.eval_shape(lambda: GPT(cfg.model, rngs=nnx.Rngs(params=cfg.seed)))
     graphdef, params_state = nnx.split(abstract_model)
     shapes = nnx.to_pure_dict(params_state)
-    tx = optim.build(cfg.optim)
+    tx = optim.build(cfg.optim, cfg.model.width_mult)
     param_sh = sharding.param_shardings(sharding.logical_axes(abstract_model), shapes, mesh)
     opt_shapes = jax.eval_shape(tx.init, shapes)
     state_sh = {"step": sharding.replicated(mesh), "params": param_sh,
@@ -64,7 +64,7 @@ def state_layout(cfg: TrainConfig) -> tuple[str, list[tuple]]:
     the mesh (evaluated abstractly, nothing allocated)."""
     shapes = nnx.to_pure_dict(nnx.split(abstract_model(cfg.model))[1])
     state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": shapes,
-             "opt_state": jax.eval_shape(optim.build(cfg.optim).init, shapes)}
+             "opt_state": jax.eval_shape(optim.build(cfg.optim, cfg.model.width_mult).init, shapes)}
     leaves, treedef = jax.tree.flatten(state)
     return str(treedef), [(tuple(a.shape), str(a.dtype)) for a in leaves]
 

@@ -23,8 +23,11 @@ class Job:
     config: str
     overrides: tuple[str, ...]
     run_dir: str
+    command: tuple[str, ...] | None = None  # another gptjax verb and its arguments (search workers)
 
     def train_args(self, python: str = "python") -> list[str]:
+        if self.command is not None:
+            return [python, "-m", "gptjax.cli", *self.command]
         return [python, "-m", "gptjax.cli", "train", self.config, *self.overrides, "--run-dir", str(self.run_dir),
                 "--no-progress"]
 

@@ -1,0 +1,1 @@
+"""Scaling sweeps: specs, runner, scaling-law fits (fit.py) and reports."""

@@ -1,0 +1,209 @@
+"""Sweeps end to end: spec expansion, the resumable runner, result.json, analysis and its plots,
+ablation statistics, the Optuna search, and the μP coordinate check."""
+
+import glob
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from helpers import TINY_RUN
+from helpers import gptjax_cli as gptjax
+
+from gptjax import cli
+from gptjax.config import ConfigError
+from gptjax.sweeps import report, runner, spec
+
+TINY = {**TINY_RUN, "steps": 6, "eval_every": 3, "checkpoint_every": 3, "sample_tokens": 0, "log_every": 1}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return str(path)
+
+
+def _sweep_file(tmp_path, base, **fields):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "base": base, **fields}, sort_keys=False))
+    return str(path)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob("experiments/sweeps/*.yaml") + glob.glob("experiments/ablations/*.yaml")))
+def test_every_sweep_file_in_the_repository_builds(path):
+    runs = spec.expand(spec.load_sweep(path))
+    assert runs and len({r.name for r in runs}) == len(runs)
+
+
+def test_grid_zip_random_seeds_and_head_count(tmp_path, base):
+    s = spec.load_sweep(_sweep_file(tmp_path, base, grid={"model.n_layers": [1, 2], "model.d_model": [32, 64]},
+                                    zip={"optim.lr": [1e-3, 3e-3], "optim.warmup_steps": [1, 2]}, head_dim=8,
+                                    seeds=[0, 1]))
+    runs = spec.expand(s)
+    assert len(runs) == 2 * 2 * 2 * 2
+    by_name = {r.name: r for r in runs}
+    r = by_name["n_layers2-d_model64-lr0.003-warmup_steps2-seed1"]
+    assert (r.config.model.n_layers, r.config.model.d_model, r.config.model.n_heads) == (2, 64, 8)
+    assert (r.config.optim.lr, r.config.optim.warmup_steps, r.config.seed) == (3e-3, 2, 1)
+    assert [x.name for x in spec.expand(s)] == [x.name for x in runs], "names are deterministic"
+
+
+def test_random_search_is_seeded_and_within_its_bounds(tmp_path, base):
+    params = {"optim.lr": {"distribution": "log_uniform", "low": 1e-4, "high": 1e-2},
+              "model.n_layers": {"distribution": "choice", "values": [1, 2]}}
+    a = spec.expand(spec.load_sweep(_sweep_file(tmp_path, base, overrides={"optim.min_lr": 0.0}, random={"samples": 6, "seed": 3, "params": params})))
+    b = spec.expand(spec.load_sweep(_sweep_file(tmp_path, base, overrides={"optim.min_lr": 0.0}, random={"samples": 6, "seed": 3, "params": params})))
+    c = spec.expand(spec.load_sweep(_sweep_file(tmp_path, base, overrides={"optim.min_lr": 0.0}, random={"samples": 6, "seed": 4, "params": params})))
+    lrs = [r.config.optim.lr for r in a]
+    assert lrs == [r.config.optim.lr for r in b] and lrs != [r.config.optim.lr for r in c]
+    assert all(1e-4 <= lr <= 1e-2 for lr in lrs) and len(set(lrs)) == 6
+
+
+def test_isoflop_budgets_become_steps(tmp_path, base):
+    from gptjax import counting
+
+    sizes = [{"model.d_model": 32, "model.n_heads": 4}, {"model.d_model": 64, "model.n_heads": 4}]
+    runs = spec.expand(spec.load_sweep(_sweep_file(tmp_path, base, isoflop={"budgets": [1e11, 4e11], "sizes": sizes,
+                                                                          "min_steps": 1})))
+    assert len(runs) == 4
+    for r in runs:
+        c = r.config
+        spent = c.steps * c.data.batch_size * c.resolved_seq_len * counting.flops_per_token(c.model, c.resolved_seq_len)
+        assert abs(spent / r.budget - 1) < 0.05, (r.name, spent, r.budget)
+    assert runs[0].name.startswith("C1e11-d_model32")
+
+
+def test_a_bad_member_is_refused_before_anything_starts(tmp_path, base, capsys):
+    path = _sweep_file(tmp_path, base, grid={"model.n_heads": [4, 5]})
+    assert cli.main(["sweep", "run", path, "--run-dir", str(tmp_path / "s")]) == 2
+    assert "run n_heads5-seed0: ModelConfig.d_model = 32 is invalid: must be divisible by n_heads = 5" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(ConfigError, match="zip lists must have equal lengths"):
+        spec.load_sweep(_sweep_file(tmp_path, base, zip={"optim.lr": [1, 2], "seed": [1]}))
+
+
+def test_cpu_shares_are_disjoint():
+    shares = runner.device_shares(2) if len(os.sched_getaffinity(0)) >= 2 else pytest.skip("needs 2 cores")
+    assert not shares[0]["cpus"] & shares[1]["cpus"] and all(s["cpus"] for s in shares)
+
+
+def test_a_sweep_runs_records_failures_skips_what_is_done_and_resumes(tmp_path, base):
+    # Two sizes and a third run that diverges (its loss turns NaN at step 2).
+    path = _sweep_file(tmp_path, base, zip={"model.d_model": [32, 48, 32], "faults.nan_at_step": [None, None, 2]})
+    d = tmp_path / "sweep"
+    out = gptjax("sweep", "run", path, "--run-dir", d, "--jobs", 2, "--no-progress", check=False)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "3 runs: 2 finished, 1 failed" in out.stdout and "non-finite loss at step 2" in out.stdout
+    result = json.loads((d / "d_model32-nan_at_stepNone-seed0" / "result.json").read_text())
+    assert result["status"] == "finished" and result["steps"] == 6 and result["tokens"] == 6 * 8 * 32
+    assert result["best_val_loss"] <= result["final_val_loss"] and result["wall_time_s"] > 0
+    assert result["non_embedding_params"] < result["params"] and result["flops"] == result["flops_per_token"] * 6 * 8 * 32
+    # The same command again runs nothing; --retry-failed runs the failed one only.
+    again = gptjax("sweep", "run", path, "--run-dir", d, "--no-progress", check=False)
+    assert "0 of 3 runs to run" in again.stderr
+    retry = gptjax("sweep", "run", path, "--run-dir", d, "--no-progress", "--retry-failed", "--dry-run")
+    assert sum(line.startswith("run ") for line in retry.stdout.splitlines()) == 1 and "1 of 3 runs" in retry.stdout
+    # An interrupted run (no result, checkpoints) resumes from its checkpoint.
+    victim = d / "d_model48-nan_at_stepNone-seed0"
+    (victim / "result.json").unlink()
+    shutil.rmtree(victim / "checkpoints" / "6")
+    assert runner.status_of(str(victim))[0] == "interrupted"
+    resumed = gptjax("sweep", "run", path, "--run-dir", d, "--no-progress", check=False)
+    assert "1 of 3 runs to run" in resumed.stderr
+    assert "resumed from step 3" in (d / "logs" / "d_model48-nan_at_stepNone-seed0.log").read_text()
+    assert gptjax("sweep", "status", d).stdout.startswith(f"{d}: 3 runs: 2 finished, 1 failed")
+    # Analysis of what ran.
+    out = gptjax("sweep", "analyze", d, "--bootstrap", 5)
+    rows = (d / "results.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("name,status,seed,budget,variant")
+    assert (d / "report.md").is_file() and (d / "loss_curves.png").stat().st_size > 1000
+
+
+def _synthetic_sweep(d, rows):
+    """A sweep directory as runs would leave it (manifest + result.json), without training."""
+    entries = []
+    for r in rows:
+        run_dir = d / r["name"]
+        run_dir.mkdir(parents=True)
+        (run_dir / "result.json").write_text(json.dumps({"status": "finished", **r["result"]}))
+        entries.append({"name": r["name"], "run_dir": str(run_dir), "overrides": [], "point": r.get("point", {}),
+                        "seed": r.get("seed", 0), "budget": r.get("budget")})
+    (d / "sweep.json").write_text(json.dumps({"name": "synthetic", "base": "x", "runs": entries}))
+
+
+CHINCHILLA = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+
+
+def law(n, t):
+    c = CHINCHILLA
+    return c["E"] + c["A"] / n ** c["alpha"] + c["B"] / t ** c["beta"]
+
+
+def test_analysis_recovers_a_known_law_and_extrapolates(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for budget in (1e18, 1e19, 1e20, 1e21):
+        for n in np.geomspace(2e7, 2e10, 8):
+            t = budget / (6 * n)
+            loss = law(n, t) * (1 + 1e-3 * rng.standard_normal())
+            rows.append({"name": f"C{budget:.0e}-N{n:.2e}-seed0", "budget": budget,
+                         "result": {"non_embedding_params": n, "params": n, "tokens": t, "flops": budget,
+                                    "final_val_loss": loss, "best_val_loss": loss}})
+    _synthetic_sweep(tmp_path, rows)
+    summary = report.analyze(str(tmp_path), holdout_largest=1, bootstrap=20)
+    fit = summary["fits"]["chinchilla"]
+    for k, v in CHINCHILLA.items():
+        assert abs(fit[k] / v - 1) < 0.05, (k, fit[k], v)
+    assert summary["fits"]["isoflop"]["a"] == pytest.approx(0.28 / 0.62, rel=0.1)
+    assert max(abs(r["relative_error"]) for r in summary["holdout"]["rows"]) < 0.01
+    assert {"loss_vs_params.png", "isoflop.png", "frontier.png", "holdout.png"} <= set(summary["plots"])
+    md = (tmp_path / "report.md").read_text()
+    assert "Chinchilla approach 3" in md and "Extrapolation" in md and "![isoflop.png](isoflop.png)" in md
+    # The CSV analyze wrote is what `gptjax sweep fit` reads.
+    out = gptjax("sweep", "fit", tmp_path / "results.csv", "--law", "chinchilla", "--json")
+    assert {"E", "A", "B", "alpha", "beta"} <= set(json.loads(out.stdout))
+
+
+def test_ablation_statistics_tell_a_real_difference_from_seed_noise(tmp_path):
+    rng = np.random.default_rng(1)
+    means = {"positionlearned": 2.00, "positionrotary": 2.10, "positionalibi": 2.001}
+    rows = [{"name": f"{v}-seed{s}", "seed": s, "result": {"final_val_loss": m + 0.01 * rng.standard_normal(),
+                                                          "non_embedding_params": 1000, "params": 1200, "tokens": 1e5}}
+            for v, m in means.items() for s in range(4)]
+    _synthetic_sweep(tmp_path, rows)
+    summary = report.analyze(str(tmp_path), holdout_largest=0, bootstrap=0)
+    by = {r["variant"]: r for r in summary["ablation"]}
+    assert by["positionrotary"]["significant"] and by["positionrotary"]["p"] < 1e-3
+    assert not by["positionalibi"]["significant"]
+    assert "ablation.png" in summary["plots"] and "beyond seed noise" in (tmp_path / "report.md").read_text()
+
+
+def test_optuna_search_with_two_workers_and_pruning(tmp_path, base):
+    path = _sweep_file(tmp_path, base, overrides={"steps": 6, "eval_every": 2, "optim.min_lr": 0.0},
+                       search={"trials": 4, "startup_trials": 1,
+                               "params": {"optim.lr": {"distribution": "log_uniform", "low": 1e-4, "high": 1e-1}}})
+    d = tmp_path / "search"
+    out = gptjax("sweep", "search", path, "--run-dir", d, "--workers", 2, timeout=900)
+    summary = json.loads(out.stdout)
+    assert summary["trials"] >= 4 and summary["best_value"] is not None
+    assert 1e-4 <= summary["best_params"]["optim.lr"] <= 1e-1
+    assert sum(summary["states"].values()) == summary["trials"]
+    assert (d / "optuna.db").is_file() and len(glob.glob(str(d / "trial-*"))) == summary["trials"]
+
+
+def test_mup_coordinates_stay_flat_across_widths_and_standard_ones_grow(base):
+    from gptjax.config import load_train_config
+    from gptjax.sweeps import mup
+
+    cfg = load_train_config(base, ["model.n_layers=2", "model.n_heads=2", "model.d_model=32", "model.d_ff=null",
+                                   "optim.lr=1e-2", "optim.warmup_steps=0", "optim.grad_clip=null",
+                                   "model.mup_base_width=32"])
+    summary = mup.run(cfg, [32, 64, 128, 256], 4, None)
+    standard, mu = summary["growth"]["standard"], summary["growth"]["mup"]
+    for key in ("block 0", "block 1"):
+        assert standard[key] > 0.6, (key, standard)  # grows about like width^1
+        assert abs(mu[key]) < 0.2, (key, mu)  # flat
