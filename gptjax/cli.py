@@ -202,7 +202,7 @@ def _launch(args) -> int:
     from gptjax.launch import BACKENDS
     from gptjax.launch.common import make_jobs
 
-    jobs = make_jobs(args.config, args.overrides, args.run_dir, args.sweep)
+    jobs = make_jobs(args.config, args.overrides, args.run_dir)
     return BACKENDS[args.backend].launch(jobs, args)
 
 
@@ -215,8 +215,7 @@ def _add_launch(sub) -> None:
         b = backends.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
         b.add_argument("config", help="a YAML file (see experiments/) or a preset name")
         b.add_argument("overrides", nargs="*", help="section.field=value applied to every run")
-        b.add_argument("--run-dir", help="run directory (sweeps: one numbered subdirectory per run)")
-        b.add_argument("--sweep", help="YAML list of override sets: one run each (a job array on SLURM)")
+        b.add_argument("--run-dir", help="run directory (local, gs:// or s3://); sweeps: gptjax sweep run --launcher")
         b.add_argument("--dry-run", action="store_true", help="print exactly what would be submitted, and stop")
         module.add_arguments(b)
         b.set_defaults(func=_launch)

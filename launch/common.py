@@ -1,4 +1,4 @@
-"""What every launcher shares: jobs, the train command, sweeps, and the launch record."""
+"""What every launcher shares: jobs, the train command, and the launch record."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import dataclasses
 import pathlib
 import shlex
 import sys
-
-import yaml
 
 from gptjax import storage
 from gptjax.config import ConfigError, load_train_config
@@ -32,29 +30,13 @@ class Job:
                 "--no-progress"]
 
 
-def load_sweep(path: str) -> list[tuple[str, ...]]:
-    """A sweep file: a YAML list of override mappings, e.g. `- {optim.lr: 1.0e-3, seed: 1}`."""
-    data = yaml.safe_load(pathlib.Path(path).read_text())
-    if not isinstance(data, list) or not data or not all(isinstance(d, dict) for d in data):
-        raise ConfigError(f"sweep {path}: expected a non-empty YAML list of mappings (override sets), "
-                          f"got {type(data).__name__}")
-    return [tuple(f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-                  for k, v in d.items()) for d in data]
-
-
-def make_jobs(config: str, overrides: list[str], run_dir: str | None, sweep: str | None) -> list[Job]:
-    """Jobs for a run or a sweep; every resolved config is validated before anything is submitted."""
-    base_cfg = load_train_config(config, overrides)
-    base = run_dir or f"runs/{base_cfg.name}"
-    sets = load_sweep(sweep) if sweep else [()]
-    jobs = []
-    for i, extra in enumerate(sets):
-        all_overrides = (*overrides, *extra)
-        cfg = load_train_config(config, list(all_overrides))
-        job = Job(config, all_overrides, f"{base.rstrip('/')}/{i:03d}" if sweep else base)
-        RunDir(job.run_dir).check_resume(cfg)  # a resumed run that cannot continue is refused here
-        jobs.append(job)
-    return jobs
+def make_jobs(config: str, overrides: list[str], run_dir: str | None) -> list[Job]:
+    """The job of one run, its config validated (and, when it resumes, compared with the run's)
+    before anything is submitted. Sweeps go through `gptjax sweep run --launcher NAME`."""
+    cfg = load_train_config(config, overrides)
+    job = Job(config, tuple(overrides), run_dir or f"runs/{cfg.name}")
+    RunDir(job.run_dir).check_resume(cfg)  # a resumed run that cannot continue is refused here
+    return [job]
 
 
 def record(job: Job, backend: str, submitted: str) -> None:

@@ -41,8 +41,8 @@ def script(jobs: list[Job], args) -> str:
     for flag in ("partition", "account"):
         if getattr(args, flag):
             lines.append(f"#SBATCH --{flag}={getattr(args, flag)}")
-    out_dir = _log_dir(jobs)
-    if len(jobs) > 1:
+    out_dir = _log_dir(jobs, args)
+    if _array(jobs, args):
         lines += [f"#SBATCH --array=0-{len(jobs) - 1}", f"#SBATCH --output={out_dir}/slurm-%A_%a.out"]
     else:
         lines.append(f"#SBATCH --output={out_dir}/slurm-%j.out")
@@ -51,7 +51,7 @@ def script(jobs: list[Job], args) -> str:
         lines += [f"export XLA_FLAGS=--xla_force_host_platform_device_count={args.cpu_devices_per_task}",
                   "export JAX_PLATFORMS=cpu"]
     srun = ["srun", "--kill-on-bad-exit=1"]
-    if len(jobs) == 1:
+    if not _array(jobs, args):
         lines.append(shell_join(srun + jobs[0].train_args(args.python)))
     else:
         lines.append('case "$SLURM_ARRAY_TASK_ID" in')
@@ -61,13 +61,19 @@ def script(jobs: list[Job], args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _log_dir(jobs: list[Job]) -> pathlib.Path:
+def _array(jobs: list[Job], args) -> bool:
+    """A job array for several runs, and for every sweep submission (even of one run left), so a
+    sweep's logs and script always sit in the sweep directory."""
+    return len(jobs) > 1 or getattr(args, "array", False)
+
+
+def _log_dir(jobs: list[Job], args) -> pathlib.Path:
     """Where SLURM writes its logs and we the sbatch script: beside the runs, or, for runs on
     object storage (which SLURM cannot write), in ./slurm-logs."""
     run_dir = jobs[0].run_dir
     if storage.is_remote(run_dir):
         return pathlib.Path("slurm-logs").absolute()
-    return (pathlib.Path(run_dir).parent if len(jobs) > 1 else pathlib.Path(run_dir)).absolute()
+    return (pathlib.Path(run_dir).parent if _array(jobs, args) else pathlib.Path(run_dir)).absolute()
 
 
 def launch(jobs: list[Job], args) -> int:
@@ -77,7 +83,7 @@ def launch(jobs: list[Job], args) -> int:
         return 0
     for job in jobs:
         record(job, "slurm", text)
-    path = _log_dir(jobs) / "sbatch.sh"
+    path = _log_dir(jobs, args) / "sbatch.sh"
     storage.write_text(path, text)
     cmd = ["sbatch", "--parsable"] + (["--wait"] if args.wait else []) + [str(path)]
     out = subprocess.run(cmd, capture_output=True, text=True)

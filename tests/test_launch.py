@@ -176,9 +176,11 @@ def test_multi_host_backends_refuse_a_relative_run_dir(config_file, capsys):
 
 def test_sweep_validation_happens_before_submission(config_file, tmp_path, capsys):
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(yaml.safe_dump([{"optim.lr": 1e-3}, {"optim.lrr": 2e-3}]))
-    assert cli.main(["launch", "slurm", str(config_file), "--sweep", str(sweep), "--dry-run"]) == 2
+    sweep.write_text(yaml.safe_dump({"base": str(config_file), "zip": {"optim.lrr": [1e-3, 2e-3]}}))
+    assert cli.main(["sweep", "run", str(sweep), "--launcher", "slurm", "--run-dir", str(tmp_path / "s"),
+                     "--dry-run"]) == 2
     assert "unknown field 'lrr'; did you mean lr?" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 # --- SLURM --------------------------------------------------------------------------------------
@@ -223,24 +225,6 @@ def test_two_slurm_tasks_match_one_process(slurm, config_file, single_process_ru
     np.testing.assert_allclose(losses(run_dir), losses(single_process_run), rtol=0, atol=1e-5)
 
 
-@slurm_group
-def test_slurm_job_array_sweep(slurm, config_file, tmp_path):
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(yaml.safe_dump([{"seed": s, "steps": 4, "eval_every": 4} for s in range(3)]))
-    out = gptjax("launch", "slurm", config_file, "--sweep", sweep, "--run-dir", tmp_path / "sweep", "--wait",
-                 env=slurm.env, check=False)
-    logs = "".join(p.read_text()[-2000:] for p in (tmp_path / "sweep").glob("slurm-*.out"))
-    assert out.returncode == 0, f"{out.stderr}\n{logs}"
-    assert "#SBATCH --array=0-2" in (tmp_path / "sweep" / "sbatch.sh").read_text()
-    finals = []
-    for i in range(3):
-        run_dir = tmp_path / "sweep" / f"{i:03d}"
-        assert load_train_config(str(run_dir / "config.yaml")).seed == i
-        assert len(losses(run_dir)) == 4
-        finals.append(losses(run_dir)[0])
-    assert len(set(finals)) == 3, "each array task must run its own override set"
-
-
 def test_sigterm_to_one_process_stops_every_process_at_the_same_step(config_file, tmp_path):
     run_dir = tmp_path / "run"
     proc = _start_two_processes(config_file, run_dir, "checkpoint_every=1000")
@@ -252,3 +236,30 @@ def test_sigterm_to_one_process_stops_every_process_at_the_same_step(config_file
     assert proc.returncode == 0, err[-2000:]
     step = int(err.split("saved step ")[1].split(",")[0])
     assert checkpoint.verify(run_dir / "checkpoints" / str(step)) is None
+
+
+@slurm_group
+def test_slurm_sweep_array_with_a_killed_task_is_finished_by_resubmission(slurm, config_file, tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "arr", "base": str(config_file), "seeds": [0, 1, 2, 3],
+                                     "overrides": {"steps": 40, "checkpoint_every": 5, "eval_every": 40}}))
+    d = tmp_path / "sweep"
+    submit = ["sweep", "run", sweep, "--run-dir", d, "--launcher", "slurm", "--time", "00:10:00"]
+    out = gptjax(*submit, env=slurm.env)
+    job = out.stdout.split("submitted SLURM job ")[1].split(":")[0].strip()
+    assert "#SBATCH --array=0-3" in (d / "sbatch.sh").read_text()
+    victim = d / "seed1"
+    wait_until(lambda: (victim / "checkpoints" / "5").is_dir(), timeout=300, what="array task 1's first checkpoint")
+    subprocess.run(["scancel", f"{job}_1"], env=slurm.env, check=True)
+    wait_until(lambda: not subprocess.run(["squeue", "-h", "-j", job], env=slurm.env, capture_output=True,
+                                          text=True).stdout.strip(), timeout=300, what="the array to end")
+    status = gptjax("sweep", "status", d).stdout
+    assert "4 runs: 3 finished, 0 failed, 1 interrupted, 0 pending" in status, status
+    finished = {s: (d / f"seed{s}" / "result.json").read_text() for s in (0, 2, 3)}
+    # Re-submitting the same command runs only the interrupted run, which resumes.
+    gptjax(*submit, "--wait", env=slurm.env)
+    assert "#SBATCH --array=0-0" in (d / "sbatch.sh").read_text(), "only the one run left is submitted"
+    assert "4 runs: 4 finished" in gptjax("sweep", "status", d).stdout
+    assert {s: (d / f"seed{s}" / "result.json").read_text() for s in (0, 2, 3)} == finished
+    logs = "".join(p.read_text() for p in d.glob("slurm-*.out"))
+    assert "resumed from step" in logs

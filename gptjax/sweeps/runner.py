@@ -230,4 +230,5 @@ def _submit(sweep: SweepConfig, todo: list[Run], directory: str, launcher: str, 
     from gptjax.launch.common import Job
 
     jobs = [Job(sweep.base, run.overrides, run_dir_of(directory, run)) for run in todo]
+    args.array = True  # SLURM: an array even for one run, so logs stay in the sweep directory
     return BACKENDS[launcher].launch(jobs, args)
