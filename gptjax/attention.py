@@ -6,6 +6,7 @@ N query heads, K key/value heads, G = N/K query heads per key head, H head width
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -18,6 +19,21 @@ from gptjax.layers import Dense, dropout
 
 # Window of a global layer: larger than any distance between two positions.
 GLOBAL_WINDOW = 2**30
+# Position of a cache slot holding no key (not yet written, or padding): beyond every query, so
+# the causal mask hides it.
+EMPTY = 2**30
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class LayerCache:
+    """One layer's keys and values for decoding: [B, S, K, H] each, the position of the token in
+    each slot [B, S] (EMPTY where none), and the slot the next keys go to."""
+
+    k: jax.Array
+    v: jax.Array
+    key_positions: jax.Array
+    slot: jax.Array
 
 
 def causal_mask(q_pos_BxT: jax.Array, k_pos_BxS: jax.Array, window: jax.Array | int) -> jax.Array:
@@ -68,18 +84,27 @@ class Attention(nnx.Module):
         self.v = Dense((d,), (kv, h), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, std=std, **common)
         self.o = Dense((n, h), (d,), ("heads", "head_dim", "embed"), bias=cfg.out_bias, std=out_std, **common)
 
-    def __call__(self, x_BxTxD, positions_BxT, window, key=None):
+    def __call__(self, x_BxTxD, positions_BxT, window, key=None, cache=None):
+        """Self-attention over the new positions, or, with `cache` (LayerCache), over every
+        cached key as well: the new keys and values are written at `cache.slot`, and the cache's
+        key positions decide what each query sees. Returns the output, and the updated (k, v)
+        when a cache is given."""
         cfg = self.cfg
         q, k, v = self.q(x_BxTxD), self.k(x_BxTxD), self.v(x_BxTxD)
         if cfg.position == "rotary":
             q = pos_lib.apply_rotary(q, positions_BxT, cfg)
             k = pos_lib.apply_rotary(k, positions_BxT, cfg)
-        mask = causal_mask(positions_BxT, positions_BxT, window)
+        key_positions = positions_BxT
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, cache.slot, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, cache.slot, 0, 0))
+            key_positions = cache.key_positions  # unwritten and padding slots hold EMPTY: never seen
+        mask = causal_mask(positions_BxT, key_positions, window)
         bias = None
         if cfg.position == "alibi":
-            bias = pos_lib.alibi_bias(positions_BxT, positions_BxT, cfg.n_heads)
-        out = self._attend(q, k, v, mask, bias, key)
-        return self.o(out)
+            bias = pos_lib.alibi_bias(positions_BxT, key_positions, cfg.n_heads)
+        out = self.o(self._attend(q, k, v, mask, bias, key))
+        return out if cache is None else (out, (k, v))
 
     def _attend(self, q, k, v, mask, bias, key):
         cfg = self.cfg

@@ -39,19 +39,109 @@ def _train(args) -> int:
 
 
 def _sample(args) -> int:
-    from gptjax import generate, rundir
+    import gptjax
+    from gptjax import generation
 
-    model, tokenizer, _ = rundir.load_model(args.run_dir)
-    prompt = tokenizer.encode(args.prompt) if args.prompt else (
-        [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n"))
+    model = gptjax.from_pretrained(args.model)  # read-only for run directories
+    tokenizer = getattr(model, "tokenizer", None)
+    if args.prompt_ids:
+        prompts = [[int(t) for t in p.split(",")] for p in args.prompt_ids]
+    elif args.prompt:
+        prompts = args.prompt
+    elif tokenizer is not None:
+        prompts = [[tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n")]
+    else:
+        print("gptjax sample: error: this model has no tokenizer; give --prompt-ids", file=sys.stderr)
+        return 2
+    single = len(prompts) == 1 and args.num_return_sequences == 1
+    streamer = _Streamer(tokenizer, prompts[0]) if single and tokenizer is not None and not args.no_stream else None
     try:
-        ids = generate.sample(model, prompt, args.max_new_tokens, temperature=args.temperature,
-                              top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+        out = generation.generate(model, prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                  top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                                  no_repeat_ngram_size=args.no_repeat_ngram_size,
+                                  num_return_sequences=args.num_return_sequences, stop=args.stop, seed=args.seed,
+                                  stream=streamer)
     except ValueError as e:  # sampling options out of range
         print(f"gptjax sample: error: {e}", file=sys.stderr)
         return 2
-    print(args.prompt + tokenizer.decode(ids))
+    if streamer is not None:
+        streamer.finish(out[0])
+        return 0
+    for ids in out:
+        print(tokenizer.decode(ids) if tokenizer is not None else ",".join(map(str, ids)))
     return 0
+
+
+class _Streamer:
+    """Prints text as tokens arrive (decoding the whole continuation each time, so characters
+    split over tokens come out whole)."""
+
+    def __init__(self, tokenizer, prompt):
+        self.tokenizer, self.prompt, self.new, self.printed = tokenizer, prompt, [], ""
+        text = prompt if isinstance(prompt, str) else tokenizer.decode(prompt)
+        print(text, end="", flush=True)
+
+    def __call__(self, index: int, token: int) -> None:
+        self.new.append(token)
+        self._show(self.tokenizer.decode(self.new))
+
+    def _show(self, text: str) -> None:
+        if text.startswith(self.printed) and not text.endswith("\ufffd"):
+            print(text[len(self.printed):], end="", flush=True)
+            self.printed = text
+
+    def finish(self, ids) -> None:
+        start = len(self.prompt) if not isinstance(self.prompt, str) else len(self.tokenizer.encode(self.prompt))
+        final = self.tokenizer.decode(ids[start:])  # stop strings may have cut the streamed text
+        print(final[len(self.printed):] if final.startswith(self.printed) else "", flush=True)
+
+
+def _eval(args) -> int:
+    import gptjax
+    from gptjax.evals import evaluate
+
+    opts = evaluate.EvalOptions(
+        task=args.task, data=args.data, shots=args.shots, fewshot_data=args.fewshot_data,
+        separator=args.separator.encode().decode("unicode_escape"), seed=args.seed, limit=args.limit,
+        stride=args.stride, max_length=args.max_length, batch_size=args.batch_size, samples=args.samples,
+        ks=tuple(args.k or (1,)), temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+        allow_code_execution=args.allow_code_execution, timeout_s=args.timeout)
+    opts.check()  # before loading a model of gigabytes
+    model = gptjax.from_pretrained(args.model)  # read-only for run directories
+    data = evaluate.report(args.model, model, opts, evaluate.evaluate(model, opts, progress=not args.no_progress))
+    print(evaluate.table(data))
+    if args.output:
+        evaluate.write_report(args.output, data)
+    return 0
+
+
+def _add_eval(sub) -> None:
+    from gptjax.evals.evaluate import TASK_NAMES, EvalOptions
+
+    d = EvalOptions(task="perplexity")
+    s = sub.add_parser("eval", help="perplexity, multiple choice, LAMBADA and HumanEval, scored as lm-eval does")
+    s.add_argument("model", help="run directory (its latest verified checkpoint), gptjax or Hugging Face directory")
+    s.add_argument("--task", required=True, help=f"one of: {', '.join(TASK_NAMES)}")
+    s.add_argument("--data", help="the benchmark file (see the README for each task's layout and source)")
+    s.add_argument("--shots", type=int, default=0, help="few-shot demonstrations per item (0: zero-shot)")
+    s.add_argument("--fewshot-data", help="train or dev file the demonstrations are drawn from")
+    s.add_argument("--separator", default="\\n\\n", help="between demonstrations (escapes allowed; default \\n\\n)")
+    s.add_argument("--seed", type=int, default=d.seed, help="few-shot draws and code sampling")
+    s.add_argument("--limit", type=int, help="only the first N items")
+    s.add_argument("--stride", type=int, help="perplexity: tokens between window starts (default: half a window)")
+    s.add_argument("--max-length", type=int, help="window length (default: the model's max_seq_len)")
+    s.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per scoring batch")
+    s.add_argument("--samples", type=int, default=d.samples, help="humaneval: completions per problem")
+    s.add_argument("--k", type=int, action="append", help="humaneval: pass@k to report (repeatable; default 1)")
+    s.add_argument("--temperature", type=float, help="humaneval: default 0 for one sample, 0.8 for more")
+    s.add_argument("--top-p", type=float, default=d.top_p)
+    s.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    s.add_argument("--allow-code-execution", action="store_true",
+                   help="humaneval: run the generated programs (in a sandbox that is not a security boundary)")
+    s.add_argument("--timeout", type=float, default=d.timeout_s, help="humaneval: seconds per program")
+    s.add_argument("--output", help="write the report (results, options, model hash, versions) to this JSON file")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=_eval, k=None)
 
 
 def _sweep_run(args) -> int:
@@ -242,15 +332,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=_train)
 
-    s = sub.add_parser("sample", help="sample a continuation from a run's latest checkpoint")
-    s.add_argument("run_dir")
-    s.add_argument("--prompt", default="", help="text to continue (default: end-of-text or a newline)")
+    s = sub.add_parser("sample", help="generate from a run directory, a gptjax or a Hugging Face directory")
+    s.add_argument("model", help="run directory (its latest verified checkpoint), gptjax or Hugging Face directory")
+    s.add_argument("--prompt", action="append", default=[], help="text to continue (repeat for a batch; "
+                   "default: end-of-text or a newline)")
+    s.add_argument("--prompt-ids", action="append", default=[], help="token ids to continue, comma-separated")
     s.add_argument("--max-new-tokens", type=int, default=200)
     s.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
     s.add_argument("--top-k", type=int, default=None)
     s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--repetition-penalty", type=float, default=1.0)
+    s.add_argument("--no-repeat-ngram-size", type=int, default=0)
+    s.add_argument("--num-return-sequences", type=int, default=1)
+    s.add_argument("--stop", action="append", default=[], help="stop after this string (repeatable)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-stream", action="store_true", help="print when done instead of token by token")
     s.set_defaults(func=_sample)
+
+    _add_eval(sub)
+    sub.add_parser("lm-eval", help="lm-evaluation-harness's own command line with the gptjax model registered "
+                   "(--model gptjax --model_args path=DIR)", add_help=False)
 
     s = sub.add_parser("chaos", help="fault injection: break a small job at random points, resume, check nothing was lost")
     s.add_argument("--workdir", default="runs/chaos", help="where the runs go (default: runs/chaos)")
@@ -266,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lm-eval"]:  # every argument belongs to the harness
+        from gptjax import harness
+
+        return harness.main(argv[1:])
     parser = build_parser()
     # Overrides may come after options (`train cfg.yaml --run-dir d steps=10`), which argparse's
     # positional handling does not allow with subcommands; collect them here.
@@ -282,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     from gptjax.checkpoint_io import CheckpointError
     from gptjax.config import ConfigError
     from gptjax.data import DataError
+    from gptjax.evals import EvalError
     from gptjax.storage import StorageError
     from gptjax.tokenizer import TokenizerError
 
@@ -289,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     _persistent_compilation_cache()
     try:
         return args.func(args)
-    except (ConfigError, DataError, TokenizerError, CheckpointError, StorageError, FileNotFoundError) as e:
+    except (ConfigError, DataError, TokenizerError, CheckpointError, StorageError, FileNotFoundError,
+            EvalError) as e:
         print(f"gptjax {args.command}: error: {e}", file=sys.stderr)
         return errors.EXIT_REFUSED
     except errors.RunStopped as e:

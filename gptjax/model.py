@@ -8,6 +8,7 @@ checkpoints do not depend on that choice.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gptjax.attention import GLOBAL_WINDOW, Attention
+from gptjax.attention import EMPTY, GLOBAL_WINDOW, Attention, LayerCache
 from gptjax.config import ModelConfig
 from gptjax.layers import MLP, Dense, Embedding, Norm, dropout
 
@@ -36,26 +37,34 @@ class Block(nnx.Module):
         self.attn = Attention(cfg, out_std=out_std, rngs=rngs)
         self.mlp = MLP(cfg, out_std=out_std, rngs=rngs)
 
-    def __call__(self, x_BxTxD, positions_BxT, window, key=None):
+    def __call__(self, x_BxTxD, positions_BxT, window, key=None, cache=None):
+        """The layer's output; with a LayerCache, (output, updated (k, v))."""
         cfg = self.cfg
         k_attn, k_res1, k_res2 = jax.random.split(key, 3) if key is not None else (None,) * 3
+        new_kv = []
 
         def attn(h):
-            return dropout(self.attn(h, positions_BxT, window, k_attn), cfg.resid_dropout, k_res1)
+            out = self.attn(h, positions_BxT, window, k_attn, cache)
+            if cache is not None:
+                out, kv = out
+                new_kv.append(kv)
+            return dropout(out, cfg.resid_dropout, k_res1)
 
         def mlp(h):
             return dropout(self.mlp(h), cfg.resid_dropout, k_res2)
 
         if cfg.residual == "post_ln":
             x_BxTxD = self.ln1(x_BxTxD + attn(x_BxTxD))
-            return self.ln2(x_BxTxD + mlp(x_BxTxD))
-        if cfg.residual == "pre_ln":
+            out = self.ln2(x_BxTxD + mlp(x_BxTxD))
+        elif cfg.residual == "pre_ln":
             x_BxTxD = x_BxTxD + attn(self.ln1(x_BxTxD))
-            return x_BxTxD + mlp(self.ln2(x_BxTxD))
-        if cfg.residual == "parallel_one_ln":
+            out = x_BxTxD + mlp(self.ln2(x_BxTxD))
+        elif cfg.residual == "parallel_one_ln":
             h = self.ln1(x_BxTxD)
-            return x_BxTxD + attn(h) + mlp(h)
-        return x_BxTxD + attn(self.ln1(x_BxTxD)) + mlp(self.ln2(x_BxTxD))  # parallel_two_ln
+            out = x_BxTxD + attn(h) + mlp(h)
+        else:  # parallel_two_ln
+            out = x_BxTxD + attn(self.ln1(x_BxTxD)) + mlp(self.ln2(x_BxTxD))
+        return out if cache is None else (out, new_kv[0])
 
 
 def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
@@ -96,8 +105,10 @@ class GPT(nnx.Module):
     def logits(self, tokens_BxT, positions_BxT=None, *, key=None) -> jax.Array:
         """Float32 logits over the padded vocabulary [B, T, V]; padded entries hold the float32
         minimum so they never win a softmax or a sample, and a loss over them is exact."""
-        x = self.hidden(tokens_BxT, positions_BxT, key=key)
-        logits = self.embed.attend(x) if self.head is None else self.head(x)
+        return self._head(self.hidden(tokens_BxT, positions_BxT, key=key))
+
+    def _head(self, x_BxTxD) -> jax.Array:
+        logits = self.embed.attend(x_BxTxD) if self.head is None else self.head(x_BxTxD)
         logits = logits.astype(jnp.float32)
         if self.cfg.parametrization == "mup":
             logits = logits / self.cfg.width_mult  # MuReadout / MuSharedReadout's 1/m
@@ -107,8 +118,25 @@ class GPT(nnx.Module):
             logits = jnp.where(real, logits, jnp.finfo(jnp.float32).min)
         return logits
 
+    def decode(self, tokens_BxT, positions_BxT, cache: KVCache, key_positions_BxT=None) -> tuple[jax.Array, KVCache]:
+        """Logits [B, T, vocab_size] of new tokens written at `cache.slot` (their keys and values
+        join the cache), and the updated cache. Prefill is one call over the prompt, then one per
+        generated token. `key_positions_BxT` (default: the positions) is what later queries see
+        of these slots: EMPTY hides one (padding)."""
+        recorded = positions_BxT if key_positions_BxT is None else key_positions_BxT
+        key_positions = jax.lax.dynamic_update_slice(cache.key_positions, recorded.astype(jnp.int32),
+                                                     (0, cache.slot))
+        cache = dataclasses.replace(cache, key_positions=key_positions)
+        x, (k, v) = self._hidden(tokens_BxT, positions_BxT, None, cache)
+        logits = self._head(x)[..., : self.cfg.vocab_size]
+        t = tokens_BxT.shape[1]
+        return logits, dataclasses.replace(cache, k=k, v=v, slot=cache.slot + t)
+
     def hidden(self, tokens_BxT, positions_BxT=None, *, key=None) -> jax.Array:
         """Final hidden states [B, T, D] (after the final norm). `key` enables dropout."""
+        return self._hidden(tokens_BxT, positions_BxT, key, None)
+
+    def _hidden(self, tokens_BxT, positions_BxT, key, cache):
         cfg = self.cfg
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
@@ -119,28 +147,55 @@ class GPT(nnx.Module):
         x = dropout(x, cfg.embed_dropout, k_embed)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        x = self._apply_blocks(x, positions_BxT, k_layers)
-        return self.final_norm(x) if self.final_norm is not None else x
+        x, kv = self._apply_blocks(x, positions_BxT, k_layers, cache)
+        x = self.final_norm(x) if self.final_norm is not None else x
+        return x if cache is None else (x, kv)
 
-    def _apply_blocks(self, x, positions_BxT, key):
+    def _apply_blocks(self, x, positions_BxT, key, cache):
+        """The stack, scanned or unrolled; with a KVCache also each layer's updated (k, v),
+        stacked [L, ...] like the parameters."""
         cfg = self.cfg
         graphdef, state = nnx.split(self.blocks)
         windows = jnp.asarray(
             np.array([cfg.local_window if k == "local" else GLOBAL_WINDOW for k in cfg.layer_kinds], np.int32))
         keys = jax.random.split(key, cfg.n_layers) if key is not None else None
+        kv = (cache.k, cache.v) if cache is not None else None
 
         def body(x, layer):
-            layer_state, window, layer_key = layer
-            return nnx.merge(graphdef, layer_state)(x, positions_BxT, window, layer_key), None
+            layer_state, window, layer_key, layer_kv = layer
+            block = nnx.merge(graphdef, layer_state)
+            if layer_kv is None:
+                return block(x, positions_BxT, window, layer_key), None
+            layer_cache = LayerCache(layer_kv[0], layer_kv[1], cache.key_positions, cache.slot)
+            return block(x, positions_BxT, window, layer_key, layer_cache)
 
         if cfg.remat != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
-            x, _ = jax.lax.scan(body, x, (state, windows, keys))
-            return x
+            return jax.lax.scan(body, x, (state, windows, keys, kv))
+        outs = []
         for i in range(cfg.n_layers):
-            x, _ = body(x, jax.tree.map(lambda a: a[i], (state, windows, keys)))
-        return x
+            x, out = body(x, jax.tree.map(lambda a: a[i], (state, windows, keys, kv)))
+            outs.append(out)
+        return x, (None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Keys and values of every layer, stacked like the parameters: [L, B, S, K, H]; the position
+    of each slot's token [B, S] (EMPTY where none); the next slot to write (a scalar)."""
+
+    k: jax.Array
+    v: jax.Array
+    key_positions: jax.Array
+    slot: jax.Array
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int, slots: int, dtype=jnp.float32) -> KVCache:
+        shape = (cfg.n_layers, batch, slots, cfg.resolved_kv_heads, cfg.resolved_head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.full((batch, slots), EMPTY, jnp.int32),
+                   jnp.zeros((), jnp.int32))
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> GPT:

@@ -68,7 +68,19 @@ def load_run(path: str | pathlib.Path, **overrides: Any) -> GPT:
 
     if overrides:
         raise ValueError(f"run directories take no overrides, got {sorted(overrides)}")
-    return rundir.load_model(path)[0]
+    model, tokenizer, _ = rundir.load_model(path)
+    model.tokenizer = tokenizer
+    return model
+
+
+def _hf_tokenizer(directory: pathlib.Path):
+    """The directory's tokenizer.json, if it has one, with the checkpoint's end-of-text id."""
+    from gptjax.tokenizer import HFTokenizer
+
+    if not (directory / "tokenizer.json").is_file():
+        return None
+    eos = checkpoint_io.read_json(directory, hf.CONFIG_FILE).get("eos_token_id")
+    return HFTokenizer.from_directory(directory, eos if isinstance(eos, int) else None)
 
 
 # Marker file -> loader, tried in order.
@@ -89,7 +101,10 @@ def from_pretrained(path: str | pathlib.Path, **overrides: Any) -> GPT:
     directory = pathlib.Path(path)
     for marker, loader in LOADERS:
         if (directory / marker).exists() or (directory / marker).is_symlink():
-            return loader(directory, **overrides)
+            model = loader(directory, **overrides)
+            if loader is hf.load_hf:
+                model.tokenizer = _hf_tokenizer(directory)  # generate() encodes text prompts with it
+            return model
     looked_for = " or ".join(marker for marker, _ in LOADERS)
     raise CheckpointError(f"{directory} is not a pretrained model directory: it holds no {looked_for}"
                           + ("" if directory.is_dir() else " (it is not a directory)"))

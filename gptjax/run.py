@@ -19,7 +19,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from gptjax import counting, data, generate, hardware, sharding, train
+from gptjax import counting, data, generation, hardware, sharding, train
 from gptjax.config import TrainConfig
 from gptjax.errors import RunStopped
 from gptjax.rundir import RunDir
@@ -238,7 +238,7 @@ def _loop(cfg, tr, state, start, tokens, rd, ckpts, progress, resumed, on_eval, 
     finally:
         bar.close()
         metrics_log.close()
-    if result.stopped is None:
+    if result.stopped is None and cfg.sample_tokens > 0:
         with jax.transfer_guard_device_to_host("allow"):  # after the loop: not a training stall
             params = _host_params(state["params"])
             if jax.process_index() == 0:
@@ -265,7 +265,7 @@ def _host_params(params):
 def _write_sample(cfg, tr, params, tokenizer, rd: RunDir, step) -> None:
     model = nnx.merge(tr.graphdef, params)
     prompt = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n")
-    ids = generate.sample(model, prompt, cfg.sample_tokens, temperature=0.8, top_k=200, seed=cfg.seed)
+    ids = generation.sample(model, prompt, cfg.sample_tokens, temperature=0.8, top_k=200, seed=cfg.seed)
     rd.write_sample(step, tokenizer.decode(ids))
 
 

@@ -209,6 +209,65 @@ def _check_ids(ids: Sequence[int], vocab_size: int, name: str) -> None:
         raise TokenizerError(f"{name} tokenizer: id {bad} is outside [0, {vocab_size})")
 
 
+# --- Hugging Face tokenizer.json ------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class HFTokenizer:
+    """A Hugging Face `tokenizer.json` (GPT-2, NeoX/Pythia, Llama, BLOOM files) through the
+    `tokenizers` library: the exact encoding the checkpoint was trained with. Special tokens in
+    text are ordinary text, as for tiktoken; `eot_id` is the checkpoint's end-of-text id."""
+
+    json_text: str = dataclasses.field(repr=False)
+    eot: int | None = None
+    _tok: Any = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        import tokenizers
+
+        try:
+            tok = tokenizers.Tokenizer.from_str(self.json_text)
+        except Exception as e:  # noqa: BLE001 - the library raises its own exception type
+            raise TokenizerError(f"tokenizer.json could not be read by the tokenizers library: {e}") from None
+        object.__setattr__(self, "_tok", tok)
+
+    @classmethod
+    def from_directory(cls, directory, eot_id: int | None = None) -> HFTokenizer:
+        import pathlib
+
+        path = pathlib.Path(directory) / "tokenizer.json"
+        if not path.is_file():
+            raise TokenizerError(f"{directory} has no tokenizer.json (the Hugging Face tokenizers format)")
+        return cls(path.read_text(), eot_id)
+
+    @property
+    def name(self) -> str:
+        return "hf"
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eot_id(self) -> int | None:
+        return self.eot
+
+    def encode(self, text: str) -> list[int]:
+        # No added BOS/EOS: documents are joined with eot_id explicitly, as for tiktoken.
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
+        del num_threads  # encode_batch uses one core whatever its settings; data.py uses processes
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        _check_ids(ids, self.vocab_size, self.name)
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        digest = hashlib.sha256(self.json_text.encode()).hexdigest()
+        return {"kind": "hf", "sha256": digest, "eot_id": self.eot, "tokenizer_json": self.json_text}
+
+
 # --- saving and restoring -----------------------------------------------------------------------
 
 def from_dict(data: dict[str, Any]) -> Tokenizer:
@@ -223,8 +282,10 @@ def from_dict(data: dict[str, Any]) -> Tokenizer:
             raise TokenizerError(f"tokenizer {tok.name!r}: saved vocab_size {saved} but the encoding "
                                  f"loaded here has {tok.vocab_size}")
         return tok
-    raise TokenizerError(f"tokenizer kind = {kind!r} is not one of 'tiktoken', 'char'")
+    if kind == "hf":
+        return HFTokenizer(data["tokenizer_json"], data.get("eot_id"))
+    raise TokenizerError(f"tokenizer kind = {kind!r} is not one of 'tiktoken', 'char', 'hf'")
 
 
-__all__ = ["RANK_FILE_URLS", "CharTokenizer", "MissingEncodingError", "TiktokenTokenizer", "Tokenizer",
+__all__ = ["RANK_FILE_URLS", "CharTokenizer", "HFTokenizer", "MissingEncodingError", "TiktokenTokenizer", "Tokenizer",
            "TokenizerError", "cache_file_name", "from_dict"]

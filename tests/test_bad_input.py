@@ -117,10 +117,10 @@ CATALOGUE = [
                                                         str(_damaged_run(w, d, config__yaml="model: {widthh: 3}\n"))],
      "cannot be read by this gptjax: TrainConfig.model: unknown field 'widthh'"),
     ("sample from a directory that is no run", lambda w, d: ["sample", str(_mkdir(d / "empty"))],
-     "is not a run directory: it has no config.yaml"),
+     "is not a pretrained model directory: it holds no gptjax_config.json"),
     ("sample with a tokenizer file of unknown kind", lambda w, d: [
         "sample", str(_damaged_run(w, d, tokenizer__json='{"kind": "sentencepiece"}'))],
-     "tokenizer kind = 'sentencepiece' is not one of 'tiktoken', 'char'"),
+     "tokenizer kind = 'sentencepiece' is not one of 'tiktoken', 'char', 'hf'"),
     ("sampling option out of range", ["sample", RUN, "--top-p", "2"], "top_p = 2.0 must be in (0, 1]"),
     ("pickle-only Hugging Face directory", lambda w, d: ["convert", str(_hf_dir(d, {"model_type": "gpt2"},
                                                                                 ["pytorch_model.bin"])),

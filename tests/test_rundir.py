@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -161,6 +162,9 @@ def test_inspection_writes_nothing_even_past_a_damaged_checkpoint(run_copy, tmp_
     out = gptjax("sample", run_dir, "--prompt", "A", "--max-new-tokens", "4", "--temperature", "0")
     assert "checkpoint step 20 is unusable" in out.stderr and "skipping it (read-only)" in out.stderr
     gptjax("convert", run_dir, tmp_path / "hf", "--to", "hf")
+    text = tmp_path / "text.txt"
+    text.write_text((pathlib.Path(os.environ["GPTJAX_DATA_DIR"]) / "tinyshakespeare.txt").read_text()[:300])
+    gptjax("eval", run_dir, "--task", "perplexity", "--data", text, "--no-progress")
     model, _, step = rundir.load_model(run_dir)
     assert step == 10
     import gptjax as package

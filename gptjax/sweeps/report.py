@@ -70,10 +70,12 @@ def analyze(directory: str, *, holdout_largest: int = 1, bootstrap: int = 100, s
         law = "chinchilla" if "chinchilla" in summary["fits"] else "power"
         summary["holdout"] = _safe(lambda: fit_lib.holdout_largest(_points(done), holdout_largest, law=law).to_dict())
     summary["ablation"] = ablation(done)
+    summary["lr_transfer"] = lr_transfer(done)
     local = _local_dir(out)
     for name, draw in (("loss_vs_params.png", _plot_loss_vs_params), ("isoflop.png", _plot_isoflop),
                        ("frontier.png", _plot_frontier), ("loss_curves.png", _plot_curves),
-                       ("ablation.png", _plot_ablation), ("holdout.png", _plot_holdout)):
+                       ("ablation.png", _plot_ablation), ("holdout.png", _plot_holdout),
+                       ("lr_transfer.png", _plot_lr_transfer)):
         path = os.path.join(local, name)
         if draw(df, done, summary, path):
             summary["plots"].append(name)
@@ -155,6 +157,20 @@ def ablation(done: pd.DataFrame) -> list[dict]:
             row.update(vs=base_name, diff=float(np.mean(x) - np.mean(base)), t=float(t.statistic),
                        p=float(t.pvalue), significant=bool(t.pvalue < 0.05))
         rows.append(row)
+    return rows
+
+
+def lr_transfer(done: pd.DataFrame) -> list[dict]:
+    """Where a sweep varies the learning rate and the width (and perhaps the parametrization):
+    the best learning rate at each width. Under μP it should not move as the model widens."""
+    if not {"lr", "d_model"} <= set(done.columns) or done["lr"].nunique() < 3 or done["d_model"].nunique() < 2:
+        return []
+    by = ["parametrization", "d_model"] if "parametrization" in done.columns else ["d_model"]
+    rows = []
+    for key, g in done.groupby(by):
+        mean = g.groupby("lr")["loss"].mean()
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(by, key)), "best_lr": float(mean.idxmin()), "best_loss": float(mean.min())})
     return rows
 
 
@@ -301,6 +317,24 @@ def _plot_holdout(df, done, summary, path) -> bool:
     return _save(fig, path)
 
 
+def _plot_lr_transfer(df, done, summary, path) -> bool:
+    import matplotlib.pyplot as plt
+
+    if not summary["lr_transfer"]:
+        return False
+    kinds = sorted(done["parametrization"].unique()) if "parametrization" in done.columns else [None]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.8), squeeze=False, sharey=True)
+    for ax, kind in zip(axes[0], kinds):
+        part = done if kind is None else done[done["parametrization"] == kind]
+        for width, g in part.groupby("d_model"):
+            mean = g.groupby("lr")["loss"].mean()
+            line, = ax.plot(mean.index, mean.values, "o-", ms=3, label=f"width {width}")
+            ax.plot([mean.idxmin()], [mean.min()], "*", ms=10, color=line.get_color())
+        ax.set(xscale="log", xlabel="learning rate", title=kind or "learning rate", ylabel="final validation loss")
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 # --- report.md -------------------------------------------------------------------------------
 
 def _interval(fit: dict, key: str, fmt: str = ".4g") -> str:
@@ -348,6 +382,12 @@ def report_markdown(directory: str, df: pd.DataFrame, summary: dict) -> str:
             lines.append(f"| {r['variant']} | {r['n']} | {r['mean']:.4f} ± {r['std']:.4f} | "
                          + (f"{r['diff']:+.4f} | {r['p']:.3g} | {'yes' if r['significant'] else 'no'} |" if "p" in r
                             else "— | — | — |"))
+    if summary["lr_transfer"]:
+        keys = [k for k in summary["lr_transfer"][0] if k not in ("best_lr", "best_loss")]
+        lines += ["", "## Best learning rate per width", "", "| " + " | ".join(keys) + " | best lr | loss |",
+                  "|" + "---|" * (len(keys) + 2)]
+        lines += ["| " + " | ".join(str(r[k]) for k in keys) + f" | {r['best_lr']:.3g} | {r['best_loss']:.4f} |"
+                  for r in summary["lr_transfer"]]
     if summary["plots"]:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in summary["plots"]]
     return "\n".join(lines) + "\n"
