@@ -90,8 +90,11 @@ class ModelConfig:
     # initialised with std / sqrt(m) and trained with lr / m (m = d_model / mup_base_width), query
     # weights zero, attention scaled 1/d (anchored to 1/sqrt(d) at the base head size), logits
     # multiplied by 1/m (MuReadout / MuSharedReadout). At m = 1 only the query init differs.
+    # mup_base_head_dim is the base model's head size: None when widths grow by adding heads of a
+    # fixed size (then 1/d and 1/sqrt(d) differ by a constant and the scale stays 1/sqrt(d)).
     parametrization: Parametrization = "standard"
     mup_base_width: int = 128
+    mup_base_head_dim: int | None = None
 
     # Execution.
     scan_layers: bool = True
@@ -144,8 +147,8 @@ class ModelConfig:
             return self.attn_scale
         d = self.resolved_head_dim
         if self.parametrization == "mup":
-            # 1/d attention, equal to 1/sqrt(d) at the base model's head size d / m.
-            return math.sqrt(d / self.width_mult) / d
+            # 1/d attention, equal to 1/sqrt(d) at the base model's head size.
+            return math.sqrt(self.mup_base_head_dim or d) / d
         return 1.0 / math.sqrt(d)
 
     @property
@@ -255,6 +258,8 @@ def _check_model(c: ModelConfig) -> None:
         _require(0.0 <= getattr(c, name) < 1.0, name, getattr(c, name), "must be in [0, 1)")
     _require(c.norm_eps > 0, "norm_eps", c.norm_eps, "must be positive")
     _require(c.mup_base_width > 0, "mup_base_width", c.mup_base_width, "must be a positive integer")
+    _require(c.mup_base_head_dim is None or c.mup_base_head_dim > 0, "mup_base_head_dim", c.mup_base_head_dim,
+             "must be a positive integer, or null when widths grow by adding heads of a fixed size")
     _require(not (c.tie_embeddings and c.head_bias), "head_bias", c.head_bias,
              "a tied output head has no bias; set tie_embeddings=false to use one")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
 from collections.abc import Callable, Sequence
 
 import jax
@@ -23,7 +24,7 @@ from flax import nnx
 from jax.experimental import io_callback
 
 from gptjax.attention import EMPTY
-from gptjax.model import GPT, KVCache
+from gptjax.model import GPT, KVCache, unstacked_layers
 
 PAD_MULTIPLE = 16  # prompt and total lengths are rounded up to this: few compiles across calls
 
@@ -103,7 +104,7 @@ def _choose(logits_BxV, key, tokens_BxS, length, seen_BxV, s: Sampling):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "slots", "stream", "scores"))
-def _generate(graphdef, params, tokens_BxP, starts_B, key, *, sampling: Sampling, slots: int, stream=None,
+def _generate(graphdef, params, layers, tokens_BxP, starts_B, key, *, sampling: Sampling, slots: int, stream=None,
               scores: bool = False):
     model = nnx.merge(graphdef, params)
     b, p = tokens_BxP.shape
@@ -113,7 +114,7 @@ def _generate(graphdef, params, tokens_BxP, starts_B, key, *, sampling: Sampling
     pad = jnp.arange(p)[None, :] < starts_B[:, None]
     positions = jnp.maximum(jnp.arange(p)[None, :] - starts_B[:, None], 0)
     logits, cache = model.decode(tokens_BxP, positions, KVCache.empty(model.cfg, b, slots),
-                                 jnp.where(pad, EMPTY, positions))
+                                 jnp.where(pad, EMPTY, positions), layers)
     state = dict(logits=logits[:, -1], cache=cache, tokens=jnp.zeros((b, slots), jnp.int32).at[:, :p].set(tokens_BxP),
                  seen=_seen(tokens_BxP, pad, vocab), done=jnp.zeros(b, bool), i=jnp.zeros((), jnp.int32), key=key,
                  scores=jnp.zeros((b, sampling.max_new_tokens if scores else 0, vocab), jnp.float32))
@@ -133,7 +134,7 @@ def _generate(graphdef, params, tokens_BxP, starts_B, key, *, sampling: Sampling
         if sampling.eos_token_id is not None:
             done = done | (nxt == sampling.eos_token_id)
         tokens = jax.lax.dynamic_update_slice(st["tokens"], nxt[:, None], (0, length))
-        logits, cache = model.decode(nxt[:, None], (length - starts_B)[:, None], st["cache"])
+        logits, cache = model.decode(nxt[:, None], (length - starts_B)[:, None], st["cache"], layers=layers)
         seen = st["seen"].at[jnp.arange(b), nxt].set(True)
         kept = st["scores"].at[:, st["i"]].set(st["logits"]) if scores else st["scores"]
         return dict(logits=logits[:, 0], cache=cache, tokens=tokens, seen=seen, done=done, i=st["i"] + 1, key=key,
@@ -196,7 +197,8 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[str], max_n
             for i, (t, d) in enumerate(zip(np.asarray(tokens), np.asarray(done))):
                 if not d:
                     stream(i, int(t))
-    tokens, n, scores = _generate(graphdef, params, jnp.asarray(batch), jnp.asarray(starts), jax.random.key(seed),
+    tokens, n, scores = _generate(graphdef, params, _decode_layers(model), jnp.asarray(batch), jnp.asarray(starts),
+                                  jax.random.key(seed),
                                   sampling=sampling, slots=slots, stream=callback, scores=return_scores)
     tokens, n = np.asarray(tokens), int(n)
     out = []
@@ -206,6 +208,23 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[str], max_n
             new = new[: new.index(eos_token_id) + 1]
         out.append(x + _cut_at_stop(new, stop, tokenizer))
     return (out, np.asarray(scores)[:, :n]) if return_scores else out
+
+
+_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _decode_layers(model: GPT):
+    """Per-layer weight copies for decoding on CPU (see model.unstacked_layers), made once per set
+    of parameters; None elsewhere (accelerators slice stacked weights without a copy, and the
+    copies would double the parameters' memory)."""
+    if jax.devices()[0].platform != "cpu":
+        return None
+    leaves = jax.tree.leaves(nnx.state(model.blocks))
+    cached = _LAYERS.get(model)
+    if cached is None or len(cached[0]) != len(leaves) or any(a is not b for a, b in zip(cached[0], leaves)):
+        cached = (leaves, unstacked_layers(model))
+        _LAYERS[model] = cached
+    return cached[1]
 
 
 def _prompt_ids(prompts, tokenizer) -> list[list[int]]:

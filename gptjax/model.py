@@ -118,16 +118,18 @@ class GPT(nnx.Module):
             logits = jnp.where(real, logits, jnp.finfo(jnp.float32).min)
         return logits
 
-    def decode(self, tokens_BxT, positions_BxT, cache: KVCache, key_positions_BxT=None) -> tuple[jax.Array, KVCache]:
+    def decode(self, tokens_BxT, positions_BxT, cache: KVCache, key_positions_BxT=None,
+               layers=None) -> tuple[jax.Array, KVCache]:
         """Logits [B, T, vocab_size] of new tokens written at `cache.slot` (their keys and values
         join the cache), and the updated cache. Prefill is one call over the prompt, then one per
         generated token. `key_positions_BxT` (default: the positions) is what later queries see
-        of these slots: EMPTY hides one (padding)."""
+        of these slots: EMPTY hides one (padding). `layers` (from `unstacked_layers`) runs the
+        stack unrolled over separate per-layer arrays instead of the stacked parameters."""
         recorded = positions_BxT if key_positions_BxT is None else key_positions_BxT
         key_positions = jax.lax.dynamic_update_slice(cache.key_positions, recorded.astype(jnp.int32),
                                                      (0, cache.slot))
         cache = dataclasses.replace(cache, key_positions=key_positions)
-        x, (k, v) = self._hidden(tokens_BxT, positions_BxT, None, cache)
+        x, (k, v) = self._hidden(tokens_BxT, positions_BxT, None, cache, layers)
         logits = self._head(x)[..., : self.cfg.vocab_size]
         t = tokens_BxT.shape[1]
         return logits, dataclasses.replace(cache, k=k, v=v, slot=cache.slot + t)
@@ -136,7 +138,7 @@ class GPT(nnx.Module):
         """Final hidden states [B, T, D] (after the final norm). `key` enables dropout."""
         return self._hidden(tokens_BxT, positions_BxT, key, None)
 
-    def _hidden(self, tokens_BxT, positions_BxT, key, cache):
+    def _hidden(self, tokens_BxT, positions_BxT, key, cache, layers=None):
         cfg = self.cfg
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
@@ -147,13 +149,13 @@ class GPT(nnx.Module):
         x = dropout(x, cfg.embed_dropout, k_embed)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        x, kv = self._apply_blocks(x, positions_BxT, k_layers, cache)
+        x, kv = self._apply_blocks(x, positions_BxT, k_layers, cache, layers)
         x = self.final_norm(x) if self.final_norm is not None else x
         return x if cache is None else (x, kv)
 
-    def _apply_blocks(self, x, positions_BxT, key, cache):
+    def _apply_blocks(self, x, positions_BxT, key, cache, layers=None):
         """The stack, scanned or unrolled; with a KVCache also each layer's updated (k, v),
-        stacked [L, ...] like the parameters."""
+        stacked [L, ...] like the parameters. `layers`: per-layer states to unroll over."""
         cfg = self.cfg
         graphdef, state = nnx.split(self.blocks)
         windows = jnp.asarray(
@@ -171,13 +173,23 @@ class GPT(nnx.Module):
 
         if cfg.remat != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
-        if cfg.scan_layers:
+        if cfg.scan_layers and layers is None:
             return jax.lax.scan(body, x, (state, windows, keys, kv))
         outs = []
         for i in range(cfg.n_layers):
-            x, out = body(x, jax.tree.map(lambda a: a[i], (state, windows, keys, kv)))
+            layer_state = layers[i] if layers is not None else jax.tree.map(lambda a: a[i], state)
+            x, out = body(x, (layer_state, *jax.tree.map(lambda a: a[i], (windows, keys, kv))))
             outs.append(out)
         return x, (None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs))
+
+
+def unstacked_layers(model: GPT) -> list:
+    """Each layer's parameters as separate arrays (copies), for decoding on CPU: there a matrix-
+    vector product over a slice of the stacked [L, ...] weights, scanned or indexed, reads them
+    at a half or less of the bandwidth it reaches on a whole array (measured: 12 layers of
+    768x3072, 15.1 ms scanned, 79 ms indexed, 8.6 ms separate)."""
+    _, state = nnx.split(model.blocks)
+    return [jax.tree.map(lambda a, i=i: a[i], state) for i in range(model.cfg.n_layers)]
 
 
 @jax.tree_util.register_dataclass

@@ -262,3 +262,26 @@ def test_bad_input_names_what_is_wrong(hf_dir, tmp_path, capsys, args, message):
     rc = cli.main(["eval", str(hf_dir), *[a.format(**files) for a in args], "--no-progress"])
     assert rc == 2
     assert message in capsys.readouterr().err
+
+
+def test_gptjax_lm_eval_is_the_harness_command_line_with_the_model_registered(hf_dir, tmp_path):
+    reference("lm_eval")
+    import yaml
+
+    data = _jsonl(tmp_path / "mc.jsonl", MC_ROWS)
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    (tasks_dir / "local_mc.yaml").write_text(yaml.safe_dump({
+        "task": "local_mc_cli", "dataset_path": "json", "test_split": "test",
+        "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(tmp_path / "hf")},
+        "output_type": "multiple_choice", "doc_to_text": "{{context}}", "doc_to_choice": "{{choices}}",
+        "doc_to_target": "{{label}}", "metric_list": [{"metric": "acc"}]}))
+    out = tmp_path / "harness"
+    assert cli.main(["lm-eval", "--model", "gptjax", "--model_args", f"path={hf_dir},batch_size=4",
+                     "--tasks", "local_mc_cli", "--include_path", str(tasks_dir), "--output_path", str(out)]) == 0
+    (written,) = out.rglob("results_*.json")
+    acc = json.loads(written.read_text())["results"]["local_mc_cli"]["acc,none"]
+    ours = tmp_path / "ours.json"
+    assert cli.main(["eval", str(hf_dir), "--task", "mc", "--data", str(data), "--output", str(ours),
+                     "--no-progress"]) == 0
+    assert acc == pytest.approx(json.loads(ours.read_text())["results"]["mc"]["acc"], abs=1e-12)

@@ -201,7 +201,7 @@ def test_isoflop_recovers_compute_optimal_exponents():
     assert fit.intervals["a"][0] <= fit.a <= fit.intervals["a"][1]
     # Another law moves a towards its own value (0.375). Only towards: this fixed N grid then
     # drifts off that law's optimum as C grows, so the parabolas' bias varies (a = 0.396).
-    other = F.fit_isoflop(_isoflop_points({**TRUE, "alpha": 0.40, "beta": 0.24}))
+    other = F.fit_isoflop(_isoflop_points({**TRUE, "alpha": 0.40, "beta": 0.24}), extrapolated=True)
     assert abs(other.a - a) > 0.05 and abs(other.a - 0.24 / 0.64) < abs(other.a - a)
 
 
@@ -313,3 +313,26 @@ def test_fit_command_text_shows_values_and_holdout(tmp_path):
     assert "406.4" in text and "410.7" in text and "held out" in text and "run63" in text
     with pytest.raises(F.FitError, match=r"law = 'kaplan' is not known; accepted: chinchilla, power"):
         F.fit_command(path, law="kaplan")
+
+
+def test_isoflop_leaves_out_a_budget_whose_minimum_is_beyond_the_sampled_sizes():
+    # Four budgets along a known law; the smallest budget's sizes all lie above its optimum, so
+    # its parabola's minimum is a guess beyond the data and must not steer the slopes.
+    import numpy as np
+    import pandas as pd
+
+    from gptjax.sweeps import fit as fit_lib
+
+    def law(n, d):
+        return 1.69 + 406.4 / n**0.34 + 410.7 / d**0.28
+
+    rows = []
+    for c, spread in ((1e17, (3, 10, 30)), (1e18, (0.3, 1, 3, 10)), (1e19, (0.3, 1, 3, 10)), (1e20, (0.1, 1, 3))):
+        grid = np.logspace(6, 12, 601)
+        n_opt = grid[np.argmin(law(grid, c / (6 * grid)))]
+        rows += [{"params": n_opt * k, "tokens": c / (6 * n_opt * k), "loss": law(n_opt * k, c / (6 * n_opt * k)),
+                  "budget": c} for k in spread]
+    fit = fit_lib.fit_isoflop(pd.DataFrame(rows))
+    assert [b.budget for b in fit.budgets] == ["1e+18", "1e+19", "1e+20"]
+    ((name, why),) = fit.skipped
+    assert name == "1e+17" and "outside the sampled sizes" in why

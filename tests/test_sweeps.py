@@ -207,3 +207,16 @@ def test_mup_coordinates_stay_flat_across_widths_and_standard_ones_grow(base):
     for key in ("block 0", "block 1"):
         assert standard[key] > 0.6, (key, standard)  # grows about like width^1
         assert abs(mu[key]) < 0.2, (key, mu)  # flat
+
+
+def test_mup_attention_scale_is_one_over_d_anchored_at_the_base_head_size():
+    from gptjax.config import ModelConfig
+
+    base = dict(vocab_size=64, max_seq_len=16, n_layers=1, parametrization="mup", mup_base_width=64)
+    # Width grown by heads of a fixed size: the head size is the base one, the scale stays 1/sqrt(d).
+    wide = ModelConfig(d_model=256, n_heads=16, **base)
+    assert wide.resolved_head_dim == 16 and wide.softmax_scale == pytest.approx(1 / 4)
+    # Width grown by head size (4 heads of 16 at the base, 4 of 64 here): 1/d times sqrt(16).
+    grown = ModelConfig(d_model=256, n_heads=4, mup_base_head_dim=16, **base)
+    assert grown.softmax_scale == pytest.approx(4 / 64)
+    assert ModelConfig(d_model=64, n_heads=4, mup_base_head_dim=16, **base).softmax_scale == pytest.approx(1 / 4)

@@ -537,11 +537,13 @@ def _isoflop_bootstrap(budgets: Sequence[IsoFlopBudget], n: int, seed: int) -> d
     return {"a": np.array(a_draws), "b": np.array(b_draws)}
 
 
-def fit_isoflop(df: pd.DataFrame, *, budget_column: str = "budget", bootstrap: int = 0, seed: int = 0) -> IsoFlopFit:
+def fit_isoflop(df: pd.DataFrame, *, budget_column: str = "budget", bootstrap: int = 0, seed: int = 0,
+                extrapolated: bool = False) -> IsoFlopFit:
     """Approach 2 of Hoffmann et al. (2022): per-budget parabola minima, then N_opt ∝ C^a, D_opt ∝ C^b.
 
     Rows are grouped by `budget_column` when present, else by 6·N·D rounded to 2 significant
-    digits. Budgets with fewer than 3 sizes or a non-convex parabola are listed in `skipped`.
+    digits. Budgets with fewer than 3 sizes, a non-convex parabola or a minimum outside the
+    sampled sizes (unless `extrapolated`) are listed in `skipped` and left out of the slopes.
     """
     _check_integer("bootstrap", bootstrap, 0)
     df = check_points(df)
@@ -549,6 +551,12 @@ def fit_isoflop(df: pd.DataFrame, *, budget_column: str = "budget", bootstrap: i
     budgets, skipped = [], []
     for name, rows in df.groupby(groups, sort=False):
         result = _parabola(str(name), rows)
+        if isinstance(result, IsoFlopBudget) and not result.interior and not extrapolated:
+            # A minimum beyond the sampled sizes is the parabola's guess, not a measurement: a
+            # slope through it says nothing about N_opt(C).
+            sizes = rows["params"]
+            result = (f"minimum N = {result.n_opt:.3g} lies outside the sampled sizes "
+                      f"[{sizes.min():.3g}, {sizes.max():.3g}]; sample sizes around it")
         if isinstance(result, str):
             skipped.append((str(name), result))
         else:

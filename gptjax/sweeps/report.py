@@ -361,6 +361,7 @@ def report_markdown(directory: str, df: pd.DataFrame, summary: dict) -> str:
                   f"D_opt ∝ C^{_interval(f, 'b', '.3f')} over {len(f['budgets'])} budgets."]
         lines += [f"- C = {b['flops']:.3g}: N_opt = {b['n_opt']:.3g}, L_opt = {b['loss_opt']:.4f}"
                   + ("" if b["interior"] else " (minimum outside the sampled sizes: extrapolated)") for b in f["budgets"]]
+        lines += [f"- C = {name}: left out ({why})" for name, why in f.get("skipped", [])]
     for key, title in (("power_params", "L(N) = E + A/N^α (best run per size)"),
                        ("power_compute", "L(C) = E + A/C^α (frontier)")):
         if key in fits and "E" in fits[key]:
