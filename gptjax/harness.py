@@ -39,6 +39,19 @@ class GptjaxLM(TemplateLM):
                                      max_length=None if max_length is None else int(max_length))
         self.max_gen_toks = int(max_gen_toks)
 
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> GptjaxLM:
+        """--model_args first: lm-eval's CLI also passes its own --batch_size and --device, and
+        `path=DIR,batch_size=16` must win over the CLI's default batch size, not collide with it."""
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> GptjaxLM:
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
+
     @property
     def eot_token_id(self) -> int:
         return self.tokenizer.eot_id
