@@ -65,14 +65,14 @@ class Scorer:
         self.model, self.batch_size, self.progress = model, batch_size, progress
         self.max_length = max_length or limit
         self.graphdef, self.params = nnx.split(model)
-        self.truncated = 0  # requests whose context lost tokens on the left
+        self.truncated = 0  # requests of the last call whose context lost tokens on the left
 
     # -- token level --------------------------------------------------------------------------
 
     def windows(self, pairs: Sequence[TokenPair]) -> list[tuple[list[int], list[int]]]:
         """(input, target) windows: the last max_length + 1 tokens of context + continuation,
         shifted by one; the last len(continuation) targets are scored."""
-        out = []
+        out, self.truncated = [], 0
         for i, (context, continuation) in enumerate(pairs):
             if not continuation:
                 raise ScoreError(f"request {i} has an empty continuation; there is nothing to score")
