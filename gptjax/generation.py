@@ -260,9 +260,18 @@ def _cut_at_stop(new: list[int], stop: Sequence[str], tokenizer) -> list[int]:
 
 def sample(model: GPT, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> list[int]:
-    """The prompt's continuation (new token ids only), for one prompt."""
+    """The prompt's continuation (new token ids only), for one prompt. Past a learned-position
+    model's context the window slides as in nanoGPT: each round continues the last half-context of
+    tokens, so a 64-position model still writes 200 tokens."""
     if not prompt:
         raise ValueError("the prompt must hold at least one token")
-    out = generate(model, [prompt], max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                   eos_token_id=None)
-    return out[0][len(prompt):]
+    limit = model.cfg.max_seq_len if model.cfg.position == "learned" else None
+    tokens, new, rounds = list(prompt), [], 0
+    while len(new) < max_new_tokens:
+        fits = limit is None or len(tokens) + max_new_tokens - len(new) <= limit
+        context = tokens if fits else tokens[-max(1, limit // 2):]
+        n = max_new_tokens - len(new) if limit is None else min(max_new_tokens - len(new), limit - len(context))
+        out = generate(model, [context], n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed + rounds,
+                       eos_token_id=None)[0][len(context):]
+        tokens, new, rounds = tokens + out, new + out, rounds + 1
+    return new

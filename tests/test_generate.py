@@ -158,3 +158,15 @@ def test_greedy_output_equals_transformers_generate(family, tmp_path):
                                 max_new_tokens=20, do_sample=False, pad_token_id=0, eos_token_id=None)
     ours = gptjax.generate(model, prompts, max_new_tokens=20, temperature=0.0, eos_token_id=None)
     assert ours == ref.tolist()
+
+
+def test_sample_slides_past_a_learned_context_as_the_main_job_does():
+    # `bash scripts/main.sh` samples 200 tokens from a 64-position model.
+    from gptjax import generation
+    from gptjax.config import ModelConfig
+    from gptjax.model import init_model
+
+    model = init_model(ModelConfig(vocab_size=65, max_seq_len=64, d_model=32, n_layers=2, n_heads=2))
+    out = generation.sample(model, [0], 200, temperature=0.8, top_k=20, seed=1)
+    assert len(out) == 200 and all(0 <= t < 65 for t in out)
+    assert generation.sample(model, [0], 200, temperature=0.8, top_k=20, seed=1) == out
