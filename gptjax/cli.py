@@ -57,8 +57,12 @@ def _sample(args) -> int:
     ids = tokenizer.encode(prompts[0]) if single and isinstance(prompts[0], str) and tokenizer else prompts[0]
     if single and model.cfg.position == "learned" and len(ids) + args.max_new_tokens > model.cfg.max_seq_len:
         # Longer than the learned context: slide the window (generation.sample), as nanoGPT does.
-        new = generation.sample(model, list(ids), args.max_new_tokens, temperature=args.temperature,
-                                top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+        try:
+            new = generation.sample(model, list(ids), args.max_new_tokens, temperature=args.temperature,
+                                    top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+        except ValueError as e:  # sampling options out of range
+            print(f"gptjax sample: error: {e}", file=sys.stderr)
+            return 2
         print(tokenizer.decode(list(ids) + new) if tokenizer is not None else ",".join(map(str, list(ids) + new)))
         return 0
     streamer = _Streamer(tokenizer, prompts[0]) if single and tokenizer is not None and not args.no_stream else None
