@@ -1,10 +1,28 @@
-"""gptjax: GPT-family language models in JAX/Flax NNX."""
+"""gptjax: GPT-family language models in JAX/Flax NNX.
 
-from gptjax.config import ConfigError, ModelConfig, TrainConfig
-from gptjax.generation import generate
-from gptjax.hf import export_hf
-from gptjax.model import GPT, abstract_model, init_model
-from gptjax.pretrained import convert, from_pretrained, save_pretrained
+Names load on first use (PEP 562), so processes that need only a part of gptjax (tokenizer
+workers of `gptjax data prepare`, launchers) do not pay for importing JAX.
+"""
 
-__all__ = ["ConfigError", "GPT", "ModelConfig", "TrainConfig", "abstract_model", "convert", "export_hf",
-           "from_pretrained", "generate", "init_model", "save_pretrained"]
+import importlib
+
+_EXPORTS = {
+    "ConfigError": "gptjax.config", "ModelConfig": "gptjax.config", "TrainConfig": "gptjax.config",
+    "generate": "gptjax.generation", "export_hf": "gptjax.hf",
+    "GPT": "gptjax.model", "abstract_model": "gptjax.model", "init_model": "gptjax.model",
+    "convert": "gptjax.pretrained", "from_pretrained": "gptjax.pretrained", "save_pretrained": "gptjax.pretrained",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gptjax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

@@ -38,6 +38,23 @@ def _train(args) -> int:
     return 0
 
 
+def _data_prepare(args) -> int:
+    import json
+    import time
+
+    from gptjax import data
+    from gptjax.config import load_train_config
+
+    cfg = load_train_config(args.config, args.overrides)
+    t0 = time.perf_counter()
+    tokens = data.load_tokens(cfg.data, cfg.init_from)
+    meta = json.loads((tokens.directory / "meta.json").read_text()) if (tokens.directory / "meta.json").is_file() else {}
+    rate = f", {meta['mb_per_sec']:.1f} MB/s on {meta['processes']} processes" if meta.get("mb_per_sec") else ""
+    print(f"{tokens.directory}: {tokens.train.size:,} train and {tokens.val.size:,} validation tokens "
+          f"({tokens.tokenizer.name} tokenizer{rate}; {time.perf_counter() - t0:.1f} s here)")
+    return 0
+
+
 def _sample(args) -> int:
     import gptjax
     from gptjax import generation
@@ -343,6 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=_train)
 
+    s = sub.add_parser("data", help="prepare token files")
+    data_sub = s.add_subparsers(dest="data_command", required=True)
+    s = data_sub.add_parser("prepare", help="tokenize a config's data (data.text_files or data.corpus) into the "
+                            "token cache, in parallel, so training starts at once")
+    s.add_argument("config", help="a YAML file or a preset name")
+    s.add_argument("overrides", nargs="*", help="section.field=value, e.g. data.text_files=[owt/*.jsonl]")
+    s.set_defaults(func=_data_prepare)
+
     s = sub.add_parser("sample", help="generate from a run directory, a gptjax or a Hugging Face directory")
     s.add_argument("model", help="run directory (its latest verified checkpoint), gptjax or Hugging Face directory")
     s.add_argument("--prompt", action="append", default=[], help="text to continue (repeat for a batch; "
@@ -391,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
             and args.launcher != "local":
         args.launcher_flags = extra  # the cluster backend's flags
     elif extra:
-        takes_overrides = args.command in ("train", "launch") or getattr(args, "sweep_command", None) == "coord-check"
+        takes_overrides = args.command in ("train", "launch", "data", "finetune") \
+            or getattr(args, "sweep_command", None) == "coord-check"
         if not takes_overrides or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]

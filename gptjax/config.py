@@ -270,7 +270,9 @@ def _check_model(c: ModelConfig) -> None:
 
 Optimizer = Literal["adamw", "lion", "adafactor"]
 Schedule = Literal["cosine", "wsd", "constant"]
-Tokenizer = Literal["char", "gpt2", "r50k_base", "cl100k_base", "o200k_base"]
+# hf: a Hugging Face tokenizer.json at data.tokenizer_path. init_from: the tokenizer stored with
+# the checkpoint training starts from (the default when init_from is set).
+Tokenizer = Literal["char", "gpt2", "r50k_base", "cl100k_base", "o200k_base", "hf", "init_from"]
 NanPolicy = Literal["stop", "skip"]
 
 
@@ -334,15 +336,28 @@ def _check_unused_options(cfg: OptimConfig) -> None:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     corpus: str = "tinyshakespeare"  # a named corpus (downloaded and verified), or a text file path
+    # Your own documents instead of `corpus`: .txt files (one document each) and .jsonl files (one
+    # document per line, in `text_field`), paths or globs; documents are joined by end-of-text.
+    text_files: tuple[str, ...] = ()
+    val_files: tuple[str, ...] = ()  # explicit validation documents; empty: the last val_fraction
+    text_field: str = "text"
     tokenizer: Tokenizer = "gpt2"
+    tokenizer_path: str | None = None  # tokenizer.json, or a directory holding one (tokenizer: hf)
     token_dir: str | None = None  # existing nanoGPT-style train.bin/val.bin (+ meta.pkl) to use as is
     val_fraction: float = 0.1  # the last fraction of the token stream is validation
     batch_size: int = 12  # global batch, in sequences, per optimizer step
     seq_len: int | None = None  # None: model.max_seq_len
     encode_threads: int = 4
+    encode_processes: int | None = None  # text_files are tokenized by this many processes; None: all cores
 
     def __post_init__(self) -> None:
         _check_literals(self)
+        _require_in(self, "tokenizer_path", (self.tokenizer == "hf") == (self.tokenizer_path is not None),
+                    "set it exactly when data.tokenizer = 'hf' (a tokenizer.json or a directory holding one)")
+        _require_in(self, "val_files", not self.val_files or self.text_files,
+                    "validation files go with data.text_files; set those too")
+        _require_in(self, "encode_processes", self.encode_processes is None or self.encode_processes >= 1,
+                    "must be >= 1 or null")
         _require_in(self, "val_fraction", 0 < self.val_fraction < 1, "must be in (0, 1)")
         _require_in(self, "batch_size", self.batch_size >= 1, "must be >= 1")
         _require_in(self, "seq_len", self.seq_len is None or self.seq_len >= 1, "must be >= 1 or null")
@@ -389,6 +404,9 @@ class TrainConfig:
     """One training run: model, optimiser, data, mesh, and the loop's cadence."""
 
     name: str = "run"
+    # A Hugging Face, gptjax or run directory to start from: its model config and weights (only
+    # shape-free model fields may differ: see init_from.SHAPE_FREE_FIELDS) and, by default, its tokenizer.
+    init_from: str | None = None
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -471,6 +489,10 @@ def load_train_config(source: str, overrides: list[str] = ()) -> TrainConfig:
             if not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: {k!r} is not a section")
         node[keys[-1]] = value
+    if data.get("init_from") is not None:
+        from gptjax import init_from
+
+        data = init_from.resolve(data)
     return from_dict(TrainConfig, data)
 
 

@@ -21,14 +21,12 @@ import urllib.request
 import grain
 import numpy as np
 
+from gptjax import textdata
 from gptjax import tokenizer as tok_lib
 from gptjax.config import DataConfig
+from gptjax.errors import DataError
 from gptjax.storage import cache_root
 from gptjax.storage import sha256 as sha256_file
-
-
-class DataError(ValueError):
-    """A corpus or token file that cannot be used; the message says which and what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,17 +144,40 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 1 << 16 else np.uint32
 
 
-def load_tokens(cfg: DataConfig) -> Tokens:
-    """Token files for this data config: a user's nanoGPT directory, or our cached encoding."""
+def make_tokenizer(cfg: DataConfig, init_from: str | None = None) -> tok_lib.Tokenizer | None:
+    """The tokenizer data.tokenizer names; None for characters (their vocabulary is the corpus's)."""
+    if cfg.tokenizer == "char":
+        return None
+    if cfg.tokenizer == "hf":
+        return tok_lib.HFTokenizer.from_path(cfg.tokenizer_path)
+    if cfg.tokenizer == "init_from":
+        if init_from is None:
+            raise DataError("data.tokenizer = 'init_from' needs init_from (the checkpoint whose tokenizer to use); "
+                            "set init_from, or name a tokenizer: gpt2, r50k_base, cl100k_base, o200k_base, char, hf")
+        from gptjax import init_from as init_lib
+
+        tokenizer = init_lib.source_tokenizer(init_from)
+        if tokenizer is None:
+            raise DataError(f"init_from = {init_from!r} stores no tokenizer (no tokenizer.json); set data.tokenizer "
+                            "to the one it was trained with (gpt2 for GPT-2's BPE, or hf with data.tokenizer_path)")
+        return tokenizer
+    return tok_lib.TiktokenTokenizer(cfg.tokenizer)
+
+
+def load_tokens(cfg: DataConfig, init_from: str | None = None) -> Tokens:
+    """Token files for this data config: a user's nanoGPT directory, text files, or a corpus,
+    encoded once and cached."""
     if cfg.token_dir is not None:
         return _load_nanogpt_dir(pathlib.Path(cfg.token_dir), cfg)
+    tokenizer = make_tokenizer(cfg, init_from)
+    if cfg.text_files:
+        return _load_text_files(cfg, tokenizer)
     path = corpus_path(cfg.corpus)
     text = read_corpus(path)
     if not text.strip():
         raise DataError(f"{path}: the corpus is empty; give a text file with content")
-    tokenizer = tok_lib.CharTokenizer.from_text(text) if cfg.tokenizer == "char" \
-        else tok_lib.TiktokenTokenizer(cfg.tokenizer)
-    key = hashlib.sha256(json.dumps([_content_hash(path), tokenizer.to_dict(), cfg.val_fraction],
+    tokenizer = tokenizer or tok_lib.CharTokenizer.from_text(text)
+    key = hashlib.sha256(json.dumps([_content_hash(path), tokenizer.to_dict(), cfg.val_fraction, _FORMAT],
                                     sort_keys=True).encode()).hexdigest()[:20]
     directory = cache_root() / "tokens" / key
     if not (directory / "meta.json").is_file():
@@ -164,9 +185,22 @@ def load_tokens(cfg: DataConfig) -> Tokens:
     return _open(directory, tokenizer)
 
 
-# Cut only after a newline that precedes a non-space character: no BPE pre-token of the
-# supported encodings spans such a point, so chunked encoding equals whole-text encoding.
-_SAFE_CUT = re.compile(r"\n(?=\S)")
+def _load_text_files(cfg: DataConfig, tokenizer: tok_lib.Tokenizer | None) -> Tokens:
+    files = textdata.expand(cfg.text_files, "data.text_files")
+    val_files = textdata.expand(cfg.val_files, "data.val_files")
+    tokenizer = tokenizer or textdata.char_vocabulary([*files, *val_files], cfg.text_field)
+    directory = textdata.prepare(files, val_files, tokenizer, val_fraction=cfg.val_fraction,
+                                 text_field=cfg.text_field, processes=cfg.encode_processes,
+                                 threads=cfg.encode_threads)
+    return _open(directory, tokenizer)
+
+
+# Cut only after a newline with a non-space character on each side: no BPE pre-token of the
+# supported encodings spans such a point or changes beside it (a cut after "\n\n" would make it
+# one pre-token through the pattern's end-of-text alternative), so chunked encoding equals
+# whole-text encoding.
+_FORMAT = 2  # in the cache key: 2 fixed cuts after "\n\n", which changed a token at some cuts
+_SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")
 
 
 def _split_points(text: str, target: int = 1 << 20) -> list[str]:

@@ -10,6 +10,10 @@ Exit codes of `gptjax train` (and the other verbs):
 """
 
 
+class DataError(ValueError):
+    """A corpus, text file or token file that cannot be used; the message says which and what to do."""
+
+
 class RunStopped(RuntimeError):
     """The run ended early for a reason the user must see (a non-finite loss)."""
 

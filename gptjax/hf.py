@@ -12,10 +12,11 @@ initialised, and weights are only read after the config has been accepted.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import pathlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -686,20 +687,23 @@ def _some(names: list[str]) -> str:
     return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
 
 
-def _read_arrays(plan, reader: checkpoint_io.TensorReader, specs: dict[str, ParamSpec],
-                 cfg: ModelConfig) -> dict[str, np.ndarray]:
-    per_layer: dict[str, list[np.ndarray]] = {}
-    for rule, layer, name in plan:
-        shapes = [specs[p].shape for p in rule.ours]
-        x = reader.read(name)
-        expected = tuple(rule.transform.hf_shape(shapes))
-        if x.shape != expected:
-            raise CheckpointError(f"tensor {name} has shape {x.shape}; config.json implies {expected}")
-        for path, y in zip(rule.ours, rule.transform.to_ours(x, shapes)):
-            per_layer.setdefault(path, []).append(y)
+def _iter_arrays(plan, reader: checkpoint_io.TensorReader, specs: dict[str, ParamSpec],
+                 cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
+    """(our path, array) for each parameter, one rule's tensors at a time: the host never holds
+    more than one rule's parameters (a checkpoint larger than host memory still loads)."""
     dtype = DTYPES[cfg.param_dtype]
-    return {path: _pad_vocab(np.stack(ys) if specs[path].stacked else ys[0], specs[path], cfg).astype(dtype)
-            for path, ys in per_layer.items()}
+    for _, group in itertools.groupby(plan, key=lambda item: item[0]):
+        per_layer: dict[str, list[np.ndarray]] = {}
+        for rule, _, name in group:
+            shapes = [specs[p].shape for p in rule.ours]
+            x = reader.read(name)
+            expected = tuple(rule.transform.hf_shape(shapes))
+            if x.shape != expected:
+                raise CheckpointError(f"tensor {name} has shape {x.shape}; config.json implies {expected}")
+            for path, y in zip(rule.ours, rule.transform.to_ours(x, shapes)):
+                per_layer.setdefault(path, []).append(y)
+        for path, ys in per_layer.items():
+            yield path, _pad_vocab(np.stack(ys) if specs[path].stacked else ys[0], specs[path], cfg).astype(dtype)
 
 
 def _pad_vocab(x: np.ndarray, spec: ParamSpec, cfg: ModelConfig) -> np.ndarray:
@@ -745,22 +749,47 @@ def load_hf(path: str | pathlib.Path, **overrides: Any) -> GPT:
     """A GPT from a Hugging Face directory (config.json + safetensors). `overrides` may set
     EXECUTION_FIELDS, the vocabulary padding and the parameter dtype (default: the checkpoint's)."""
     directory = pathlib.Path(path)
-    hf_config = checkpoint_io.read_json(directory, CONFIG_FILE)
-    cfg = config_from_hf(hf_config)
+    cfg = config_from_hf(checkpoint_io.read_json(directory, CONFIG_FILE))
     with_overrides(cfg, overrides, EXECUTION_FIELDS + LAYOUT_FIELDS)  # refuse bad overrides before reading
+    cfg = with_overrides(cfg.replace(param_dtype=checkpoint_dtype(directory)), overrides,
+                         EXECUTION_FIELDS + LAYOUT_FIELDS)
+    graphdef, state = nnx.split(abstract_model(cfg))
+    nnx.replace_by_pure_dict(state, read_params(directory, cfg, lambda _, a: jax.numpy.asarray(a)))
+    return nnx.merge(graphdef, state)
+
+
+def checkpoint_dtype(path: str | pathlib.Path) -> str:
+    """float32 or bfloat16: the dtype the directory's weights are stored in."""
+    directory = pathlib.Path(path)
+    hf_config = checkpoint_io.read_json(directory, CONFIG_FILE)
+    cfg, family = config_from_hf(hf_config), FAMILIES[hf_config["model_type"]]
+    with checkpoint_io.open_safetensors(directory) as reader:
+        plan = _plan(family, cfg, _param_specs(nnx.state(abstract_model(cfg)), cfg), reader.names())
+        return _checkpoint_dtype(reader, [name for _, _, name in plan])
+
+
+def read_params(path: str | pathlib.Path, cfg: ModelConfig,
+                put: Callable[[str, np.ndarray], Any]) -> dict[str, Any]:
+    """The directory's weights as a nested pure dict for `cfg` (its config.json's model, up to
+    EXECUTION_FIELDS and LAYOUT_FIELDS), each parameter passed through `put(path, array)` as soon
+    as it is read (a loader places it on its devices and the host copy is dropped)."""
+    directory = pathlib.Path(path)
+    hf_config = checkpoint_io.read_json(directory, CONFIG_FILE)
+    ours = config_from_hf(hf_config)
+    for name, value in dataclasses.asdict(cfg).items():
+        if name not in EXECUTION_FIELDS + LAYOUT_FIELDS and value != getattr(ours, name):
+            raise ConfigError(f"ModelConfig.{name} = {value!r} does not match {directory / CONFIG_FILE}, which gives "
+                              f"{getattr(ours, name)!r}: the weights belong to that model")
     family = FAMILIES[hf_config["model_type"]]
     with checkpoint_io.open_safetensors(directory) as reader:
         # Spec shapes hold the unpadded vocabulary, so they do not depend on padding or dtype.
         specs = _param_specs(nnx.state(abstract_model(cfg)), cfg)
         plan = _plan(family, cfg, specs, reader.names())
-        dtype = _checkpoint_dtype(reader, [name for _, _, name in plan])
-        cfg = with_overrides(cfg.replace(param_dtype=dtype), overrides, EXECUTION_FIELDS + LAYOUT_FIELDS)
+        _checkpoint_dtype(reader, [name for _, _, name in plan])  # refuses unknown dtypes
         _check_tied(family, cfg, reader)
-        arrays = _read_arrays(plan, reader, specs, cfg)
-    _check_covered(arrays, specs, family)
-    graphdef, state = nnx.split(abstract_model(cfg))
-    nnx.replace_by_pure_dict(state, _nest({p: jax.numpy.asarray(a) for p, a in arrays.items()}))
-    return nnx.merge(graphdef, state)
+        done = {p: put(p, a) for p, a in _iter_arrays(plan, reader, specs, cfg)}
+    _check_covered(done, specs, family)
+    return _nest(done)
 
 
 def _check_covered(done: dict[str, Any], specs: dict[str, ParamSpec], family: Family) -> None:
@@ -770,10 +799,16 @@ def _check_covered(done: dict[str, Any], specs: dict[str, ParamSpec], family: Fa
 
 
 def export_hf(model: GPT, path: str | pathlib.Path, *, model_type: str | None = None,
-              overwrite: bool = False) -> pathlib.Path:
-    """Write config.json + model.safetensors that transformers loads as the same model."""
+              overwrite: bool = False, tokenizer=None) -> pathlib.Path:
+    """Write config.json + model.safetensors that transformers loads as the same model, and with
+    a `tokenizer` (default: the model's own, if it has one) tokenizer.json + tokenizer_config.json
+    that AutoTokenizer loads and that encode as gptjax does."""
     cfg = model.cfg
     hf_config = config_to_hf(cfg, model_type)  # refuses lossy exports before anything is written
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    tokenizer_files = _tokenizer_files(tokenizer, cfg) if tokenizer is not None else {}
+    if tokenizer is not None and tokenizer.eot_id is not None:
+        hf_config.update(eos_token_id=tokenizer.eot_id, bos_token_id=tokenizer.eot_id)
     family = FAMILIES[hf_config["model_type"]]
     state = nnx.state(model, nnx.Param)
     specs = _param_specs(state, cfg)
@@ -782,7 +817,32 @@ def export_hf(model: GPT, path: str | pathlib.Path, *, model_type: str | None = 
     with checkpoint_io.atomic_directory(path, overwrite=overwrite, last=(CONFIG_FILE,)) as tmp:
         checkpoint_io.write_json(tmp / CONFIG_FILE, hf_config)
         checkpoint_io.write_safetensors(tmp / checkpoint_io.SINGLE_FILE, tensors)
+        for name, text in tokenizer_files.items():
+            (tmp / name).write_text(text)
     return path
+
+
+def _tokenizer_files(tokenizer, cfg: ModelConfig) -> dict[str, str]:
+    """tokenizer.json and a tokenizer_config.json naming its end-of-text token. Special tokens a
+    tokenizer adds past the model's vocabulary would index no embedding row: refused."""
+    import json
+
+    import tokenizers
+
+    from gptjax.tokenizer import hf_tokenizer_json
+
+    text = hf_tokenizer_json(tokenizer)
+    tok = tokenizers.Tokenizer.from_str(text)
+    size = tok.get_vocab_size(with_added_tokens=True)
+    if size > cfg.vocab_size:
+        raise ConfigError(f"the tokenizer has {size} tokens (added special tokens included) but the model's "
+                          f"vocabulary is {cfg.vocab_size}; grow the vocabulary (model.vocab_size) when adding tokens")
+    config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_seq_len,
+                              "clean_up_tokenization_spaces": False}
+    if tokenizer.eot_id is not None:
+        eot = tok.id_to_token(tokenizer.eot_id)
+        config.update(eos_token=eot, bos_token=eot, unk_token=eot)
+    return {"tokenizer.json": text, "tokenizer_config.json": json.dumps(config, indent=1)}
 
 
 def _export_tensors(family: Family, cfg: ModelConfig, specs: dict[str, ParamSpec],

@@ -22,26 +22,34 @@ from gptjax.model import GPT, abstract_model
 
 NATIVE_CONFIG = "gptjax_config.json"
 PARAMS_DIR = "params"
+TOKENIZER_FILE = "tokenizer.json"  # Hugging Face tokenizers format
 FORMAT_VERSION = 1
 
 
 def save_pretrained(model: GPT, path: str | pathlib.Path, *, overwrite: bool = False) -> pathlib.Path:
-    """Write gptjax_config.json and the parameters (Orbax) into `path`, which appears whole or not at all."""
+    """Write gptjax_config.json, the parameters (Orbax) and the model's tokenizer, if it has one
+    (as a Hugging Face tokenizer.json), into `path`, which appears whole or not at all."""
+    from gptjax.tokenizer import hf_tokenizer_json
+
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    tokenizer = getattr(model, "tokenizer", None)
+    extra = {} if tokenizer is None else {"eot_id": tokenizer.eot_id}
     with checkpoint_io.atomic_directory(path, overwrite=overwrite, last=(NATIVE_CONFIG,)) as tmp:
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(tmp / PARAMS_DIR, params)
         checkpointer.wait_until_finished()  # saves are asynchronous; the rename must follow the commit
         checkpointer.close()
+        if tokenizer is not None:
+            (tmp / TOKENIZER_FILE).write_text(hf_tokenizer_json(tokenizer))
         checkpoint_io.write_json(tmp / NATIVE_CONFIG, {"format_version": FORMAT_VERSION,
-                                                       "model": model.cfg.to_dict()})
+                                                       "model": model.cfg.to_dict(), **extra})
     return path
 
 
 def load_native(path: str | pathlib.Path, **overrides: Any) -> GPT:
     """A GPT from a directory written by save_pretrained; `overrides` may set EXECUTION_FIELDS."""
     directory = pathlib.Path(path)
-    cfg = hf.with_overrides(_native_config(directory), overrides, EXECUTION_FIELDS)
+    cfg = hf.with_overrides(native_config(directory), overrides, EXECUTION_FIELDS)
     checkpoint_io.refuse_links(directory)
     graphdef, state = nnx.split(abstract_model(cfg))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -53,7 +61,7 @@ def load_native(path: str | pathlib.Path, **overrides: Any) -> GPT:
     return nnx.merge(graphdef, state)
 
 
-def _native_config(directory: pathlib.Path) -> ModelConfig:
+def native_config(directory: pathlib.Path) -> ModelConfig:
     data = checkpoint_io.read_json(directory, NATIVE_CONFIG)
     version = data.get("format_version")
     if version != FORMAT_VERSION:
@@ -73,13 +81,17 @@ def load_run(path: str | pathlib.Path, **overrides: Any) -> GPT:
     return model
 
 
-def _hf_tokenizer(directory: pathlib.Path):
-    """The directory's tokenizer.json, if it has one, with the checkpoint's end-of-text id."""
+def directory_tokenizer(directory: pathlib.Path):
+    """The directory's Hugging Face tokenizer.json, if it has one, with the checkpoint's end-of-text
+    id (config.json's eos_token_id, or the gptjax config's record of it)."""
     from gptjax.tokenizer import HFTokenizer
 
-    if not (directory / "tokenizer.json").is_file():
+    if not (directory / TOKENIZER_FILE).is_file():
         return None
-    eos = checkpoint_io.read_json(directory, hf.CONFIG_FILE).get("eos_token_id")
+    if (directory / hf.CONFIG_FILE).is_file():
+        eos = checkpoint_io.read_json(directory, hf.CONFIG_FILE).get("eos_token_id")
+    else:
+        eos = checkpoint_io.read_json(directory, NATIVE_CONFIG).get("eot_id")
     return HFTokenizer.from_directory(directory, eos if isinstance(eos, int) else None)
 
 
@@ -102,8 +114,8 @@ def from_pretrained(path: str | pathlib.Path, **overrides: Any) -> GPT:
     for marker, loader in LOADERS:
         if (directory / marker).exists() or (directory / marker).is_symlink():
             model = loader(directory, **overrides)
-            if loader is hf.load_hf:
-                model.tokenizer = _hf_tokenizer(directory)  # generate() encodes text prompts with it
+            if loader is not load_run:
+                model.tokenizer = directory_tokenizer(directory)  # generate() encodes text prompts with it
             return model
     looked_for = " or ".join(marker for marker, _ in LOADERS)
     raise CheckpointError(f"{directory} is not a pretrained model directory: it holds no {looked_for}"

@@ -19,7 +19,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from gptjax import counting, data, generation, hardware, sharding, train
+from gptjax import counting, data, generation, hardware, init_from, sharding, train
 from gptjax.config import TrainConfig
 from gptjax.errors import RunStopped
 from gptjax.rundir import RunDir
@@ -78,7 +78,9 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
     there; an exception it raises, such as a pruned trial, ends the run; its checkpoints stay)."""
     rd = RunDir(run_dir)
     changes = rd.check_resume(cfg)
-    tokens = data.load_tokens(cfg.data)
+    if cfg.init_from is not None:
+        init_from.check(cfg)
+    tokens = data.load_tokens(cfg.data, cfg.init_from)
     data.check_vocab(tokens, cfg.model.vocab_size)
     data.check_lengths(tokens, cfg.resolved_seq_len)
     rd.check_tokenizer(tokens.tokenizer)
@@ -96,6 +98,9 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
             if changes:
                 _say("config changes recorded in config.{}.yaml: {}".format(
                     start, ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes)))
+        elif cfg.init_from is not None:
+            state, start = train.state_from_params(tr, init_from.load_params(cfg, mesh, tr.state_shardings["params"])), 0
+            _say(f"initialised from {cfg.init_from}")
         else:
             state, start = train.init_state(tr), 0
         rd.record_start(cfg, tokens.tokenizer, start, changes)

@@ -209,6 +209,9 @@ def _check_ids(ids: Sequence[int], vocab_size: int, name: str) -> None:
         raise TokenizerError(f"{name} tokenizer: id {bad} is outside [0, {vocab_size})")
 
 
+_EOT_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
+
+
 # --- Hugging Face tokenizer.json ------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -239,6 +242,30 @@ class HFTokenizer:
             raise TokenizerError(f"{directory} has no tokenizer.json (the Hugging Face tokenizers format)")
         return cls(path.read_text(), eot_id)
 
+    @classmethod
+    def from_path(cls, path) -> HFTokenizer:
+        """A tokenizer.json file or a directory holding one. The end-of-text id is the one its
+        tokenizer_config.json names as eos_token, else the first of the usual end-of-text tokens
+        (<|endoftext|>, </s>, <|end_of_text|>, <eos>) the vocabulary has."""
+        import json
+        import pathlib
+
+        path = pathlib.Path(path).expanduser()
+        file = path / "tokenizer.json" if path.is_dir() else path
+        if not file.is_file():
+            raise TokenizerError(f"data.tokenizer_path = {str(path)!r}: no tokenizer.json there; give a Hugging Face "
+                                 "tokenizer.json file or a directory holding one")
+        tok = cls(file.read_text())
+        names = list(_EOT_NAMES)
+        config = file.parent / "tokenizer_config.json"
+        if config.is_file():
+            eos = json.loads(config.read_text()).get("eos_token")
+            eos = eos.get("content") if isinstance(eos, dict) else eos
+            if isinstance(eos, str):
+                names.insert(0, eos)
+        eot = next((i for i in map(tok._tok.token_to_id, names) if i is not None), None)
+        return cls(tok.json_text, eot)
+
     @property
     def name(self) -> str:
         return "hf"
@@ -266,6 +293,83 @@ class HFTokenizer:
     def to_dict(self) -> dict[str, Any]:
         digest = hashlib.sha256(self.json_text.encode()).hexdigest()
         return {"kind": "hf", "sha256": digest, "eot_id": self.eot, "tokenizer_json": self.json_text}
+
+
+# --- Hugging Face export ------------------------------------------------------------------------
+
+def hf_tokenizer_json(tokenizer: Tokenizer) -> str:
+    """`tokenizer` as a Hugging Face tokenizer.json that encodes exactly as it does, so
+    `AutoTokenizer.from_pretrained` on an exported directory gives gptjax's ids."""
+    if isinstance(tokenizer, HFTokenizer):
+        return tokenizer.json_text
+    if isinstance(tokenizer, TiktokenTokenizer):
+        return _tiktoken_to_hf(tokenizer).to_str()
+    if isinstance(tokenizer, CharTokenizer):
+        return _chars_to_hf(tokenizer).to_str()
+    raise TokenizerError(f"tokenizer {tokenizer.name!r} has no Hugging Face form")
+
+
+def _byte_chars() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (the ByteLevel alphabet)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    chars, extra = dict(zip(printable, map(chr, printable))), 0
+    for b in range(256):
+        if b not in chars:
+            chars[b], extra = chr(256 + extra), extra + 1
+    return chars
+
+
+def _tiktoken_to_hf(tokenizer: TiktokenTokenizer):
+    """A byte-level BPE whose merges are recovered from tiktoken's ranks: each token's merge is the
+    pair that BPE with only the lower ranks leaves it as."""
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers
+
+    enc = tokenizer._encoding
+    ranks = enc._mergeable_ranks
+    chars = _byte_chars()
+
+    def text(b: bytes) -> str:
+        return "".join(chars[x] for x in b)
+
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) > 1:
+            parts = _bpe(ranks, token, rank)
+            if len(parts) != 2:
+                raise TokenizerError(f"{tokenizer.name}: token {token!r} is not one merge of lower-ranked tokens")
+            merges.append((text(parts[0]), text(parts[1])))
+    bpe = models.BPE({text(t): r for t, r in ranks.items()}, merges, ignore_merges=True)
+    hf = tokenizers.Tokenizer(bpe)
+    hf.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(tokenizers.Regex(enc._pat_str), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    hf.decoder = decoders.ByteLevel()
+    hf.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False) for t in enc._special_tokens])
+    return hf
+
+
+def _bpe(ranks: dict[bytes, int], token: bytes, below: int) -> list[bytes]:
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 1:
+        pairs = [(ranks.get(parts[i] + parts[i + 1], below), i) for i in range(len(parts) - 1)]
+        rank, i = min(pairs)
+        if rank >= below:
+            break
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    return parts
+
+
+def _chars_to_hf(tokenizer: CharTokenizer):
+    """One token per character: a word-level vocabulary over single characters, joined back without spaces."""
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers
+
+    hf = tokenizers.Tokenizer(models.WordLevel({c: i for i, c in enumerate(tokenizer.chars)}, unk_token=None))
+    hf.pre_tokenizer = pre_tokenizers.Split(tokenizers.Regex(r"[\s\S]"), behavior="isolated")
+    hf.decoder = decoders.Fuse()
+    return hf
 
 
 # --- saving and restoring -----------------------------------------------------------------------

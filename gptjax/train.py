@@ -80,6 +80,16 @@ def init_state(tr: Trainer) -> State:
     return jax.jit(init, out_shardings=tr.state_shardings)()
 
 
+def state_from_params(tr: Trainer, params: dict) -> State:
+    """A step-0 state around given parameters (init_from), already in their target shardings."""
+
+    def init(params):
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tr.tx.init(params)}
+
+    return jax.jit(init, in_shardings=(tr.state_shardings["params"],), out_shardings=tr.state_shardings,
+                   donate_argnums=0)(params)
+
+
 def token_losses(logits_BxTxV, targets_BxT, z_loss: float):
     """Per-token cross-entropy (+ z-loss) in float32; padded vocabulary entries hold the float32
     minimum, so they add exactly nothing to the normaliser."""

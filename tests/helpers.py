@@ -86,3 +86,28 @@ def reference(module: str):
         if os.environ.get("GPTJAX_REQUIRE_HF") == "1":
             pytest.fail(f"GPTJAX_REQUIRE_HF=1 but {module} cannot be imported ({e}); install the test extras")
         pytest.skip(f"SKIPPING: reference {module} is not installed ({e})")
+
+
+EOT = "<|endoftext|>"
+
+
+def save_hf_gpt2(directory, text, *, vocab=400, positions=128, width=48, layers=2, heads=4, init=0.02, seed=0):
+    """A random transformers GPT-2 with its own byte-level BPE trained on `text`, saved as transformers
+    saves it (config.json, model.safetensors, tokenizer.json, tokenizer_config.json)."""
+    torch, transformers = reference("torch"), reference("transformers")
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    bpe = tokenizers.Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([text], trainers.BpeTrainer(vocab_size=vocab, special_tokens=[EOT],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOT, bos_token=EOT)
+    eot = fast.convert_tokens_to_ids(EOT)
+    cfg = transformers.GPT2Config(vocab_size=len(fast), n_positions=positions, n_embd=width, n_layer=layers,
+                                  n_head=heads, initializer_range=init, eos_token_id=eot, bos_token_id=eot)
+    torch.manual_seed(seed)
+    transformers.GPT2LMHeadModel(cfg).eval().save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return pathlib.Path(directory)

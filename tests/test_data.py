@@ -99,12 +99,15 @@ def test_char_tokens_match_nanogpt_prepare(tmp_path):
 
 
 def test_chunked_bpe_encoding_equals_whole_text():
-    words = "To be, or not to be: that is the question.\n  Whether 'tis nobler\n\nin the mind 123\n"
-    text = words * 3000
+    words = ("To be, or not to be: that is the question.\n  Whether 'tis nobler\n\nin the mind 123\n"
+             "Or all or lose his hire.\n\nVIRGILIA:\nHis bloody brow\n")
+    text = words * 2000
     tok = tok_lib.TiktokenTokenizer("gpt2")
-    chunked = data._encode(text, tok, threads=2)
-    assert len(data._split_points(text, target=1000)) > 10
+    chunks = data._split_points(text, target=1000)
+    assert len(chunks) > 10 and "".join(chunks) == text
+    chunked = [i for ids in tok.encode_batch(chunks, num_threads=2) for i in ids]
     np.testing.assert_array_equal(chunked, tok.encode(text))
+    np.testing.assert_array_equal(data._encode(text, tok, threads=2), tok.encode(text))
 
 
 def test_empty_and_missing_corpus_errors_name_the_file(tmp_path):

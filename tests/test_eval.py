@@ -10,36 +10,18 @@ import pytest
 
 from gptjax import cli
 from gptjax.evals import evaluate, scorer
-from helpers import reference
+from helpers import reference, save_hf_gpt2
 
 pytestmark = pytest.mark.xdist_group("eval")
 
 TEXT = (pathlib.Path(__file__).parents[1] / "README.md").read_text()[:6000]
-EOT = "<|endoftext|>"
 
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    """A random GPT-2 with 128 positions and its own byte-level BPE, saved as transformers saves it."""
-    torch, transformers = reference("torch"), reference("transformers")
-    import tokenizers
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    bpe = tokenizers.Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=400, special_tokens=[EOT],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOT, bos_token=EOT)
-    eot = fast.convert_tokens_to_ids(EOT)
-    # A wide initialisation makes predictions peaked, so choices differ by more than rounding.
-    cfg = transformers.GPT2Config(vocab_size=len(fast), n_positions=128, n_embd=48, n_layer=2, n_head=4,
-                                  initializer_range=0.3, eos_token_id=eot, bos_token_id=eot)
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("hf") / "gpt2"
-    transformers.GPT2LMHeadModel(cfg).eval().save_pretrained(d)
-    fast.save_pretrained(d)
-    return d
+    """A random GPT-2 with 128 positions and its own byte-level BPE, saved as transformers saves it.
+    A wide initialisation makes predictions peaked, so choices differ by more than rounding."""
+    return save_hf_gpt2(tmp_path_factory.mktemp("hf") / "gpt2", TEXT, init=0.3)
 
 
 @pytest.fixture(scope="module")

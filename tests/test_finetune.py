@@ -1,0 +1,153 @@
+"""Fine-tuning from pretrained checkpoints: init_from (config, tokenizer and weights from a Hugging
+Face, gptjax or run directory), parity of the first step's loss with transformers, sharded loading,
+and the way back to transformers (weights and tokenizer)."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+import yaml
+from helpers import metrics, reference, save_hf_gpt2
+
+from gptjax import data, init_from, run
+from gptjax.config import ConfigError, load_train_config
+
+pytestmark = pytest.mark.xdist_group("finetune")
+
+README = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+PRETRAIN_TEXT, FINETUNE_TEXT = README[:6000], README[6000:24000]
+NO_DROPOUT = ["model.embed_dropout=0.0", "model.attn_dropout=0.0", "model.resid_dropout=0.0"]
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    return save_hf_gpt2(tmp_path_factory.mktemp("hf") / "gpt2", PRETRAIN_TEXT, positions=64)
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "train.txt"
+    path.write_text(FINETUNE_TEXT)
+    return path
+
+
+def finetune_config(tmp_path, hf_dir, text_file, *overrides, steps=1):
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump({
+        "init_from": str(hf_dir), "steps": steps, "log_every": 1, "eval_every": steps, "checkpoint_every": steps,
+        "eval_batch_size": 8, "sample_tokens": 0, "peak_flops": 1e11,
+        "data": {"text_files": [str(text_file)], "seq_len": 32, "batch_size": 8},
+        "optim": {"lr": 1e-3, "warmup_steps": 0, "min_lr": 1e-4}}))
+    return load_train_config(str(path), [*NO_DROPOUT, *overrides])
+
+
+def test_init_from_takes_model_and_tokenizer_from_the_checkpoint(tmp_path, hf_dir, text_file):
+    cfg = finetune_config(tmp_path, hf_dir, text_file)
+    hf_config = json.loads((hf_dir / "config.json").read_text())
+    assert (cfg.model.d_model, cfg.model.n_layers, cfg.model.vocab_size, cfg.model.max_seq_len) == (
+        hf_config["n_embd"], hf_config["n_layer"], hf_config["vocab_size"], hf_config["n_positions"])
+    assert cfg.data.tokenizer == "init_from"
+    tokenizer = data.make_tokenizer(cfg.data, cfg.init_from)
+    transformers = reference("transformers")
+    theirs = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    assert tokenizer.encode(FINETUNE_TEXT[:2000]) == theirs(FINETUNE_TEXT[:2000])["input_ids"]
+    assert tokenizer.eot_id == hf_config["eos_token_id"]
+
+
+def test_first_step_loss_equals_transformers(tmp_path, hf_dir, text_file):
+    torch, transformers = reference("torch"), reference("transformers")
+    cfg = finetune_config(tmp_path, hf_dir, text_file)
+    run.train_run(cfg, tmp_path / "run", progress=False)
+    ours = metrics(tmp_path / "run")[0]["loss"]
+    tokens = data.load_tokens(cfg.data, cfg.init_from)
+    rows = data.TrainBatches(tokens.train, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed)(0)
+    model = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        theirs = float(model(torch.tensor(rows, dtype=torch.long), labels=torch.tensor(rows, dtype=torch.long)).loss)
+    assert ours == pytest.approx(theirs, rel=1e-5)
+    # The run directory keeps the checkpoint's tokenizer, so inspection decodes as training encoded.
+    stored = json.loads((tmp_path / "run" / "tokenizer.json").read_text())
+    assert stored["kind"] == "hf"
+
+
+def test_init_from_refuses_shape_changes_before_reading_weights(tmp_path, hf_dir, text_file):
+    with pytest.raises(ConfigError, match=r"model\.d_model = 64 \(the checkpoint has 48\)"):
+        finetune_config(tmp_path, hf_dir, text_file, "model.d_model=64")
+    with pytest.raises(ConfigError, match=r"model\.position = 'rotary'"):
+        finetune_config(tmp_path, hf_dir, text_file, "model.position=rotary")
+    cfg = finetune_config(tmp_path, hf_dir, text_file, "model.remat=full", "model.vocab_pad_multiple=64",
+                          "model.resid_dropout=0.1")
+    assert (cfg.model.remat, cfg.model.padded_vocab, cfg.model.resid_dropout) == ("full", 448, 0.1)
+    # A config built in code is checked by the run itself, before anything is written.
+    bad = cfg.__class__(**{**cfg.__dict__, "model": cfg.model.replace(n_layers=3)})
+    with pytest.raises(ConfigError, match=r"model\.n_layers = 3"):
+        run.train_run(bad, tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()
+
+
+def test_padded_vocabulary_loads_the_same_function(tmp_path, hf_dir, text_file):
+    """Padding rows are added on load; the loss of the first step cannot change."""
+    a = finetune_config(tmp_path, hf_dir, text_file)
+    b = finetune_config(tmp_path, hf_dir, text_file, "model.vocab_pad_multiple=64")
+    run.train_run(a, tmp_path / "a", progress=False)
+    run.train_run(b, tmp_path / "b", progress=False)
+    assert metrics(tmp_path / "b")[0]["loss"] == pytest.approx(metrics(tmp_path / "a")[0]["loss"], rel=1e-6)
+    # ... and a run directory continues as init_from of another run, rows repadded back to none.
+    c = finetune_config(tmp_path, tmp_path / "b", text_file, "model.vocab_pad_multiple=1")
+    run.train_run(c, tmp_path / "c", progress=False)
+    assert metrics(tmp_path / "c")[0]["loss"] < metrics(tmp_path / "b")[0]["loss"]
+
+
+def test_fine_tuned_run_exports_to_transformers_and_improves_held_out_loss(tmp_path, hf_dir, text_file):
+    torch, transformers = reference("torch"), reference("transformers")
+    from gptjax import pretrained
+
+    cfg = finetune_config(tmp_path, hf_dir, text_file, steps=30)
+    run.train_run(cfg, tmp_path / "run", progress=False)
+    pretrained.convert(tmp_path / "run", tmp_path / "export", to="hf")
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "export")
+    held_out = README[24000:]
+    ours = data.make_tokenizer(cfg.data, cfg.init_from)
+    assert tok(held_out)["input_ids"] == ours.encode(held_out)
+    ids = torch.tensor([ours.encode(held_out)[:64]])
+
+    def loss(directory):
+        model = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
+        with torch.no_grad():
+            return float(model(ids, labels=ids).loss)
+
+    assert loss(tmp_path / "export") < loss(hf_dir) - 0.3
+
+
+def test_sharded_load_never_puts_a_whole_parameter_on_one_device(tmp_path, monkeypatch):
+    """pythia-70m (282 MB of float32 parameters) fine-tunes on 8 devices with fsdp, each device
+    allowed a quarter of the model: every device receives only its shard of each parameter."""
+    torch, transformers = reference("torch"), reference("transformers")
+    from gptjax import hf, presets
+
+    cfg_hf = hf.config_to_hf(presets.get_preset("pythia-70m"))
+    torch.manual_seed(0)
+    transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**cfg_hf)).save_pretrained(tmp_path / "pythia")
+    text = tmp_path / "t.txt"
+    text.write_text(README[:20000])
+    total = 4 * 70_426_624
+    budget = total // 4
+    handed: dict[int, int] = {}
+    real_put = init_from._put
+
+    def spying_put(host, sh):
+        arr = real_put(host, sh)
+        for shard in arr.addressable_shards:
+            handed[shard.device.id] = handed.get(shard.device.id, 0) + shard.data.nbytes
+        return arr
+
+    monkeypatch.setattr(init_from, "_put", spying_put)
+    cfg = finetune_config(tmp_path, tmp_path / "pythia", text, "data.tokenizer=gpt2", "mesh.data=1",
+                          "mesh.fsdp=8", "data.seq_len=16")
+    run.train_run(cfg, tmp_path / "run", progress=False)
+    assert sorted(handed) == list(range(8))
+    assert max(handed.values()) <= budget, handed
+    assert sum(handed.values()) == pytest.approx(total, rel=0.01)  # every byte arrived, once
+    assert np.isfinite(metrics(tmp_path / "run")[0]["loss"])
