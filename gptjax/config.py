@@ -348,7 +348,9 @@ class DataConfig:
     batch_size: int = 12  # global batch, in sequences, per optimizer step
     seq_len: int | None = None  # None: model.max_seq_len
     encode_threads: int = 4
-    encode_processes: int | None = None  # text_files are tokenized by this many processes; None: all cores
+    # text_files are tokenized by this many processes (one text at a time each); None: one process
+    # running the tokenizer's own batch encoder on encode_threads threads.
+    encode_processes: int | None = None
 
     def __post_init__(self) -> None:
         _check_literals(self)

@@ -5,9 +5,10 @@ document. Documents are joined by the tokenizer's end-of-text id and packed into
 stream, so training windows cross document boundaries as in GPT-2's and nanoGPT's pipelines.
 
 Memory stays bounded whatever the corpus size: files are read in blocks, at most a few blocks
-are in flight, and token ids go straight to disk. Blocks are encoded by worker processes (the
-`tokenizers` library uses one core per process whatever its thread settings), and results are
-written in submission order, so the token files do not depend on the number of processes.
+are in flight, and token ids go straight to disk. Blocks are encoded by worker processes, one
+text at a time in each (neither tokenizer library scales across cores in one process as well as
+processes do), and results are written in submission order, so the token files do not depend on
+the number of processes.
 The cache key is the files' content, the tokenizer and the split: edit a file and it re-encodes.
 """
 
@@ -124,13 +125,9 @@ def _init_worker(tokenizer_dict: dict) -> None:
 def _encode_task(task: list[tuple[str, bool]], tokenizer=None, threads: int = 1) -> np.ndarray:
     tokenizer = tokenizer or _WORKER_TOKENIZER
     ids = tokenizer.encode_batch([text for text, _ in task], num_threads=threads)
-    eot = tokenizer.eot_id
-    out: list[int] = []
-    for chunk, (_, ends) in zip(ids, task):
-        out.extend(chunk)
-        if ends and eot is not None:
-            out.append(eot)
-    return np.asarray(out, np.uint32)
+    eot = [] if tokenizer.eot_id is None else [tokenizer.eot_id]
+    parts = [np.asarray(chunk + eot if ends else chunk, np.uint32) for chunk, (_, ends) in zip(ids, task)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint32)
 
 
 def _tasks(stream: Iterator[tuple[str, bool]]) -> Iterator[list[tuple[str, bool]]]:
@@ -194,7 +191,10 @@ def prepare(files: Sequence[pathlib.Path], val_files: Sequence[pathlib.Path], to
     directory = cache_root() / "tokens" / key
     if (directory / "meta.json").is_file():
         return directory
-    processes = processes or os.cpu_count() or 1
+    # One process with the library's thread pool was the faster default here (2 cores: tiktoken
+    # 14.6 MB/s against 12.2 on 2 processes; tokenizers 3.8 against 3.3); processes scale past
+    # one machine's pool and suit tokenizers whose batch encoder does not parallelise.
+    processes = processes or 1
     from gptjax.data import token_dtype
 
     dtype = token_dtype(tokenizer.vocab_size)
