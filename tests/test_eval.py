@@ -7,10 +7,10 @@ import pathlib
 
 import numpy as np
 import pytest
+from helpers import reference, save_hf_gpt2
 
 from gptjax import cli
 from gptjax.evals import evaluate, scorer
-from helpers import reference, save_hf_gpt2
 
 pytestmark = pytest.mark.xdist_group("eval")
 

@@ -5,7 +5,6 @@ and the way back to transformers (weights and tokenizer)."""
 import json
 import pathlib
 
-import jax
 import numpy as np
 import pytest
 import yaml

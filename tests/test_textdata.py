@@ -11,6 +11,7 @@ from gptjax import tokenizer as tok_lib
 from gptjax.config import DataConfig
 from gptjax.errors import DataError
 
+
 @pytest.fixture(scope="module")
 def gpt2():
     return tok_lib.TiktokenTokenizer("gpt2")

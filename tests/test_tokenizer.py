@@ -164,3 +164,39 @@ def test_char_rejects_bad_vocabularies_and_ids():
         CharTokenizer("ab").decode([0, -1])
     with pytest.raises(TokenizerError, match="kind = 'sentencepiece' is not one of"):
         from_dict({"kind": "sentencepiece"})
+
+
+# --- Hugging Face form --------------------------------------------------------------------------
+
+def test_tiktoken_exports_as_a_tokenizer_json_that_encodes_identically(shared_dir):
+    """The merges recovered from tiktoken's ranks reproduce its encoding exactly; transformers'
+    own tiktoken converter (a reference no one here wrote) agrees id for id."""
+    import tokenizers
+
+    from gptjax.tokenizer import hf_tokenizer_json
+
+    tok = TiktokenTokenizer("gpt2")
+    ours = tokenizers.Tokenizer.from_str(hf_tokenizer_json(tok))
+    text = (shared_dir / "data" / "tinyshakespeare.txt").read_text()[:100_000] + TRICKY.replace("<|endoftext|>", "")
+    assert ours.encode(text, add_special_tokens=False).ids == tok.encode(text)
+    assert ours.decode(tok.encode(text)) == text
+    assert ours.token_to_id("<|endoftext|>") == tok.eot_id
+    from helpers import reference
+
+    reference("transformers")
+    from transformers.convert_slow_tokenizer import TikTokenConverter as converter
+    theirs = converter(vocab_file=str(shared_dir / "tiktoken" / cache_file_name(RANK_FILE_URLS["gpt2"])),
+                       pattern=tok._encoding._pat_str).converted()
+    assert theirs.encode(text, add_special_tokens=False).ids == tok.encode(text)
+
+
+def test_characters_export_as_a_tokenizer_json():
+    import tokenizers
+
+    from gptjax.tokenizer import hf_tokenizer_json
+
+    tok = CharTokenizer.from_text("abc \n\tÅ🤖")
+    hf = tokenizers.Tokenizer.from_str(hf_tokenizer_json(tok))
+    text = "a\n\tb c🤖Å  a"
+    assert hf.encode(text).ids == tok.encode(text)
+    assert hf.decode(tok.encode(text)) == text
