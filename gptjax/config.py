@@ -199,8 +199,9 @@ def _check_keys(cls: type, data: Any, where: str) -> None:
             near = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(near)}?" if near else f"valid fields: {', '.join(fields)}"
             raise ConfigError(f"{where}: unknown field {key!r}; {hint}")
-        if dataclasses.is_dataclass(hints[key]):
-            _check_keys(hints[key], value, f"{where}.{key}")
+        nested = next((t for t in (hints[key], *typing.get_args(hints[key])) if dataclasses.is_dataclass(t)), None)
+        if nested is not None and (value is not None or nested is hints[key]):
+            _check_keys(nested, value, f"{where}.{key}")
 
 
 def _check_literals(cfg: Any) -> None:
@@ -379,6 +380,45 @@ class MeshConfig:
                     f"axis sizes {sizes} must be positive, with at most one -1")
 
 
+LoraTarget = Literal["attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.gate", "mlp.down"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters (Hu et al. 2021) on the block projections: W + (alpha / rank) · A·B with
+    A [in, rank] and B [rank, out] (B starts at zero, so training starts from the base model)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    # Adapters are merged into their kernels inside each step (one matmul per kernel, exact in
+    # float32), which leaves no separate adapter input to drop out; only 0 is accepted.
+    dropout: float = 0.0
+    targets: tuple[LoraTarget, ...] = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down")
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        _require_in(self, "rank", self.rank >= 1, "must be >= 1")
+        _require_in(self, "alpha", self.alpha > 0, "must be positive")
+        _require_in(self, "dropout", self.dropout == 0.0,
+                    "adapters are merged into their kernels each step, so only 0 is supported; regularise with "
+                    "model.resid_dropout or model.attn_dropout instead")
+        _require_in(self, "targets", len(self.targets) > 0 and len(set(self.targets)) == len(self.targets),
+                    "must name each target once, at least one")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    lora: LoraConfig | None = None  # None: full fine-tuning (every parameter trains)
+    aux_lm_weight: float = 0.5  # GPT-1's λ: task loss + λ · language-model loss (gptjax finetune)
+
+    def __post_init__(self) -> None:
+        _require_in(self, "aux_lm_weight", self.aux_lm_weight >= 0, "must be >= 0")
+
+
 FaultPhase = Literal["step", "save", "eval"]
 
 
@@ -414,6 +454,7 @@ class TrainConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     faults: FaultConfig = dataclasses.field(default_factory=FaultConfig)
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
     steps: int = 2000
     seed: int = 0
     log_every: int = 10
@@ -433,6 +474,8 @@ class TrainConfig:
         if self.resolved_seq_len > self.model.max_seq_len:
             raise ConfigError(f"data.seq_len = {self.resolved_seq_len} exceeds model.max_seq_len = "
                               f"{self.model.max_seq_len}; use at most that")
+        if self.finetune.lora is not None and self.init_from is None:
+            raise ConfigError("finetune.lora adapts a pretrained model: set init_from to the checkpoint to adapt")
         if self.data.batch_size % self.optim.grad_accum:
             raise ConfigError(f"optim.grad_accum = {self.optim.grad_accum} must divide data.batch_size = "
                               f"{self.data.batch_size}")
@@ -507,7 +550,7 @@ def load_train_config(source: str, overrides: list[str] = ()) -> TrainConfig:
 # EXECUTION_FIELDS) may change and is recorded. Changes of the state's tree or shapes by other
 # fields (grad_clip on/off, Adafactor's factoring) are caught by comparing the abstract states.
 STATE_SECTIONS = ("model",)
-STATE_FIELDS = ("optim.name", "data.tokenizer")
+STATE_FIELDS = ("optim.name", "data.tokenizer", "init_from")
 
 
 def flat_fields(cfg: TrainConfig) -> dict[str, Any]:
@@ -532,6 +575,8 @@ def config_changes(old: TrainConfig, new: TrainConfig) -> list[tuple[str, Any, A
 
 
 def alters_state(field: str) -> bool:
+    if field.startswith("finetune.lora"):
+        return True  # the adapters are the state
     section, _, name = field.partition(".")
     if section in STATE_SECTIONS:
         return name not in EXECUTION_FIELDS

@@ -10,6 +10,7 @@ copy of the model: a model larger than one device's memory fine-tunes on a mesh.
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 from typing import Any, Literal
 
@@ -129,6 +130,32 @@ def load_params(cfg: TrainConfig, mesh: jax.sharding.Mesh, shardings: dict) -> d
     return _repad(params, source, cfg.model, shardings)
 
 
+def fingerprint(path: str) -> str:
+    """sha256 naming the exact weights at `path` (what LoRA checkpoints record of their base): of
+    the weight and config files of a Hugging Face or gptjax directory, of the newest checkpoint's
+    manifest (itself the files' sha256s) of a run directory."""
+    kind = source_kind(path)
+    digest = hashlib.sha256(kind.encode())
+    if kind == "run":
+        from gptjax import checkpoint
+        from gptjax.rundir import CHECKPOINTS, RunDir
+
+        rd = RunDir(path, read_only=True)
+        steps = [int(p.name) for p in storage.as_path(rd.file(CHECKPOINTS)).iterdir() if p.name.isdigit()]
+        if not steps:
+            raise CheckpointError(f"init_from = {path!r}: the run directory holds no checkpoint yet")
+        manifest = storage.as_path(rd.file(CHECKPOINTS)) / str(max(steps)) / checkpoint.MANIFEST
+        digest.update(f"{max(steps)}:".encode() + manifest.read_bytes())
+        return digest.hexdigest()
+    root = pathlib.Path(path)
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = file.relative_to(root).as_posix()
+        if kind == "hf" and not (rel.endswith(".safetensors") or rel.endswith(".json")):
+            continue
+        digest.update(rel.encode() + b"\0" + storage.sha256(file).encode())
+    return digest.hexdigest()
+
+
 def _put(host: np.ndarray, sh: jax.sharding.Sharding) -> jax.Array:
     # Each device is handed only the slice it holds: never a full copy on one device.
     return jax.make_array_from_callback(host.shape, sh, lambda index: host[index])
@@ -149,7 +176,11 @@ def _restore_run(path: str, target: dict) -> dict:
     from gptjax.rundir import RunDir
 
     rd = RunDir(path, read_only=True)
-    ckpts = rd.checkpoints(rd.read_config())
+    cfg = rd.read_config()
+    if cfg.finetune.lora is not None:
+        raise CheckpointError(f"init_from = {path!r} is a LoRA run (its checkpoints hold adapters only); write it "
+                              f"merged first: gptjax convert {path} MERGED --to gptjax --merge-lora")
+    ckpts = rd.checkpoints(cfg)
     try:
         restored = ckpts.restore_params(target)
     finally:
@@ -180,5 +211,5 @@ def _repad(params: dict, source: ModelConfig, target: ModelConfig, shardings: di
     return traverse_util.unflatten_dict(flat, sep=".")
 
 
-__all__ = ["SHAPE_FREE_FIELDS", "check", "load_params", "model_config", "resolve", "source_kind",
+__all__ = ["SHAPE_FREE_FIELDS", "check", "fingerprint", "load_params", "model_config", "resolve", "source_kind",
            "source_tokenizer"]

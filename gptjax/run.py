@@ -21,6 +21,7 @@ from flax import nnx
 
 from gptjax import counting, data, generation, hardware, init_from, sharding, train
 from gptjax.config import TrainConfig
+from gptjax.checkpoint_io import CheckpointError
 from gptjax.errors import RunStopped
 from gptjax.rundir import RunDir
 from gptjax.signals import StopFlag
@@ -54,14 +55,14 @@ class Feeds:
         return sharding.global_array(local, self.flag_rows, self.flag_sharding, self.tr.mesh.size)
 
 
-def evaluate(cfg: TrainConfig, eval_step, params, tokens: np.ndarray, tr, on_batch=None) -> float:
+def evaluate(cfg: TrainConfig, eval_step, params, tokens: np.ndarray, tr, on_batch=None, frozen=None) -> float:
     """Mean token loss over the whole split."""
     weight_sh = sharding.batch_sharding(tr.mesh, 1)
     b = cfg.eval_batch_size
     rows = sharding.local_rows(tr.batch_sharding, b)
     total, count = 0.0, 0.0
     for i, (batch, weights) in enumerate(data.eval_batches(tokens, cfg.resolved_seq_len, b, rows)):
-        s, c = eval_step(params, sharding.global_array(batch, rows, tr.batch_sharding, b),
+        s, c = eval_step(params, frozen, sharding.global_array(batch, rows, tr.batch_sharding, b),
                          sharding.global_array(weights, rows, weight_sh, b))
         with jax.transfer_guard_device_to_host("allow"):
             total, count = total + float(s), count + float(c)
@@ -86,10 +87,22 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
     rd.check_tokenizer(tokens.tokenizer)
     mesh = sharding.make_mesh(cfg.mesh)
     tr = train.make_trainer(cfg, mesh)
+    if tr.abstract_frozen is not None:
+        n_train, n_base = (sum(a.size for a in jax.tree.leaves(t)) for t in (tr.abstract_state["params"],
+                                                                            tr.abstract_frozen))
+        _say(f"LoRA: {n_train:,} trainable parameters beside {n_base:,} frozen ({n_train / n_base:.2%})")
     ckpts = rd.checkpoints(cfg)
     try:
         restored = ckpts.restore(tr.abstract_state)
         wall_before = 0.0
+        base = init_from.fingerprint(cfg.init_from) if cfg.finetune.lora is not None else None
+        if restored is not None and base is not None and restored[1].get("base_fingerprint") != base:
+            raise CheckpointError(f"{rd}: its LoRA adapters were trained on a base with fingerprint "
+                                  f"{restored[1].get('base_fingerprint')}, but init_from = {cfg.init_from!r} now "
+                                  f"has {base}; point init_from at the original base")
+        frozen = None
+        if base is not None:  # the frozen base: loaded at every start, never checkpointed
+            frozen = init_from.load_params(cfg, mesh, tr.frozen_shardings)
         if restored is not None:
             state, meta = restored
             start = int(meta["step"])
@@ -98,7 +111,7 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
             if changes:
                 _say("config changes recorded in config.{}.yaml: {}".format(
                     start, ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes)))
-        elif cfg.init_from is not None:
+        elif cfg.init_from is not None and frozen is None:
             state, start = train.state_from_params(tr, init_from.load_params(cfg, mesh, tr.state_shardings["params"])), 0
             _say(f"initialised from {cfg.init_from}")
         else:
@@ -107,7 +120,8 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
         rd.truncate_metrics(start)
         clock = _Clock(wall_before)
         try:
-            result = _loop(cfg, tr, state, start, tokens, rd, ckpts, progress, restored is not None, on_eval, clock)
+            result = _loop(cfg, tr, state, frozen, base, start, tokens, rd, ckpts, progress, restored is not None,
+                           on_eval, clock)
         except RunStopped as e:
             _write_result(cfg, rd, clock, "diverged", error=str(e))
             raise
@@ -147,7 +161,7 @@ def _write_result(cfg: TrainConfig, rd: RunDir, clock: _Clock, status: str, erro
         "wall_time_s": wall, "tokens_per_sec": tokens / wall if wall > 0 else None, "seed": cfg.seed})
 
 
-def _loop(cfg, tr, state, start, tokens, rd, ckpts, progress, resumed, on_eval, clock) -> RunResult:
+def _loop(cfg, tr, state, frozen, base, start, tokens, rd, ckpts, progress, resumed, on_eval, clock) -> RunResult:
     step_fn, eval_fn = train.make_train_step(tr), train.make_eval_step(tr)
     feeds = Feeds(tr)
     batches = data.TrainBatches(tokens.train, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed, feeds.rows)
@@ -193,7 +207,8 @@ def _loop(cfg, tr, state, start, tokens, rd, ckpts, progress, resumed, on_eval, 
         with StopFlag() as stop, jax.transfer_guard_device_to_host("disallow"):
             for step, rows in zip(range(start, cfg.steps), batches.iterate(start, cfg.steps)):
                 number = step + 1
-                state, device_metrics = step_fn(state, feeds.batch(rows), feeds.stop_flags(stop.signal is not None))
+                state, device_metrics = step_fn(state, frozen, feeds.batch(rows),
+                                                feeds.stop_flags(stop.signal is not None))
                 if faults.kills(number, "step"):
                     _kill_now()  # the step is in flight, its metrics unread
                 if mark is None:
@@ -213,7 +228,7 @@ def _loop(cfg, tr, state, start, tokens, rd, ckpts, progress, resumed, on_eval, 
                     kill = faults.kills(number, "eval")
                     row["val_loss"] = result.val_loss = evaluate(
                         cfg, eval_fn, state["params"], tokens.val, tr,
-                        on_batch=(lambda i: _kill_now()) if kill else None)
+                        on_batch=(lambda i: _kill_now()) if kill else None, frozen=frozen)
                     if jax.process_index() == 0:
                         bar.write(f"step {number}: loss {row['loss']:.4f}, val_loss {row['val_loss']:.4f}")
                 emit(row, force=eval_now)
@@ -223,7 +238,7 @@ def _loop(cfg, tr, state, start, tokens, rd, ckpts, progress, resumed, on_eval, 
                 save_now = save_now or stop_requested  # a signal may arrive during eval
                 if save_now:
                     with jax.transfer_guard_device_to_host("allow"):  # Orbax copies to host
-                        ckpts.save(number, state, _meta(cfg, number, clock.total()))
+                        ckpts.save(number, state, _meta(cfg, number, clock.total(), base))
                     if faults.kills(number, "save"):
                         _kill_now()  # the save is still in flight
                     metrics_log.flush()
@@ -245,16 +260,20 @@ def _loop(cfg, tr, state, start, tokens, rd, ckpts, progress, resumed, on_eval, 
         metrics_log.close()
     if result.stopped is None and cfg.sample_tokens > 0:
         with jax.transfer_guard_device_to_host("allow"):  # after the loop: not a training stall
-            params = _host_params(state["params"])
+            params = state["params"] if frozen is None else jax.jit(tr.full_params)(state["params"], frozen)
+            params = _host_params(params)
             if jax.process_index() == 0:
                 _write_sample(cfg, tr, params, tokens.tokenizer, rd, result.final_step)
     return result
 
 
-def _meta(cfg: TrainConfig, step: int, wall_time_s: float) -> dict:
+def _meta(cfg: TrainConfig, step: int, wall_time_s: float, base: str | None = None) -> dict:
     # The data position and RNG are functions of (seed, step); both are stored for the record.
-    return {"step": step, "wall_time_s": wall_time_s, "data": {"seed": cfg.seed, "next_step": step},
+    meta = {"step": step, "wall_time_s": wall_time_s, "data": {"seed": cfg.seed, "next_step": step},
             "rng": {"dropout_key": f"fold_in(key({cfg.seed}), step)"}, "config": cfg.to_dict()}
+    if base is not None:  # LoRA checkpoints hold adapters only: name the base they belong to
+        meta["base_fingerprint"] = base
+    return meta
 
 
 def _host_params(params):

@@ -268,6 +268,8 @@ def load_model(path, mesh=None):
     shapes = nnx.to_pure_dict(state)
     shardings = sharding.param_shardings(sharding.logical_axes(model), shapes, mesh)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
+    if cfg.finetune.lora is not None:
+        target = _lora_target(cfg, model, shapes, mesh)
     ckpts = run_dir.checkpoints(cfg)
     try:
         restored = ckpts.restore_params(target)
@@ -276,5 +278,27 @@ def load_model(path, mesh=None):
     if restored is None:
         raise checkpoint.CheckpointError(f"{run_dir.file(CHECKPOINTS)} holds no checkpoint yet")
     params, meta = restored
+    if cfg.finetune.lora is not None:  # adapters only: merge them into their base
+        params = _merged(cfg, params, meta, mesh, shardings)
     nnx.replace_by_pure_dict(state, params)
     return nnx.merge(graphdef, state), run_dir.read_tokenizer(), int(meta["step"])
+
+
+def _lora_target(cfg: TrainConfig, model, shapes: dict, mesh) -> dict:
+    from gptjax import lora
+
+    adapter_shapes, adapter_axes = lora.adapter_layout(cfg.finetune.lora, shapes, sharding.logical_axes(model))
+    adapter_sh = sharding.param_shardings(adapter_axes, adapter_shapes, mesh)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), adapter_shapes, adapter_sh)
+
+
+def _merged(cfg: TrainConfig, adapters: dict, meta: dict, mesh, shardings: dict) -> dict:
+    from gptjax import init_from, lora
+
+    base = init_from.fingerprint(cfg.init_from)
+    if meta.get("base_fingerprint") != base:
+        raise checkpoint.CheckpointError(f"the LoRA adapters were trained on a base with fingerprint "
+                                         f"{meta.get('base_fingerprint')}, but init_from = {cfg.init_from!r} now has "
+                                         f"{base}; restore the original base there")
+    frozen = init_from.load_params(cfg, mesh, shardings)
+    return jax.jit(lambda f, a: lora.merge(f, a, cfg.finetune.lora), out_shardings=shardings)(frozen, adapters)

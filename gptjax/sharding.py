@@ -33,6 +33,7 @@ RULES: dict[str, str | None] = {
     "head_dim": None,
     "layers": None,
     "position": None,
+    "lora": None,  # a LoRA adapter's rank: small, replicated
 }
 
 

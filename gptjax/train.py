@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from gptjax import optim, sharding
+from gptjax import lora, optim, sharding
 from gptjax.config import TrainConfig
 from gptjax.model import GPT, abstract_model
 
@@ -34,6 +34,15 @@ class Trainer:
     lr_schedule: optax.Schedule
     abstract_state: State  # ShapeDtypeStructs carrying the target shardings
     state_shardings: State
+    # LoRA: the state's params are the adapters; the base model's parameters are frozen, passed
+    # to every step beside the state (never in the optimizer or the checkpoints). None otherwise.
+    frozen_shardings: dict | None = None
+    abstract_frozen: dict | None = None
+
+    def full_params(self, params: dict, frozen: dict | None) -> dict:
+        """The model's parameters: the state's own, or the base with the adapters merged in."""
+        lora_cfg = self.cfg.finetune.lora
+        return params if lora_cfg is None else lora.merge(frozen, params, lora_cfg)
 
     @property
     def batch_sharding(self):
@@ -49,20 +58,31 @@ def make_trainer(cfg: TrainConfig, mesh: Mesh) -> Trainer:
     graphdef, params_state = nnx.split(abstract_model)
     shapes = nnx.to_pure_dict(params_state)
     tx = optim.build(cfg.optim, cfg.model.width_mult)
-    param_sh = sharding.param_shardings(sharding.logical_axes(abstract_model), shapes, mesh)
+    axes = sharding.logical_axes(abstract_model)
+    param_sh = sharding.param_shardings(axes, shapes, mesh)
+    frozen_sh = abstract_frozen = None
+    if cfg.finetune.lora is not None:
+        frozen_sh = param_sh
+        abstract_frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, param_sh)
+        shapes, adapter_axes = lora.adapter_layout(cfg.finetune.lora, shapes, axes)
+        param_sh = sharding.param_shardings(adapter_axes, shapes, mesh)
     opt_shapes = jax.eval_shape(tx.init, shapes)
     state_sh = {"step": sharding.replicated(mesh), "params": param_sh,
                 "opt_state": sharding.opt_state_shardings(tx, opt_shapes, shapes, param_sh, mesh)}
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": shapes,
                              "opt_state": opt_shapes}, state_sh)
-    return Trainer(cfg, mesh, graphdef, tx, optim.schedule(cfg.optim, cfg.steps), abstract, state_sh)
+    return Trainer(cfg, mesh, graphdef, tx, optim.schedule(cfg.optim, cfg.steps), abstract, state_sh, frozen_sh,
+                   abstract_frozen)
 
 
 def state_layout(cfg: TrainConfig) -> tuple[str, list[tuple]]:
     """The state's tree structure, shapes and dtypes: what a checkpoint must match, whatever
     the mesh (evaluated abstractly, nothing allocated)."""
-    shapes = nnx.to_pure_dict(nnx.split(abstract_model(cfg.model))[1])
+    model = abstract_model(cfg.model)
+    shapes = nnx.to_pure_dict(nnx.split(model)[1])
+    if cfg.finetune.lora is not None:
+        shapes, _ = lora.adapter_layout(cfg.finetune.lora, shapes, sharding.logical_axes(model))
     state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": shapes,
              "opt_state": jax.eval_shape(optim.build(cfg.optim, cfg.model.width_mult).init, shapes)}
     leaves, treedef = jax.tree.flatten(state)
@@ -74,7 +94,10 @@ def init_state(tr: Trainer) -> State:
     cfg = tr.cfg
 
     def init():
-        params = nnx.to_pure_dict(nnx.state(GPT(cfg.model, rngs=nnx.Rngs(params=cfg.seed)), nnx.Param))
+        if cfg.finetune.lora is not None:
+            params = lora.init_adapters(cfg.finetune.lora, tr.abstract_state["params"], cfg.seed)
+        else:
+            params = nnx.to_pure_dict(nnx.state(GPT(cfg.model, rngs=nnx.Rngs(params=cfg.seed)), nnx.Param))
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tr.tx.init(params)}
 
     return jax.jit(init, out_shardings=tr.state_shardings)()
@@ -104,8 +127,8 @@ def make_train_step(tr: Trainer):
     accum = cfg.optim.grad_accum
     dropout = cfg.model.embed_dropout or cfg.model.attn_dropout or cfg.model.resid_dropout
 
-    def loss_fn(params, rows_BxT1, key, poison):
-        model = nnx.merge(graphdef, params)
+    def loss_fn(params, frozen, rows_BxT1, key, poison):
+        model = nnx.merge(graphdef, tr.full_params(params, frozen))
         logits = model.logits(rows_BxT1[:, :-1], key=key)
         total, ce = token_losses(logits, rows_BxT1[:, 1:], cfg.optim.z_loss)
         return jnp.mean(total) * poison, jnp.mean(ce) * poison
@@ -114,17 +137,18 @@ def make_train_step(tr: Trainer):
 
     def micro(carry, xs):
         rows, key = xs
-        (_, ce), grads = grad_fn(carry["params"], rows, key, carry["poison"])
+        (_, ce), grads = grad_fn(carry["params"], carry["frozen"], rows, key, carry["poison"])
         acc = jax.tree.map(jnp.add, carry["grads"], grads)
         return {**carry, "grads": acc, "ce": carry["ce"] + ce}, None
 
-    def step(state, rows_BxT1, stop_D):
+    def step(state, frozen, rows_BxT1, stop_D):
         key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"]) if dropout else None
         b, t1 = rows_BxT1.shape
         micro_rows = sharding.micro_batches(rows_BxT1.reshape(accum, b // accum, t1), tr.mesh)
         keys = jax.random.split(key, accum) if key is not None else None
         zeros = jax.tree.map(jnp.zeros_like, state["params"])
-        carry = {"params": state["params"], "grads": zeros, "ce": jnp.zeros(()), "poison": _poison(cfg, state)}
+        carry = {"params": state["params"], "frozen": frozen, "grads": zeros, "ce": jnp.zeros(()),
+                 "poison": _poison(cfg, state)}
         carry, _ = jax.lax.scan(micro, carry, (micro_rows, keys))
         grads = jax.tree.map(lambda g: g / accum, carry["grads"])
         loss = carry["ce"] / accum
@@ -145,7 +169,8 @@ def make_train_step(tr: Trainer):
                    "stop": jnp.max(stop_D) > 0}
         return new_state, metrics
 
-    return jax.jit(step, in_shardings=(tr.state_shardings, tr.batch_sharding, sharding.per_device(tr.mesh)),
+    return jax.jit(step, in_shardings=(tr.state_shardings, tr.frozen_shardings, tr.batch_sharding,
+                                       sharding.per_device(tr.mesh)),
                    out_shardings=(tr.state_shardings, sharding.replicated(tr.mesh)), donate_argnums=0)
 
 
@@ -160,12 +185,12 @@ def make_eval_step(tr: Trainer):
     """(sum of token losses, token count) over one batch; rows with weight 0 are padding."""
     graphdef = tr.graphdef
 
-    def step(params, rows_BxT1, weights_B):
-        logits = nnx.merge(graphdef, params).logits(rows_BxT1[:, :-1])
+    def step(params, frozen, rows_BxT1, weights_B):
+        logits = nnx.merge(graphdef, tr.full_params(params, frozen)).logits(rows_BxT1[:, :-1])
         _, ce = token_losses(logits, rows_BxT1[:, 1:], 0.0)
         w = weights_B[:, None]
         return jnp.sum(ce * w), jnp.sum(jnp.broadcast_to(w, ce.shape))
 
-    return jax.jit(step, in_shardings=(tr.state_shardings["params"], tr.batch_sharding,
+    return jax.jit(step, in_shardings=(tr.state_shardings["params"], tr.frozen_shardings, tr.batch_sharding,
                                        sharding.batch_sharding(tr.mesh, 1)),
                    out_shardings=sharding.replicated(tr.mesh))

@@ -5,6 +5,7 @@ and the way back to transformers (weights and tokenizer)."""
 import json
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 import yaml
@@ -150,3 +151,48 @@ def test_sharded_load_never_puts_a_whole_parameter_on_one_device(tmp_path, monke
     assert max(handed.values()) <= budget, handed
     assert sum(handed.values()) == pytest.approx(total, rel=0.01)  # every byte arrived, once
     assert np.isfinite(metrics(tmp_path / "run")[0]["loss"])
+
+
+LORA = ["finetune.lora.rank=4", "finetune.lora.alpha=8"]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, hf_dir, text_file):
+    d = tmp_path_factory.mktemp("lora")
+    cfg = finetune_config(d, hf_dir, text_file, *LORA, "optim.lr=1e-2", steps=20)
+    run.train_run(cfg, d / "run", progress=False)
+    return cfg, d / "run"
+
+
+def test_lora_trains_adapters_only_from_the_base_model(tmp_path, lora_run, hf_dir, text_file):
+    from gptjax import checkpoint, rundir, sharding, train
+
+    cfg, run_dir = lora_run
+    rows = metrics(run_dir)
+    # B starts at zero: the first step is the base model's loss exactly (full fine-tuning's first step).
+    full = finetune_config(tmp_path, hf_dir, text_file)
+    run.train_run(full, tmp_path / "full", progress=False)
+    assert rows[0]["loss"] == pytest.approx(metrics(tmp_path / "full")[0]["loss"], rel=1e-6)
+    # The base is a random model with a frozen tied head: adapters can lower its loss only a little.
+    assert np.mean([r["loss"] for r in rows[-5:]]) < rows[0]["loss"] - 0.05
+    # The checkpoint and the optimizer hold adapters only: nothing of the base's size.
+    tr = train.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
+    ckpts = checkpoint.Checkpoints(run_dir / "checkpoints", 10, None, read_only=True)
+    try:
+        state, meta = ckpts.restore(tr.abstract_state)
+    finally:
+        ckpts.close()
+    assert meta["base_fingerprint"] == init_from.fingerprint(str(hf_dir))
+    n_adapters = sum(x.size for x in jax.tree.leaves(state["params"]))
+    n_base = sum(x.size for x in jax.tree.leaves(tr.abstract_frozen))
+    # 2 layers x (q, k, v, o: 48 x 4 + 4 x 48; up, down: 48 x 4 + 4 x 192 and its mirror).
+    assert n_adapters == 2 * (4 * (48 * 4 + 4 * 48) + 2 * (48 * 4 + 4 * 192))
+    assert n_adapters / n_base < 0.25
+    assert max(x.size for x in jax.tree.leaves(state["opt_state"])) <= max(x.size for x in jax.tree.leaves(state["params"]))
+    # Reading the run merges the adapters into the base.
+    model, _, _ = rundir.load_model(run_dir)
+    kernel = np.asarray(model.blocks.attn.q.kernel[...])
+    from gptjax import hf as hf_lib
+
+    base = hf_lib.load_hf(hf_dir).blocks.attn.q.kernel[...]
+    assert not np.allclose(kernel, base)

@@ -62,7 +62,7 @@ def coord_check(cfg: TrainConfig, widths: list[int], steps: int, parametrization
         for t in range(steps + 1):
             series.append(activation_scales(nnx.merge(tr.graphdef, state["params"]), probe))
             if t < steps:
-                state, _ = step(state, jax.device_put(batches(t), tr.batch_sharding), no_stop)
+                state, _ = step(state, None, jax.device_put(batches(t), tr.batch_sharding), no_stop)
         result[width] = series
     return result
 
