@@ -17,7 +17,7 @@ def _params(args) -> int:
 def _convert(args) -> int:
     from gptjax import pretrained
 
-    pretrained.convert(args.src, args.dst, to=args.to)
+    pretrained.convert(args.src, args.dst, to=args.to, merge_lora=args.merge_lora, peft=args.peft)
     print(f"wrote {args.dst} ({args.to} format)")
     return 0
 
@@ -351,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("src", help="a Hugging Face directory (safetensors), a gptjax directory or a run directory")
     s.add_argument("dst", help="output directory (must not exist)")
     s.add_argument("--to", choices=["hf", "gptjax"], required=True, help="output format")
+    s.add_argument("--merge-lora", action="store_true", help="a LoRA run: its adapters merged into the base "
+                   "(what every conversion of a LoRA run writes; the flag says so)")
+    s.add_argument("--peft", action="store_true", help="a LoRA run: the adapters alone in PEFT's format "
+                   "(adapter_config.json + adapter_model.safetensors; with --to hf)")
     s.set_defaults(func=_convert)
 
     s = sub.add_parser("train", help="train (or resume) a model")

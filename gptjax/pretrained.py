@@ -17,7 +17,7 @@ from flax import nnx
 
 from gptjax import checkpoint_io, hf, storage
 from gptjax.checkpoint_io import CheckpointError
-from gptjax.config import EXECUTION_FIELDS, ModelConfig, from_dict
+from gptjax.config import EXECUTION_FIELDS, ConfigError, ModelConfig, from_dict
 from gptjax.model import GPT, abstract_model
 
 NATIVE_CONFIG = "gptjax_config.json"
@@ -123,13 +123,31 @@ def from_pretrained(path: str | pathlib.Path, **overrides: Any) -> GPT:
 
 
 def convert(src: str | pathlib.Path, dst: str | pathlib.Path, to: Literal["hf", "gptjax"], *,
-            model_type: str | None = None, overwrite: bool = False) -> pathlib.Path:
-    """Load `src` (either format) and write it to `dst` as `to`; `model_type` picks the HF family
-    (default: the first that represents the model exactly)."""
+            model_type: str | None = None, overwrite: bool = False, merge_lora: bool = False,
+            peft: bool = False) -> pathlib.Path:
+    """Load `src` (either format, or a run directory) and write it to `dst` as `to`; `model_type`
+    picks the HF family (default: the first that represents the model exactly). A LoRA run is
+    always written with its adapters merged into the base (`merge_lora` says so explicitly);
+    `peft` writes the adapters alone in PEFT's format instead."""
     if to not in ("hf", "gptjax"):
         raise ValueError(f"convert: to = {to!r}; accepted: 'hf', 'gptjax'")
     if to == "gptjax" and model_type is not None:
         raise ValueError(f"convert: model_type = {model_type!r} only applies when to = 'hf'")
+    if peft:
+        if merge_lora or to != "hf":
+            raise ConfigError("convert: --peft writes the adapters alone, for transformers: use it with --to hf "
+                             "and without --merge-lora")
+        from gptjax import lora_export, rundir
+
+        cfg, adapters, _ = rundir.load_adapters(src)
+        return lora_export.export_peft(cfg, adapters, dst, overwrite=overwrite)
+    if merge_lora:
+        from gptjax import rundir
+
+        cfg = rundir.RunDir(src, read_only=True).read_config() if storage.exists(storage.as_path(src) / "checkpoints") \
+            else None
+        if cfg is None or cfg.finetune.lora is None:
+            raise ConfigError(f"convert: --merge-lora needs a LoRA run directory; {src} is not one")
     model = from_pretrained(src)
     if to == "hf":
         return hf.export_hf(model, dst, model_type=model_type, overwrite=overwrite)

@@ -302,3 +302,25 @@ def _merged(cfg: TrainConfig, adapters: dict, meta: dict, mesh, shardings: dict)
                                          f"{base}; restore the original base there")
     frozen = init_from.load_params(cfg, mesh, shardings)
     return jax.jit(lambda f, a: lora.merge(f, a, cfg.finetune.lora), out_shardings=shardings)(frozen, adapters)
+
+
+def load_adapters(path) -> tuple[TrainConfig, dict, int]:
+    """(config, LoRA adapters as host arrays, step) of a LoRA run's newest verified checkpoint."""
+    from gptjax.model import abstract_model
+
+    run_dir = RunDir(path, read_only=True)
+    cfg = run_dir.read_config()
+    if cfg.finetune.lora is None:
+        raise checkpoint.CheckpointError(f"{run_dir}: not a LoRA run (finetune.lora is unset), so it has no adapters "
+                                         "to export; convert it without --peft")
+    mesh = sharding.make_mesh(dataclasses.replace(cfg.mesh, data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    model = abstract_model(cfg.model)
+    target = _lora_target(cfg, model, nnx.to_pure_dict(nnx.state(model)), mesh)
+    ckpts = run_dir.checkpoints(cfg)
+    try:
+        restored = ckpts.restore_params(target)
+    finally:
+        ckpts.close()
+    if restored is None:
+        raise checkpoint.CheckpointError(f"{run_dir.file(CHECKPOINTS)} holds no checkpoint yet")
+    return cfg, jax.device_get(restored[0]), int(restored[1]["step"])

@@ -196,3 +196,42 @@ def test_lora_trains_adapters_only_from_the_base_model(tmp_path, lora_run, hf_di
 
     base = hf_lib.load_hf(hf_dir).blocks.attn.q.kernel[...]
     assert not np.allclose(kernel, base)
+
+
+def test_lora_exports_merged_and_as_peft_adapters_with_equal_logits(tmp_path, lora_run, hf_dir):
+    """The merged export and PEFT's own loading of our adapters onto the base give our logits."""
+    torch, transformers, peft = reference("torch"), reference("transformers"), reference("peft")
+    from helpers import gptjax_cli
+
+    from gptjax import rundir
+
+    _, run_dir = lora_run
+    gptjax_cli("convert", run_dir, tmp_path / "merged", "--to", "hf", "--merge-lora")
+    gptjax_cli("convert", run_dir, tmp_path / "adapters", "--to", "hf", "--peft")
+    assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == ["adapter_config.json",
+                                                                         "adapter_model.safetensors"]
+    ids = np.asarray(data.make_tokenizer(load_train_config(str(run_dir / "config.yaml")).data,
+                                         str(hf_dir)).encode(README[24000:25000])[:48])[None]
+    model, _, _ = rundir.load_model(run_dir)
+    ours = np.asarray(model.logits(ids))[..., :model.cfg.vocab_size]
+    with torch.no_grad():
+        merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+        base = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+        adapted = peft.PeftModel.from_pretrained(base, tmp_path / "adapters").eval()
+        t = torch.tensor(ids)
+        via_merge, via_peft = merged(t).logits.numpy(), adapted(t).logits.numpy()
+        plain = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()(t).logits.numpy()
+    scale = np.abs(ours).max()
+    assert np.abs(via_merge - ours).max() / scale < 1e-5
+    assert np.abs(via_peft - ours).max() / scale < 1e-5
+    assert np.abs(plain - ours).max() / scale > 1e-3  # the adapters do change the model
+
+
+def test_peft_export_refuses_full_fine_tuning_runs(tmp_path, hf_dir, text_file):
+    from helpers import gptjax_cli
+
+    cfg = finetune_config(tmp_path, hf_dir, text_file)
+    run.train_run(cfg, tmp_path / "run", progress=False)
+    out = gptjax_cli("convert", tmp_path / "run", tmp_path / "x", "--to", "hf", "--peft", check=False)
+    assert out.returncode == 2 and "not a LoRA run" in out.stderr, out.stderr
+    assert not (tmp_path / "x").exists()
