@@ -410,13 +410,24 @@ class LoraConfig:
         return self.alpha / self.rank
 
 
+Task = Literal["classification", "entailment", "similarity", "multiple_choice"]
+
+
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
     lora: LoraConfig | None = None  # None: full fine-tuning (every parameter trains)
-    aux_lm_weight: float = 0.5  # GPT-1's λ: task loss + λ · language-model loss (gptjax finetune)
+    # GPT-1's task fine-tuning (gptjax finetune; gpt1.py): the task, its JSONL files, and λ of
+    # L3 = L2 (task) + λ · L1 (language modelling on the task's own inputs).
+    task: Task | None = None
+    train_file: str | None = None
+    eval_file: str | None = None
+    aux_lm_weight: float = 0.5
 
     def __post_init__(self) -> None:
+        _check_literals(self)
         _require_in(self, "aux_lm_weight", self.aux_lm_weight >= 0, "must be >= 0")
+        _require_in(self, "train_file", (self.task is None) == (self.train_file is None),
+                    "a task fine-tuning run needs finetune.task and finetune.train_file together")
 
 
 FaultPhase = Literal["step", "save", "eval"]
@@ -504,16 +515,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def load_train_config(source: str, overrides: list[str] = ()) -> TrainConfig:
-    """A TrainConfig from a YAML file or a preset name, then dotted overrides, validated."""
+def load_train_config(source: str | None, overrides: list[str] = ()) -> TrainConfig:
+    """A TrainConfig from a YAML file, a preset name or (None) the defaults, then dotted
+    overrides, validated."""
     import pathlib
 
     import yaml
 
     from gptjax.presets import PRESETS, get_preset
 
-    path = pathlib.Path(source)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
+    path = pathlib.Path(source or "")
+    if source is None:  # every section at its defaults (init_from then sets the model)
+        data: dict[str, Any] = {}
+    elif path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"config file {source!r} does not exist")
         data = yaml.safe_load(path.read_text()) or {}
