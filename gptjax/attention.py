@@ -84,7 +84,7 @@ class Attention(nnx.Module):
         self.v = Dense((d,), (kv, h), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, std=std, **common)
         self.o = Dense((n, h), (d,), ("heads", "head_dim", "embed"), bias=cfg.out_bias, std=out_std, **common)
 
-    def __call__(self, x_BxTxD, positions_BxT, window, key=None, cache=None):
+    def __call__(self, x_BxTxD, positions_BxT, window, key=None, cache=None, segments_BxT=None):
         """Self-attention over the new positions, or, with `cache` (LayerCache), over every
         cached key as well: the new keys and values are written at `cache.slot`, and the cache's
         key positions decide what each query sees. Returns the output, and the updated (k, v)
@@ -100,6 +100,8 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, cache.slot, 0, 0))
             key_positions = cache.key_positions  # unwritten and padding slots hold EMPTY: never seen
         mask = causal_mask(positions_BxT, key_positions, window)
+        if segments_BxT is not None:  # packed documents: no attention across a boundary
+            mask = mask & (segments_BxT[:, :, None] == segments_BxT[:, None, :])
         bias = None
         if cfg.position == "alibi":
             bias = pos_lib.alibi_bias(positions_BxT, key_positions, cfg.n_heads)

@@ -342,6 +342,11 @@ class DataConfig:
     text_files: tuple[str, ...] = ()
     val_files: tuple[str, ...] = ()  # explicit validation documents; empty: the last val_fraction
     text_field: str = "text"
+    # Supervised fine-tuning (sft.py): prompt/response or chat-messages JSONL; the loss covers
+    # responses only; examples packed into rows with per-example attention, or one per row.
+    sft_files: tuple[str, ...] = ()
+    sft_packing: bool = True
+    chat_template: str = "<|{role}|>\n{content}\n"
     tokenizer: Tokenizer = "gpt2"
     tokenizer_path: str | None = None  # tokenizer.json, or a directory holding one (tokenizer: hf)
     token_dir: str | None = None  # existing nanoGPT-style train.bin/val.bin (+ meta.pkl) to use as is
@@ -357,8 +362,12 @@ class DataConfig:
         _check_literals(self)
         _require_in(self, "tokenizer_path", (self.tokenizer == "hf") == (self.tokenizer_path is not None),
                     "set it exactly when data.tokenizer = 'hf' (a tokenizer.json or a directory holding one)")
-        _require_in(self, "val_files", not self.val_files or self.text_files,
-                    "validation files go with data.text_files; set those too")
+        _require_in(self, "val_files", not self.val_files or self.text_files or self.sft_files,
+                    "validation files go with data.text_files or data.sft_files; set those too")
+        _require_in(self, "sft_files", not (self.sft_files and self.text_files),
+                    "use data.text_files (language modelling) or data.sft_files (supervised), not both")
+        _require_in(self, "chat_template", "{content}" in self.chat_template,
+                    "must contain {content} (and may contain {role})")
         _require_in(self, "encode_processes", self.encode_processes is None or self.encode_processes >= 1,
                     "must be >= 1 or null")
         _require_in(self, "val_fraction", 0 < self.val_fraction < 1, "must be in (0, 1)")

@@ -37,14 +37,15 @@ class Block(nnx.Module):
         self.attn = Attention(cfg, out_std=out_std, rngs=rngs)
         self.mlp = MLP(cfg, out_std=out_std, rngs=rngs)
 
-    def __call__(self, x_BxTxD, positions_BxT, window, key=None, cache=None):
-        """The layer's output; with a LayerCache, (output, updated (k, v))."""
+    def __call__(self, x_BxTxD, positions_BxT, window, key=None, cache=None, segments_BxT=None):
+        """The layer's output; with a LayerCache, (output, updated (k, v)). `segments_BxT`: packed
+        documents attend only within their own segment."""
         cfg = self.cfg
         k_attn, k_res1, k_res2 = jax.random.split(key, 3) if key is not None else (None,) * 3
         new_kv = []
 
         def attn(h):
-            out = self.attn(h, positions_BxT, window, k_attn, cache)
+            out = self.attn(h, positions_BxT, window, k_attn, cache, segments_BxT)
             if cache is not None:
                 out, kv = out
                 new_kv.append(kv)
@@ -102,10 +103,11 @@ class GPT(nnx.Module):
         """Float32 logits [B, T, vocab_size]; the vocabulary padding is sliced off."""
         return self.logits(tokens_BxT, positions_BxT, key=key)[..., : self.cfg.vocab_size]
 
-    def logits(self, tokens_BxT, positions_BxT=None, *, key=None) -> jax.Array:
+    def logits(self, tokens_BxT, positions_BxT=None, *, key=None, segments_BxT=None) -> jax.Array:
         """Float32 logits over the padded vocabulary [B, T, V]; padded entries hold the float32
-        minimum so they never win a softmax or a sample, and a loss over them is exact."""
-        return self._head(self.hidden(tokens_BxT, positions_BxT, key=key))
+        minimum so they never win a softmax or a sample, and a loss over them is exact. With
+        `segments_BxT` (packed documents, ids per token) attention stays inside each segment."""
+        return self._head(self.hidden(tokens_BxT, positions_BxT, key=key, segments_BxT=segments_BxT))
 
     def _head(self, x_BxTxD) -> jax.Array:
         logits = self.embed.attend(x_BxTxD) if self.head is None else self.head(x_BxTxD)
@@ -134,11 +136,11 @@ class GPT(nnx.Module):
         t = tokens_BxT.shape[1]
         return logits, dataclasses.replace(cache, k=k, v=v, slot=cache.slot + t)
 
-    def hidden(self, tokens_BxT, positions_BxT=None, *, key=None) -> jax.Array:
+    def hidden(self, tokens_BxT, positions_BxT=None, *, key=None, segments_BxT=None) -> jax.Array:
         """Final hidden states [B, T, D] (after the final norm). `key` enables dropout."""
-        return self._hidden(tokens_BxT, positions_BxT, key, None)
+        return self._hidden(tokens_BxT, positions_BxT, key, None, segments_BxT=segments_BxT)
 
-    def _hidden(self, tokens_BxT, positions_BxT, key, cache, layers=None):
+    def _hidden(self, tokens_BxT, positions_BxT, key, cache, layers=None, segments_BxT=None):
         cfg = self.cfg
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
@@ -149,11 +151,11 @@ class GPT(nnx.Module):
         x = dropout(x, cfg.embed_dropout, k_embed)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        x, kv = self._apply_blocks(x, positions_BxT, k_layers, cache, layers)
+        x, kv = self._apply_blocks(x, positions_BxT, k_layers, cache, layers, segments_BxT)
         x = self.final_norm(x) if self.final_norm is not None else x
         return x if cache is None else (x, kv)
 
-    def _apply_blocks(self, x, positions_BxT, key, cache, layers=None):
+    def _apply_blocks(self, x, positions_BxT, key, cache, layers=None, segments_BxT=None):
         """The stack, scanned or unrolled; with a KVCache also each layer's updated (k, v),
         stacked [L, ...] like the parameters. `layers`: per-layer states to unroll over."""
         cfg = self.cfg
@@ -167,7 +169,7 @@ class GPT(nnx.Module):
             layer_state, window, layer_key, layer_kv = layer
             block = nnx.merge(graphdef, layer_state)
             if layer_kv is None:
-                return block(x, positions_BxT, window, layer_key), None
+                return block(x, positions_BxT, window, layer_key, segments_BxT=segments_BxT), None
             layer_cache = LayerCache(layer_kv[0], layer_kv[1], cache.key_positions, cache.slot)
             return block(x, positions_BxT, window, layer_key, layer_cache)
 

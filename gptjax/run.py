@@ -19,7 +19,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from gptjax import counting, data, generation, hardware, init_from, sharding, train
+from gptjax import counting, data, generation, hardware, init_from, sft, sharding, train
 from gptjax.config import TrainConfig
 from gptjax.checkpoint_io import CheckpointError
 from gptjax.errors import RunStopped
@@ -47,8 +47,10 @@ class Feeds:
         self.flag_sharding = sharding.per_device(tr.mesh)
         self.flag_rows = sharding.local_rows(self.flag_sharding, tr.mesh.size)
 
-    def batch(self, local: np.ndarray) -> jax.Array:
-        return sharding.global_array(local, self.rows, self.tr.batch_sharding, self.batch_size)
+    def batch(self, local):
+        """A token array, or supervised rows (a dict of arrays, sft.py)."""
+        return jax.tree.map(lambda x: sharding.global_array(x, self.rows, self.tr.batch_sharding, self.batch_size),
+                            local)
 
     def stop_flags(self, stopping: bool) -> jax.Array:
         local = np.full(len(self.flag_rows), 1.0 if stopping else 0.0, np.float32)
@@ -61,8 +63,11 @@ def evaluate(cfg: TrainConfig, eval_step, params, tokens: np.ndarray, tr, on_bat
     b = cfg.eval_batch_size
     rows = sharding.local_rows(tr.batch_sharding, b)
     total, count = 0.0, 0.0
-    for i, (batch, weights) in enumerate(data.eval_batches(tokens, cfg.resolved_seq_len, b, rows)):
-        s, c = eval_step(params, frozen, sharding.global_array(batch, rows, tr.batch_sharding, b),
+    source = sft.eval_batches(tokens, b, rows) if isinstance(tokens, dict) else \
+        data.eval_batches(tokens, cfg.resolved_seq_len, b, rows)
+    for i, (batch, weights) in enumerate(source):
+        batch = jax.tree.map(lambda x: sharding.global_array(x, rows, tr.batch_sharding, b), batch)
+        s, c = eval_step(params, frozen, batch,
                          sharding.global_array(weights, rows, weight_sh, b))
         with jax.transfer_guard_device_to_host("allow"):
             total, count = total + float(s), count + float(c)
@@ -81,9 +86,12 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
     changes = rd.check_resume(cfg)
     if cfg.init_from is not None:
         init_from.check(cfg)
-    tokens = data.load_tokens(cfg.data, cfg.init_from)
-    data.check_vocab(tokens, cfg.model.vocab_size)
-    data.check_lengths(tokens, cfg.resolved_seq_len)
+    if cfg.data.sft_files:
+        tokens = _sft_data(cfg)
+    else:
+        tokens = data.load_tokens(cfg.data, cfg.init_from)
+        data.check_vocab(tokens, cfg.model.vocab_size)
+        data.check_lengths(tokens, cfg.resolved_seq_len)
     rd.check_tokenizer(tokens.tokenizer)
     mesh = sharding.make_mesh(cfg.mesh)
     tr = train.make_trainer(cfg, mesh)
@@ -131,6 +139,18 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
         ckpts.close()
 
 
+def _sft_data(cfg: TrainConfig) -> sft.SFTData:
+    tokenizer = data.make_tokenizer(cfg.data, cfg.init_from)
+    if tokenizer is None:
+        raise data.DataError("data.sft_files are encoded with a tokenizer of the model: data.tokenizer = 'char' "
+                             "builds a vocabulary from a corpus; use init_from's (the default with init_from) or name one")
+    out = sft.load(cfg.data, tokenizer, cfg.resolved_seq_len)
+    top = max(int(out.train["tokens"].max()), int(out.val["tokens"].max()))
+    if top >= cfg.model.vocab_size:
+        raise data.DataError(f"data.sft_files: token id {top} is beyond model.vocab_size = {cfg.model.vocab_size}")
+    return out
+
+
 def _kill_now() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -164,7 +184,10 @@ def _write_result(cfg: TrainConfig, rd: RunDir, clock: _Clock, status: str, erro
 def _loop(cfg, tr, state, frozen, base, start, tokens, rd, ckpts, progress, resumed, on_eval, clock) -> RunResult:
     step_fn, eval_fn = train.make_train_step(tr), train.make_eval_step(tr)
     feeds = Feeds(tr)
-    batches = data.TrainBatches(tokens.train, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed, feeds.rows)
+    if isinstance(tokens, sft.SFTData):
+        batches = sft.Batches(tokens.train, cfg.data.batch_size, cfg.seed, feeds.rows)
+    else:
+        batches = data.TrainBatches(tokens.train, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed, feeds.rows)
     flops = counting.flops_per_token(cfg.model, cfg.resolved_seq_len)
     peak = hardware.peak_flops_per_device(cfg.peak_flops) * jax.device_count()
     tokens_per_step = cfg.data.batch_size * cfg.resolved_seq_len

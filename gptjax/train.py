@@ -127,11 +127,13 @@ def make_train_step(tr: Trainer):
     accum = cfg.optim.grad_accum
     dropout = cfg.model.embed_dropout or cfg.model.attn_dropout or cfg.model.resid_dropout
 
-    def loss_fn(params, frozen, rows_BxT1, key, poison):
+    def loss_fn(params, frozen, rows, key, poison):
         model = nnx.merge(graphdef, tr.full_params(params, frozen))
-        logits = model.logits(rows_BxT1[:, :-1], key=key)
-        total, ce = token_losses(logits, rows_BxT1[:, 1:], cfg.optim.z_loss)
-        return jnp.mean(total) * poison, jnp.mean(ce) * poison
+        total, ce, weights = _row_losses(model, rows, key, cfg.optim.z_loss)
+        if not isinstance(rows, dict):  # every target counts
+            return jnp.mean(total) * poison, jnp.mean(ce) * poison
+        n = jnp.maximum(jnp.sum(weights), 1.0)  # the mean over trained targets
+        return jnp.sum(total * weights) / n * poison, jnp.sum(ce * weights) / n * poison
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -143,8 +145,8 @@ def make_train_step(tr: Trainer):
 
     def step(state, frozen, rows_BxT1, stop_D):
         key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"]) if dropout else None
-        b, t1 = rows_BxT1.shape
-        micro_rows = sharding.micro_batches(rows_BxT1.reshape(accum, b // accum, t1), tr.mesh)
+        micro_rows = jax.tree.map(
+            lambda x: sharding.micro_batches(x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), tr.mesh), rows_BxT1)
         keys = jax.random.split(key, accum) if key is not None else None
         zeros = jax.tree.map(jnp.zeros_like, state["params"])
         carry = {"params": state["params"], "frozen": frozen, "grads": zeros, "ce": jnp.zeros(()),
@@ -174,6 +176,21 @@ def make_train_step(tr: Trainer):
                    out_shardings=(tr.state_shardings, sharding.replicated(tr.mesh)), donate_argnums=0)
 
 
+def _row_losses(model: GPT, rows, key, z_loss: float):
+    """(loss with z-loss, cross-entropy, weights) per target token. `rows` is a token array
+    [B, T+1] (every target counts) or supervised rows (sft.py: tokens, weights, segments,
+    positions), whose weights pick the trained targets and whose segments keep packed examples
+    apart."""
+    if isinstance(rows, dict):
+        logits = model.logits(rows["tokens"][:, :-1], rows["positions"][:, :-1], key=key,
+                              segments_BxT=rows["segments"][:, :-1])
+        total, ce = token_losses(logits, rows["tokens"][:, 1:], z_loss)
+        return total, ce, rows["weights"]
+    logits = model.logits(rows[:, :-1], key=key)
+    total, ce = token_losses(logits, rows[:, 1:], z_loss)
+    return total, ce, jnp.ones_like(ce)
+
+
 def _poison(cfg: TrainConfig, state: State) -> jax.Array:
     """1.0, or NaN on the step chosen by faults.nan_at_step (fault-injection tests)."""
     if cfg.faults.nan_at_step is None:
@@ -186,10 +203,9 @@ def make_eval_step(tr: Trainer):
     graphdef = tr.graphdef
 
     def step(params, frozen, rows_BxT1, weights_B):
-        logits = nnx.merge(graphdef, tr.full_params(params, frozen)).logits(rows_BxT1[:, :-1])
-        _, ce = token_losses(logits, rows_BxT1[:, 1:], 0.0)
-        w = weights_B[:, None]
-        return jnp.sum(ce * w), jnp.sum(jnp.broadcast_to(w, ce.shape))
+        _, ce, w = _row_losses(nnx.merge(graphdef, tr.full_params(params, frozen)), rows_BxT1, None, 0.0)
+        w = w * weights_B[:, None]
+        return jnp.sum(ce * w), jnp.sum(w)
 
     return jax.jit(step, in_shardings=(tr.state_shardings["params"], tr.frozen_shardings, tr.batch_sharding,
                                        sharding.batch_sharding(tr.mesh, 1)),

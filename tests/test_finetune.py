@@ -235,3 +235,37 @@ def test_peft_export_refuses_full_fine_tuning_runs(tmp_path, hf_dir, text_file):
     out = gptjax_cli("convert", tmp_path / "run", tmp_path / "x", "--to", "hf", "--peft", check=False)
     assert out.returncode == 2 and "not a LoRA run" in out.stderr, out.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_sft_first_step_loss_equals_transformers_on_response_tokens(tmp_path, hf_dir):
+    """Packed supervised rows through gptjax against each example alone through transformers,
+    with the prompt's labels set to -100 (the way transformers users mask prompts)."""
+    torch, transformers = reference("torch"), reference("transformers")
+    from gptjax import sft
+
+    words = README[6000:24000].split()
+    rng = np.random.default_rng(0)
+    records = [{"prompt": " ".join(rng.choice(words, 3)), "response": " ".join(rng.choice(words, 4))}
+               for _ in range(80)]
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = finetune_config(tmp_path, hf_dir, tmp_path / "unused.txt", "data.text_files=[]",
+                          f"data.sft_files=[{tmp_path / 'sft.jsonl'}]", "data.seq_len=64")
+    run.train_run(cfg, tmp_path / "run", progress=False)
+    ours = metrics(tmp_path / "run")[0]["loss"]
+    tokenizer = data.make_tokenizer(cfg.data, cfg.init_from)
+    rows = sft.Batches(sft.load(cfg.data, tokenizer, 64).train, cfg.data.batch_size, cfg.seed)(0)
+    assert rows["segments"].max() > 1  # packed
+    model = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    nll, count = 0.0, 0
+    for r in range(len(rows["tokens"])):
+        for s in range(1, rows["segments"][r].max() + 1):
+            where = np.flatnonzero(rows["segments"][r] == s)
+            ids = torch.tensor(rows["tokens"][r][where][None], dtype=torch.long)
+            labels = ids.clone()
+            trained = np.r_[False, rows["weights"][r][where[:-1]] > 0]  # label t is trained if target t is
+            labels[0, ~torch.tensor(trained)] = -100
+            with torch.no_grad():
+                loss = model(ids, labels=labels).loss
+            n = int(trained[1:].sum())
+            nll, count = nll + float(loss) * n, count + n
+    assert ours == pytest.approx(nll / count, rel=1e-5)
