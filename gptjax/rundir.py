@@ -261,6 +261,10 @@ def load_model(path, mesh=None):
 
     run_dir = RunDir(path, read_only=True)
     cfg = run_dir.read_config()
+    if cfg.finetune.task is not None:
+        raise checkpoint.CheckpointError(f"{run_dir} is a {cfg.finetune.task} fine-tuning run (gptjax finetune): its "
+                                         "checkpoints hold the model with three added tokens and a task head, not a "
+                                         f"language model; its scores are in {run_dir.file('eval.json')}")
     if mesh is None:
         mesh = sharding.make_mesh(dataclasses.replace(cfg.mesh, data=1, fsdp=1, tensor=1), jax.devices()[:1])
     model = abstract_model(cfg.model)

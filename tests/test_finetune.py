@@ -269,3 +269,18 @@ def test_sft_first_step_loss_equals_transformers_on_response_tokens(tmp_path, hf
             n = int(trained[1:].sum())
             nll, count = nll + float(loss) * n, count + n
     assert ours == pytest.approx(nll / count, rel=1e-5)
+
+
+def test_init_from_a_gptjax_directory_starts_from_the_same_weights(tmp_path, hf_dir, text_file):
+    """HF -> gptjax directory (weights and tokenizer.json): fine-tuning from either is the same."""
+    from gptjax import pretrained
+
+    pretrained.convert(hf_dir, tmp_path / "native", to="gptjax")
+    assert (tmp_path / "native" / "tokenizer.json").is_file()
+    a = finetune_config(tmp_path, hf_dir, text_file)
+    b = finetune_config(tmp_path, tmp_path / "native", text_file)
+    assert data.make_tokenizer(b.data, b.init_from).encode(FINETUNE_TEXT[:500]) == \
+        data.make_tokenizer(a.data, a.init_from).encode(FINETUNE_TEXT[:500])
+    run.train_run(a, tmp_path / "a", progress=False)
+    run.train_run(b, tmp_path / "b", progress=False)
+    assert metrics(tmp_path / "b")[0]["loss"] == metrics(tmp_path / "a")[0]["loss"]
