@@ -48,7 +48,8 @@ def _data_prepare(args) -> int:
     cfg = load_train_config(args.config, args.overrides)
     t0 = time.perf_counter()
     tokens = data.load_tokens(cfg.data, cfg.init_from)
-    meta = json.loads((tokens.directory / "meta.json").read_text()) if (tokens.directory / "meta.json").is_file() else {}
+    meta_file = tokens.directory / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     rate = f", {meta['mb_per_sec']:.1f} MB/s on {meta['processes']} processes" if meta.get("mb_per_sec") else ""
     print(f"{tokens.directory}: {tokens.train.size:,} train and {tokens.val.size:,} validation tokens "
           f"({tokens.tokenizer.name} tokenizer{rate}; {time.perf_counter() - t0:.1f} s here)")
@@ -68,7 +69,8 @@ def _finetune(args) -> int:
     batch = next((parse_override(o)[1] for o in args.overrides if o.startswith("data.batch_size=")), 32)
     steps = next((parse_override(o)[1] for o in args.overrides if o.startswith("steps=")), math.ceil(3 * n / batch))
     defaults = {"data.batch_size": 32, "steps": steps, "optim.lr": 6.25e-5, "optim.min_lr": 0.0,
-                "optim.warmup_steps": max(int(0.002 * steps), 1), "optim.schedule": "wsd", "optim.wsd_decay_fraction": 1.0,
+                "optim.warmup_steps": max(int(0.002 * steps), 1), "optim.schedule": "wsd",
+                "optim.wsd_decay_fraction": 1.0,
                 "eval_batch_size": 32, "sample_tokens": 0, "checkpoint_every": steps, "log_every": 10}
     overrides = [f"init_from={args.model}", f"finetune.task={args.task}", f"finetune.train_file={args.train}",
                  *([f"finetune.eval_file={args.eval}"] if args.eval else []),

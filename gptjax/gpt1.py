@@ -96,8 +96,8 @@ def head_for(task: str, train: list[dict], path: str) -> Head:
         n = len(train[0]["choices"])
         for i, r in enumerate(train):
             if len(r["choices"]) != n or not 0 <= r["label"] < n:
-                raise DataError(f"{path}: example {i + 1} has {len(r['choices'])} choices and label {r['label']}; every "
-                                f"example needs the first one's {n} choices and a label in [0, {n})")
+                raise DataError(f"{path}: example {i + 1} has {len(r['choices'])} choices and label {r['label']}; "
+                                f"every example needs the first one's {n} choices and a label in [0, {n})")
         return Head(1, False)
     if min(labels) < 0:
         raise DataError(f"{path}: label {min(labels)} is negative; class labels are 0, 1, ...")

@@ -55,7 +55,8 @@ def adapter_layout(cfg: LoraConfig, shapes: dict, axes: dict) -> tuple[dict, dic
         out_shapes.setdefault(group, {})[name] = {
             "a": jax.ShapeDtypeStruct(a_shape, kernel.dtype), "b": jax.ShapeDtypeStruct(b_shape, kernel.dtype)}
         out_axes.setdefault(group, {})[name] = {
-            "a": PartitionSpec(*logical[:1 + n_in], "lora"), "b": PartitionSpec(logical[0], "lora", *logical[1 + n_in:])}
+            "a": PartitionSpec(*logical[:1 + n_in], "lora"),
+            "b": PartitionSpec(logical[0], "lora", *logical[1 + n_in:])}
     return out_shapes, out_axes
 
 

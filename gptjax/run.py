@@ -20,8 +20,8 @@ import tqdm
 from flax import nnx
 
 from gptjax import counting, data, generation, hardware, init_from, sft, sharding, train
-from gptjax.config import TrainConfig
 from gptjax.checkpoint_io import CheckpointError
+from gptjax.config import TrainConfig
 from gptjax.errors import RunStopped
 from gptjax.rundir import RunDir
 from gptjax.signals import StopFlag
@@ -120,7 +120,8 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
                 _say("config changes recorded in config.{}.yaml: {}".format(
                     start, ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes)))
         elif cfg.init_from is not None and frozen is None:
-            state, start = train.state_from_params(tr, init_from.load_params(cfg, mesh, tr.state_shardings["params"])), 0
+            params = init_from.load_params(cfg, mesh, tr.state_shardings["params"])
+            state, start = train.state_from_params(tr, params), 0
             _say(f"initialised from {cfg.init_from}")
         else:
             state, start = train.init_state(tr), 0
@@ -143,7 +144,8 @@ def _sft_data(cfg: TrainConfig) -> sft.SFTData:
     tokenizer = data.make_tokenizer(cfg.data, cfg.init_from)
     if tokenizer is None:
         raise data.DataError("data.sft_files are encoded with a tokenizer of the model: data.tokenizer = 'char' "
-                             "builds a vocabulary from a corpus; use init_from's (the default with init_from) or name one")
+                             "builds a vocabulary from a corpus; use init_from's (the default with init_from) or "
+                             "name one")
     out = sft.load(cfg.data, tokenizer, cfg.resolved_seq_len)
     top = max(int(out.train["tokens"].max()), int(out.val["tokens"].max()))
     if top >= cfg.model.vocab_size:

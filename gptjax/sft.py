@@ -112,7 +112,9 @@ def rows(examples: list[Example], seq_len: int, packing: bool) -> dict[str, np.n
         used += n
     if used:
         out.append(row)
-    return {k: np.stack([r[k] for r in out]) for k in out[0]} if out else {k: v[None][:0] for k, v in _row(seq_len).items()}
+    if not out:
+        return {k: v[None][:0] for k, v in _row(seq_len).items()}
+    return {k: np.stack([r[k] for r in out]) for k in out[0]}
 
 
 def load(cfg: DataConfig, tokenizer, seq_len: int) -> SFTData:

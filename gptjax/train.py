@@ -63,7 +63,8 @@ def make_trainer(cfg: TrainConfig, mesh: Mesh) -> Trainer:
     frozen_sh = abstract_frozen = None
     if cfg.finetune.lora is not None:
         frozen_sh = param_sh
-        abstract_frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, param_sh)
+        abstract_frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                       shapes, param_sh)
         shapes, adapter_axes = lora.adapter_layout(cfg.finetune.lora, shapes, axes)
         param_sh = sharding.param_shardings(adapter_axes, shapes, mesh)
     opt_shapes = jax.eval_shape(tx.init, shapes)
