@@ -97,3 +97,13 @@ def test_bad_task_files_are_refused_before_compiling(tmp_path, pretrained, conte
                  check=False)
     assert out.returncode == 2 and __import__("re").search(match, out.stderr), out.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_task_fine_tuning_resumes_exactly(tmp_path, pretrained, classification):
+    train, evalf = classification
+    same = ["optim.schedule=constant", "optim.warmup_steps=0", "checkpoint_every=4"]
+    straight = finetune(pretrained, "classification", train, evalf, tmp_path / "straight", "steps=8", *same)
+    finetune(pretrained, "classification", train, evalf, tmp_path / "resumed", "steps=4", *same)
+    resumed = finetune(pretrained, "classification", train, evalf, tmp_path / "resumed", "steps=8", *same)
+    assert [r["loss"] for r in metrics(tmp_path / "resumed")] == [r["loss"] for r in metrics(tmp_path / "straight")]
+    assert resumed["accuracy"] == straight["accuracy"]
