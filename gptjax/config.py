@@ -399,18 +399,14 @@ class LoraConfig:
 
     rank: int = 8
     alpha: float = 16.0
-    # Adapters are merged into their kernels inside each step (one matmul per kernel, exact in
-    # float32), which leaves no separate adapter input to drop out; only 0 is accepted.
-    dropout: float = 0.0
+    dropout: float = 0.0  # on each adapter's input, during training (PEFT's lora_dropout)
     targets: tuple[LoraTarget, ...] = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down")
 
     def __post_init__(self) -> None:
         _check_literals(self)
         _require_in(self, "rank", self.rank >= 1, "must be >= 1")
         _require_in(self, "alpha", self.alpha > 0, "must be positive")
-        _require_in(self, "dropout", self.dropout == 0.0,
-                    "adapters are merged into their kernels each step, so only 0 is supported; regularise with "
-                    "model.resid_dropout or model.attn_dropout instead")
+        _require_in(self, "dropout", 0.0 <= self.dropout < 1.0, "must be in [0, 1)")
         _require_in(self, "targets", len(self.targets) > 0 and len(set(self.targets)) == len(self.targets),
                     "must name each target once, at least one")
 

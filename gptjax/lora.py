@@ -5,7 +5,10 @@ The trainable state is the adapters alone: the optimizer holds no moments for th
 checkpoints hold only adapters (with the base's fingerprint), and each adapter carries its
 kernel's logical axes (plus "lora", replicated), so it is sharded like the layer it adapts.
 Merging costs one small matmul per kernel per step and keeps the model code free of adapters;
-it is exact in float32, so an exported merged model is the model that was trained.
+it is exact in float32, so an exported merged model is the model that was trained. With adapter
+dropout (finetune.lora.dropout > 0) training steps instead attach each adapter beside its layer
+(attach: scale · dropout(x)·A·B added to x·W, as PEFT computes it); evaluation, sampling and
+export merge.
 """
 
 from __future__ import annotations
@@ -97,6 +100,24 @@ def merge(base: dict, adapters: dict, cfg: LoraConfig) -> dict:
         kernel = node[path[-1]]
         node[path[-1]] = kernel + delta(ad["a"], ad["b"], cfg.scale).astype(kernel.dtype)
     return merged
+
+
+def attach(model, adapters: dict, cfg: LoraConfig, key: jax.Array) -> None:
+    """Give each targeted Dense layer of `model` (the frozen base) its adapter as a separate path
+    with dropout on its input, for a training step with finetune.lora.dropout > 0; `key` is the
+    step's dropout key. Without dropout, `merge` computes the same function."""
+    from gptjax.layers import LoraPath
+
+    for i, target in enumerate(cfg.targets):
+        path, _ = TARGETS[target]
+        group, name = target.split(".")
+        ad = adapters[group][name]
+        module = model
+        for attr in path[:-1]:
+            module = getattr(module, attr)
+        layers = ad["a"].shape[0]  # stacked like the blocks: each layer gets its own key
+        keys = jax.random.split(jax.random.fold_in(key, 7919 + i), layers)
+        module.lora = LoraPath(ad["a"], ad["b"], keys, cfg.scale, cfg.dropout)
 
 
 def counts(adapters_or_shapes: dict, base_shapes: dict) -> tuple[int, int]:

@@ -126,10 +126,16 @@ def token_losses(logits_BxTxV, targets_BxT, z_loss: float):
 def make_train_step(tr: Trainer):
     cfg, graphdef = tr.cfg, tr.graphdef
     accum = cfg.optim.grad_accum
-    dropout = cfg.model.embed_dropout or cfg.model.attn_dropout or cfg.model.resid_dropout
+    lora_cfg = cfg.finetune.lora
+    lora_dropout = lora_cfg is not None and lora_cfg.dropout > 0
+    dropout = cfg.model.embed_dropout or cfg.model.attn_dropout or cfg.model.resid_dropout or lora_dropout
 
     def loss_fn(params, frozen, rows, key, poison):
-        model = nnx.merge(graphdef, tr.full_params(params, frozen))
+        if lora_dropout:  # adapters beside their layers, their inputs dropped out
+            model = nnx.merge(graphdef, frozen)
+            lora.attach(model, params, lora_cfg, key)
+        else:
+            model = nnx.merge(graphdef, tr.full_params(params, frozen))
         total, ce, weights = _row_losses(model, rows, key, cfg.optim.z_loss)
         if not isinstance(rows, dict):  # every target counts
             return jnp.mean(total) * poison, jnp.mean(ce) * poison

@@ -285,3 +285,42 @@ def test_init_from_a_gptjax_directory_starts_from_the_same_weights(tmp_path, hf_
     run.train_run(a, tmp_path / "a", progress=False)
     run.train_run(b, tmp_path / "b", progress=False)
     assert metrics(tmp_path / "b")[0]["loss"] == metrics(tmp_path / "a")[0]["loss"]
+
+
+def test_lora_with_dropout_attaches_adapters_beside_their_layers(hf_dir):
+    """The attached path (used when finetune.lora.dropout > 0) is the merged function when nothing
+    is dropped, and dropout changes it only through the adapters."""
+    from flax import nnx
+
+    from gptjax import hf as hf_lib
+    from gptjax import lora, sharding
+    from gptjax.config import LoraConfig
+
+    base = hf_lib.load_hf(hf_dir)
+    graphdef, state = nnx.split(base)
+    params = nnx.to_pure_dict(state)
+    cfg = LoraConfig(rank=4, alpha=8.0, targets=("attn.q", "attn.o", "mlp.up", "mlp.down"))
+    shapes, _ = lora.adapter_layout(cfg, params, sharding.logical_axes(base))
+    adapters = jax.tree.map(lambda a: 0.05 * jax.random.normal(jax.random.key(a.size), a.shape), shapes)
+    ids = np.arange(40)[None] % 300
+    merged = nnx.merge(graphdef, lora.merge(params, adapters, cfg)).logits(ids)
+
+    def attached(rate, key):
+        model = nnx.merge(graphdef, params)
+        lora.attach(model, adapters, LoraConfig(**{**cfg.__dict__, "dropout": rate}), key)
+        return model.logits(ids)
+
+    np.testing.assert_allclose(attached(0.0, jax.random.key(0)), merged, rtol=1e-5, atol=1e-5)
+    dropped = attached(0.5, jax.random.key(0))
+    assert np.abs(dropped - merged).max() > 1e-3
+    assert np.abs(dropped - attached(0.5, jax.random.key(1))).max() > 1e-3  # a new key, a new mask
+    plain = base.logits(ids)
+    assert np.abs(merged - plain).max() > 1e-3  # the adapters matter at all
+
+
+def test_lora_dropout_trains(tmp_path, hf_dir, text_file):
+    cfg = finetune_config(tmp_path, hf_dir, text_file, *LORA, "finetune.lora.dropout=0.1", "optim.lr=1e-2",
+                          steps=10)
+    run.train_run(cfg, tmp_path / "run", progress=False)
+    rows = metrics(tmp_path / "run")
+    assert all(np.isfinite(r["loss"]) for r in rows) and rows[-1]["loss"] < rows[0]["loss"]
