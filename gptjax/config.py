@@ -199,9 +199,22 @@ def _check_keys(cls: type, data: Any, where: str) -> None:
             near = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(near)}?" if near else f"valid fields: {', '.join(fields)}"
             raise ConfigError(f"{where}: unknown field {key!r}; {hint}")
-        nested = next((t for t in (hints[key], *typing.get_args(hints[key])) if dataclasses.is_dataclass(t)), None)
-        if nested is not None and (value is not None or nested is hints[key]):
-            _check_keys(nested, value, f"{where}.{key}")
+        _check_value(hints[key], value, f"{where}.{key}")
+
+
+def _check_value(hint: Any, value: Any, where: str) -> None:
+    """Recurses into dataclass fields, Optional dataclasses and mappings of dataclasses."""
+    if dataclasses.is_dataclass(hint):
+        _check_keys(hint, value, where)
+        return
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]) and isinstance(value, dict):
+        for name, item in value.items():
+            _check_keys(args[1], item, f"{where}.{name}")
+    elif value is not None and type(None) in args:
+        nested = [a for a in args if dataclasses.is_dataclass(a)]
+        if len(nested) == 1:
+            _check_keys(nested[0], value, where)
 
 
 def _check_literals(cfg: Any) -> None:

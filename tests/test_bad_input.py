@@ -136,6 +136,10 @@ CATALOGUE = [
     ("sweep member with an unknown field", lambda w, d: [
         "sweep", "run", _write(d / "sweep.yaml", f"base: {w / 'tiny.yaml'}\ngrid: {{optim.lrr: [1.0e-3]}}\n"),
         "--dry-run"], "run lrr0.001-seed0: TrainConfig.optim: unknown field 'lrr'; did you mean lr?"),
+    ("search distribution with an unknown field", lambda w, d: [
+        "sweep", "search", _write(d / "sweep.yaml", f"base: {w / 'tiny.yaml'}\nsearch: {{trials: 2, params: "
+                                                     "{optim.lr: {distribution: uniform, low: 0.1, hihg: 1}}}\n"),
+        "--run-dir", str(d / "s")], "SweepConfig.search.params.optim.lr: unknown field 'hihg'; did you mean high?"),
     ("sweep zip lists of unequal length", lambda w, d: [
         "sweep", "run", _write(d / "sweep.yaml", f"base: {w / 'tiny.yaml'}\nzip: {{seed: [1, 2], steps: [3]}}\n"),
         "--dry-run"], "zip lists must have equal lengths, got {{'seed': 2, 'steps': 1}}"),
