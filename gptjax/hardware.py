@@ -1,7 +1,14 @@
-"""Peak FLOPs per device, the denominator of MFU."""
+"""Peak FLOPs per device, the denominator of MFU.
+
+Known accelerators use their published dense peak for the compute dtype (no sparsity); a small
+matmul measures a CPU or an unknown device instead, which understates the peak (a single
+1024-wide matmul reaches well below it on accelerators), so MFU against a measured figure is an
+upper bound. `PeakFlops.source` says which, and run.json records it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -10,19 +17,69 @@ import numpy as np
 
 from gptjax import storage
 
+# (substring of the lower-cased jax device_kind, name, bf16 dense, fp32 dense), most specific
+# first. NVIDIA: datasheet dense tensor-core bf16 and non-tensor fp32 (the sparse figures halved).
+# TPU: Cloud TPU system-architecture pages, bf16 per chip; TPUs run fp32 matmuls as bf16 passes
+# and publish no fp32 peak, so their bf16 figure serves both.
+PUBLISHED: tuple[tuple[str, str, float, float], ...] = (
+    ("h100 pcie", "NVIDIA H100 PCIe", 756e12, 51e12),
+    ("h100", "NVIDIA H100 SXM", 989e12, 67e12),
+    ("gh200", "NVIDIA GH200", 989e12, 67e12),
+    ("h200", "NVIDIA H200", 989e12, 67e12),
+    ("b200", "NVIDIA B200", 2250e12, 75e12),
+    ("a100", "NVIDIA A100", 312e12, 19.5e12),
+    ("a10g", "NVIDIA A10G", 70e12, 31.2e12),
+    ("l40s", "NVIDIA L40S", 362e12, 91.6e12),
+    ("l4", "NVIDIA L4", 121e12, 30.3e12),
+    ("v100", "NVIDIA V100", 125e12, 15.7e12),
+    ("v6 lite", "TPU v6e", 918e12, 918e12),
+    ("v6e", "TPU v6e", 918e12, 918e12),
+    ("v5 lite", "TPU v5e", 197e12, 197e12),
+    ("v5e", "TPU v5e", 197e12, 197e12),
+    ("v5p", "TPU v5p", 459e12, 459e12),
+    ("tpu v5", "TPU v5p", 459e12, 459e12),
+    ("tpu v4", "TPU v4", 275e12, 275e12),
+    ("tpu v3", "TPU v3", 123e12, 123e12),
+    ("tpu v2", "TPU v2", 45e12, 45e12),
+)
 
-def peak_flops_per_device(configured: float | None) -> float:
-    """The configured peak, or one measured by a matmul benchmark and cached per device kind."""
+
+@dataclasses.dataclass(frozen=True)
+class PeakFlops:
+    per_device: float
+    source: str  # "configured", "published: <name> <dtype>", or "measured: ..."
+
+    def to_dict(self) -> dict:
+        return {"per_device": self.per_device, "source": self.source}
+
+
+def published(device_kind: str, dtype: str) -> tuple[str, float] | None:
+    """(name, peak) of a known accelerator for `dtype` ("bfloat16" or "float32"), else None."""
+    kind = device_kind.lower()
+    for key, name, bf16, fp32 in PUBLISHED:
+        if key in kind:
+            return name, bf16 if dtype == "bfloat16" else fp32
+    return None
+
+
+def peak_flops(configured: float | None, compute_dtype: str = "float32") -> PeakFlops:
+    """The configured peak; else the published one of a known accelerator; else one measured by a
+    matmul benchmark and cached per device kind."""
     if configured is not None:
-        return configured
-    kind = jax.local_devices()[0].device_kind
+        return PeakFlops(configured, "configured")
+    device = jax.local_devices()[0]
+    if device.platform != "cpu":
+        known = published(device.device_kind, compute_dtype)
+        if known is not None:
+            return PeakFlops(known[1], f"published: {known[0]} {compute_dtype} dense")
+    kind = device.device_kind
     cache = storage.cache_root() / "peak_flops.json"
-    known = json.loads(cache.read_text()) if cache.is_file() else {}
-    if kind not in known:
-        known[kind] = _measure_matmul_flops()
+    measured = json.loads(cache.read_text()) if cache.is_file() else {}
+    if kind not in measured:
+        measured[kind] = _measure_matmul_flops()
         if jax.process_index() == 0:
-            storage.write_text(cache, json.dumps(known, indent=1))
-    return known[kind]
+            storage.write_text(cache, json.dumps(measured, indent=1))
+    return PeakFlops(measured[kind], f"measured: median of 5 jitted 1024x1024 matmuls on {kind}")
 
 
 def _measure_matmul_flops(n: int = 1024, reps: int = 5) -> float:

@@ -191,7 +191,9 @@ def _loop(cfg, tr, state, frozen, base, start, tokens, rd, ckpts, progress, resu
     else:
         batches = data.TrainBatches(tokens.train, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed, feeds.rows)
     flops = counting.flops_per_token(cfg.model, cfg.resolved_seq_len)
-    peak = hardware.peak_flops_per_device(cfg.peak_flops) * jax.device_count()
+    peak_info = hardware.peak_flops(cfg.peak_flops, cfg.model.compute_dtype)
+    rd.record_peak(peak_info.to_dict())
+    peak = peak_info.per_device * jax.device_count()
     tokens_per_step = cfg.data.batch_size * cfg.resolved_seq_len
     faults = cfg.faults
     metrics_log = rd.metrics_log()

@@ -63,6 +63,7 @@ def test_run_directory_holds_what_was_promised(full_run):
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
     info = json.loads((run_dir / "run.json").read_text())
     assert {"git_commit", "versions", "host", "start_time"} <= set(info)
+    assert info["peak_flops"] == {"per_device": 1.0e11, "source": "configured"}
     assert load_train_config(str(run_dir / "config.yaml")).model.d_model == 32
 
 
