@@ -190,7 +190,9 @@ class RunDir:
 
 def _short(tokenizer_dict: dict) -> str:
     text = json.dumps(tokenizer_dict, sort_keys=True)
-    return text if len(text) < 80 else f"{tokenizer_dict.get('kind')} (sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]})"
+    if len(text) < 80:
+        return text
+    return f"{tokenizer_dict.get('kind')} (sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]})"
 
 
 class MetricsLog:
