@@ -101,8 +101,9 @@ class ModelConfig:
     remat: Remat = "none"
     param_dtype: DType = "float32"
     compute_dtype: DType = "float32"
-    # auto: the einsum path on CPU (measured 1.6x faster than XLA's dot_product_attention for
-    # a whole train step of experiments/shakespeare_char.yaml), dot_product_attention elsewhere.
+    # auto: the einsum path on CPU (measured 1.6x faster than XLA's dot_product_attention for a
+    # whole train step of experiments/shakespeare_char.yaml), cuDNN flash attention on NVIDIA GPUs
+    # where it can run, XLA's dot_product_attention otherwise (attention.choose says why).
     attention_impl: AttentionImpl = "auto"
 
     def __post_init__(self) -> None:

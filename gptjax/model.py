@@ -37,15 +37,15 @@ class Block(nnx.Module):
         self.attn = Attention(cfg, out_std=out_std, rngs=rngs)
         self.mlp = MLP(cfg, out_std=out_std, rngs=rngs)
 
-    def __call__(self, x_BxTxD, positions_BxT, window, key=None, cache=None, segments_BxT=None):
+    def __call__(self, x_BxTxD, positions_BxT, window, key=None, cache=None, segments_BxT=None, aligned=False):
         """The layer's output; with a LayerCache, (output, updated (k, v)). `segments_BxT`: packed
-        documents attend only within their own segment."""
+        documents attend only within their own segment. `aligned`: see Attention."""
         cfg = self.cfg
         k_attn, k_res1, k_res2 = jax.random.split(key, 3) if key is not None else (None,) * 3
         new_kv = []
 
         def attn(h):
-            out = self.attn(h, positions_BxT, window, k_attn, cache, segments_BxT)
+            out = self.attn(h, positions_BxT, window, k_attn, cache, segments_BxT, aligned)
             if cache is not None:
                 out, kv = out
                 new_kv.append(kv)
@@ -142,6 +142,7 @@ class GPT(nnx.Module):
 
     def _hidden(self, tokens_BxT, positions_BxT, key, cache, layers=None, segments_BxT=None):
         cfg = self.cfg
+        aligned = positions_BxT is None and cache is None and segments_BxT is None  # plain causal mask
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
         k_embed, k_layers = jax.random.split(key) if key is not None else (None, None)
@@ -151,11 +152,11 @@ class GPT(nnx.Module):
         x = dropout(x, cfg.embed_dropout, k_embed)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        x, kv = self._apply_blocks(x, positions_BxT, k_layers, cache, layers, segments_BxT)
+        x, kv = self._apply_blocks(x, positions_BxT, k_layers, cache, layers, segments_BxT, aligned)
         x = self.final_norm(x) if self.final_norm is not None else x
         return x if cache is None else (x, kv)
 
-    def _apply_blocks(self, x, positions_BxT, key, cache, layers=None, segments_BxT=None):
+    def _apply_blocks(self, x, positions_BxT, key, cache, layers=None, segments_BxT=None, aligned=False):
         """The stack, scanned or unrolled; with a KVCache also each layer's updated (k, v),
         stacked [L, ...] like the parameters. `layers`: per-layer states to unroll over."""
         cfg = self.cfg
@@ -169,7 +170,7 @@ class GPT(nnx.Module):
             layer_state, window, layer_key, layer_kv = layer
             block = nnx.merge(graphdef, layer_state)
             if layer_kv is None:
-                return block(x, positions_BxT, window, layer_key, segments_BxT=segments_BxT), None
+                return block(x, positions_BxT, window, layer_key, segments_BxT=segments_BxT, aligned=aligned), None
             layer_cache = LayerCache(layer_kv[0], layer_kv[1], cache.key_positions, cache.slot)
             return block(x, positions_BxT, window, layer_key, layer_cache)
 

@@ -19,7 +19,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from gptjax import counting, data, generation, hardware, init_from, sft, sharding, train
+from gptjax import attention, counting, data, generation, hardware, init_from, sft, sharding, train
 from gptjax.checkpoint_io import CheckpointError
 from gptjax.config import TrainConfig
 from gptjax.errors import RunStopped
@@ -192,7 +192,11 @@ def _loop(cfg, tr, state, frozen, base, start, tokens, rd, ckpts, progress, resu
         batches = data.TrainBatches(tokens.train, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed, feeds.rows)
     flops = counting.flops_per_token(cfg.model, cfg.resolved_seq_len)
     peak_info = hardware.peak_flops(cfg.peak_flops, cfg.model.compute_dtype)
-    rd.record_peak(peak_info.to_dict())
+    # The train step's attention path, recorded; an explicit cudnn that cannot run is refused here.
+    device = jax.devices()[0]
+    attn = attention.choose(cfg.model, platform=device.platform, device_kind=device.device_kind,
+                            aligned=not isinstance(tokens, sft.SFTData), needs_dropout=cfg.model.attn_dropout > 0.0)
+    rd.record_execution(peak_flops=peak_info.to_dict(), attention={"impl": attn.impl, "reason": attn.reason})
     peak = peak_info.per_device * jax.device_count()
     tokens_per_step = cfg.data.batch_size * cfg.resolved_seq_len
     faults = cfg.faults

@@ -155,14 +155,15 @@ class RunDir:
         storage.write_text(self.file(RUN_INFO), json.dumps(info, indent=1, default=str))
         storage.write_text(self.file(TOKENIZER), json.dumps(tokenizer.to_dict()))
 
-    def record_peak(self, info: dict) -> None:
-        """The peak FLOPs MFU is measured against, and where it came from, in run.json (this start)."""
+    def record_execution(self, **info) -> None:
+        """How this start executes (the peak FLOPs MFU is measured against and where it came from,
+        the attention path and why), in run.json at the top level and in this start's entry."""
         if not self._writable() or not self.file(RUN_INFO).exists():
             return
         run_info = json.loads(self.file(RUN_INFO).read_text())
-        run_info["peak_flops"] = info
+        run_info.update(info)
         if run_info.get("starts"):
-            run_info["starts"][-1]["peak_flops"] = info
+            run_info["starts"][-1].update(info)
         storage.write_text(self.file(RUN_INFO), json.dumps(run_info, indent=1, default=str))
 
     def record_launch(self, info: dict) -> None:

@@ -64,6 +64,8 @@ def test_run_directory_holds_what_was_promised(full_run):
     info = json.loads((run_dir / "run.json").read_text())
     assert {"git_commit", "versions", "host", "start_time"} <= set(info)
     assert info["peak_flops"] == {"per_device": 1.0e11, "source": "configured"}
+    assert info["attention"] == {"impl": "einsum", "reason": "auto on CPU: the einsum path is the faster one there"}
+    assert info["starts"][-1]["attention"] == info["attention"]
     assert load_train_config(str(run_dir / "config.yaml")).model.d_model == 32
 
 

@@ -1,0 +1,97 @@
+"""Which attention path runs, and why: cuDNN flash attention where it can, the reasons where not.
+
+cuDNN itself needs an NVIDIA GPU; on CPU these tests pin the choice for every case and run the
+exact call form the cuDNN path uses (the kernel's causal flag instead of a mask) through XLA.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from gptjax import attention
+from gptjax.attention import Choice, choose
+from gptjax.config import ConfigError, ModelConfig
+from gptjax.model import KVCache, init_model
+
+GPU = dict(platform="gpu", device_kind="NVIDIA H100 80GB HBM3")
+FLASHABLE = ModelConfig(vocab_size=97, max_seq_len=16, d_model=64, n_layers=2, n_heads=4, d_ff=96,
+                        compute_dtype="bfloat16")
+
+
+def pick(cfg=FLASHABLE, aligned=True, needs_dropout=False, **device):
+    return choose(cfg, aligned=aligned, needs_dropout=needs_dropout, **(device or GPU))
+
+
+def test_auto_takes_cudnn_on_an_nvidia_gpu_when_model_and_call_allow():
+    assert pick().impl == "cudnn"
+    assert pick(FLASHABLE.replace(n_kv_heads=1)).impl == "cudnn"
+
+
+@pytest.mark.parametrize("change, device, aligned, reason", [
+    ({"compute_dtype": "float32"}, GPU, True, "needs compute_dtype bfloat16, not float32"),
+    ({"d_model": 640, "n_heads": 4}, GPU, True, "multiple of 8 up to 128, not 160"),
+    ({"attention_pattern": ("global", "local")}, GPU, True, "banded (local) layers"),
+    ({"position": "alibi"}, GPU, True, "ALiBi adds a dense"),
+    ({}, GPU, False, "a KV cache, packed segments or given positions"),
+    ({}, dict(platform="tpu", device_kind="TPU v5 lite"), True, "NVIDIA GPUs only (this device: tpu 'TPU v5 lite')"),
+])
+def test_auto_falls_back_to_xla_and_says_why(change, device, aligned, reason):
+    choice = pick(FLASHABLE.replace(**change), aligned=aligned, **device)
+    assert choice.impl == "xla" and reason in choice.reason, choice
+
+
+def test_cpu_dropout_and_explicit_choices():
+    assert pick(platform="cpu", device_kind="cpu").impl == "einsum"
+    assert pick(FLASHABLE.replace(attn_dropout=0.1), needs_dropout=True).impl == "einsum"
+    assert pick(FLASHABLE.replace(attention_impl="xla")).impl == "xla"
+    assert pick(FLASHABLE.replace(attention_impl="cudnn")).impl == "cudnn"
+    # A decode step cannot use the causal flag: explicit cudnn runs it on XLA and says so.
+    assert "KV cache" in pick(FLASHABLE.replace(attention_impl="cudnn"), aligned=False).reason
+
+
+def test_explicit_cudnn_that_cannot_run_is_refused_with_the_reasons():
+    expected = (r"attention_impl = 'cudnn' cannot run here: cuDNN runs on NVIDIA GPUs only \(this device: cpu "
+                r"'cpu'\); cuDNN flash attention needs compute_dtype")
+    with pytest.raises(ConfigError, match=expected):
+        pick(FLASHABLE.replace(attention_impl="cudnn", compute_dtype="float32"), platform="cpu", device_kind="cpu")
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_the_causal_flag_form_equals_the_masked_reference(kv_heads):
+    b, t, n, h = 2, 11, 4, 8
+    q, k, v = (jax.random.normal(jax.random.key(i), (b, t, nh, h)) for i, nh in enumerate((n, kv_heads, kv_heads)))
+    p = np.broadcast_to(np.arange(t), (b, t))
+    mask = attention.causal_mask(p, p, attention.GLOBAL_WINDOW)
+    ref = attention.reference_attention(q, k, v, mask_BxTxS=mask, bias_BxNxTxS=None, scale=0.3)
+    flag = attention.fused_attention(q, k, v, mask_BxTxS=None, bias_BxNxTxS=None, scale=0.3, implementation=None,
+                                     causal=True)
+    np.testing.assert_allclose(np.asarray(flag), np.asarray(ref), rtol=1e-5, atol=1e-6)
+
+
+def test_the_model_runs_the_causal_form_only_where_the_mask_is_plain_causal(monkeypatch):
+    """The cuDNN branch with XLA standing in for the kernel: equal logits, and every call that has
+    a cache, segments or given positions is told it is not aligned (else on a GPU it would attend
+    with the wrong mask)."""
+    seen = []
+
+    def as_gpu(cfg, *, platform, device_kind, aligned, needs_dropout):
+        seen.append(aligned)
+        return Choice("cudnn", "test") if aligned else Choice("einsum", "test")
+
+    cfg = FLASHABLE.replace(compute_dtype="float32")
+    tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 97)
+    ref = np.asarray(init_model(cfg.replace(attention_impl="einsum"), 0)(tokens))
+    real_fused = attention.fused_attention
+    monkeypatch.setattr(attention, "choose", as_gpu)
+    monkeypatch.setattr(attention, "fused_attention",
+                        lambda *a, implementation, **kw: real_fused(*a, implementation=None, **kw))
+    model = init_model(cfg, 0)
+    flash = np.asarray(model(tokens))
+    assert seen and all(seen)
+    np.testing.assert_allclose(flash, ref, rtol=1e-5, atol=1e-5)
+    seen.clear()
+    positions = np.broadcast_to(np.arange(12), (2, 12))
+    model.logits(tokens, positions, segments_BxT=np.zeros((2, 12), np.int32))
+    model(tokens, positions)
+    model.decode(tokens, positions, KVCache.empty(cfg, 2, 16))
+    assert len(seen) >= 3 and not any(seen)
