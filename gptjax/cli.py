@@ -38,6 +38,51 @@ def _train(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    import json
+    import os
+
+    from gptjax.config import ConfigError, load_train_config
+
+    sizes = _mesh_sizes(args.mesh)
+    overrides = [*args.overrides, *(f"mesh.{k}={v}" for k, v in sizes.items())]
+    if args.batch is not None:
+        overrides.append(f"data.batch_size={args.batch}")
+    cfg = load_train_config(args.config, overrides)  # bad input fails before jax starts
+    n = sizes["data"] * sizes["fsdp"] * sizes["tensor"]
+    # Fake CPU devices of the mesh's size: read when jax creates its CPU client, which nothing
+    # before this point has done.
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+    if jax.device_count() != n:
+        raise ConfigError(f"--mesh needs {n} devices but jax started with {jax.device_count()}; run `gptjax plan` "
+                          "in a fresh process")
+    from gptjax import plan
+
+    result = plan.make_plan(cfg, args.accelerator)
+    print(plan.format_plan(result))
+    if args.output:
+        from gptjax import storage
+
+        storage.write_text(args.output, json.dumps(result.to_dict(), indent=1))
+    return 0 if result.fits is not False else 1
+
+
+def _mesh_sizes(text: str) -> dict[str, int]:
+    from gptjax.config import ConfigError
+
+    sizes = {"data": 1, "fsdp": 1, "tensor": 1}
+    for part in filter(None, text.split(",")):
+        name, _, value = part.partition("=")
+        if name not in sizes or not value.isdigit() or int(value) < 1:
+            raise ConfigError(f"--mesh {text!r}: expected comma-separated data=N, fsdp=N, tensor=N with N >= 1, "
+                              f"got {part!r}")
+        sizes[name] = int(value)
+    return sizes
+
+
 def _data_prepare(args) -> int:
     import json
     import time
@@ -403,6 +448,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_finetune)
 
+    s = sub.add_parser("plan", help="compile the sharded train step ahead of time on fake devices of a mesh and "
+                       "report per-device memory, and whether it fits an accelerator")
+    s.add_argument("config", help="a YAML file or a preset name")
+    s.add_argument("overrides", nargs="*", help="section.field=value, e.g. model.remat=full data.seq_len=2048")
+    s.add_argument("--mesh", default="data=1", help="data=N,fsdp=N,tensor=N (missing axes are 1)")
+    s.add_argument("--batch", type=int, help="global batch size (data.batch_size)")
+    s.add_argument("--accelerator", help="check the plan against its memory: h100, h200, b200, a100-40gb, "
+                   "a100-80gb, l40s, l4, a10g, v100-32gb, tpu-v4, tpu-v5e, tpu-v5p, tpu-v6e")
+    s.add_argument("--output", help="also write the plan as JSON here")
+    s.set_defaults(func=_plan)
+
     s = sub.add_parser("data", help="prepare token files")
     data_sub = s.add_subparsers(dest="data_command", required=True)
     s = data_sub.add_parser("prepare", help="tokenize a config's data (data.text_files or data.corpus) into the "
@@ -459,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
             and args.launcher != "local":
         args.launcher_flags = extra  # the cluster backend's flags
     elif extra:
-        takes_overrides = args.command in ("train", "launch", "data", "finetune") \
+        takes_overrides = args.command in ("train", "launch", "data", "finetune", "plan") \
             or getattr(args, "sweep_command", None) == "coord-check"
         if not takes_overrides or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

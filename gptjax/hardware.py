@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from gptjax import storage
+from gptjax.config import ConfigError
 
 # (substring of the lower-cased jax device_kind, name, bf16 dense, fp32 dense), most specific
 # first. NVIDIA: datasheet dense tensor-core bf16 and non-tensor fp32 (the sparse figures halved).
@@ -96,3 +97,32 @@ def _measure_matmul_flops(n: int = 1024, reps: int = 5) -> float:
         f(a).block_until_ready()
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / float(np.median(times))
+
+
+# Memory per device (bytes) of accelerators a plan can be checked against: the vendors'
+# datasheet capacities (NVIDIA in GB as sold, TPU HBM per chip in GiB as Cloud TPU states it).
+# The whole of it is not usable: JAX preallocates XLA_PYTHON_CLIENT_MEM_FRACTION (0.75 by
+# default on GPUs) and the runtime keeps some, so a plan near the limit is a warning, not a fit.
+MEMORY: dict[str, tuple[str, float]] = {
+    "h100": ("NVIDIA H100 SXM 80 GB", 80e9),
+    "h200": ("NVIDIA H200 141 GB", 141e9),
+    "b200": ("NVIDIA B200 180 GB", 180e9),
+    "a100-40gb": ("NVIDIA A100 40 GB", 40e9),
+    "a100-80gb": ("NVIDIA A100 80 GB", 80e9),
+    "l40s": ("NVIDIA L40S 48 GB", 48e9),
+    "l4": ("NVIDIA L4 24 GB", 24e9),
+    "a10g": ("NVIDIA A10G 24 GB", 24e9),
+    "v100-32gb": ("NVIDIA V100 32 GB", 32e9),
+    "tpu-v4": ("TPU v4 32 GiB", 32 * 2**30),
+    "tpu-v5e": ("TPU v5e 16 GiB", 16 * 2**30),
+    "tpu-v5p": ("TPU v5p 95 GiB", 95 * 2**30),
+    "tpu-v6e": ("TPU v6e 32 GiB", 32 * 2**30),
+}
+
+
+def device_memory(accelerator: str) -> tuple[str, float]:
+    """(name, bytes) of a named accelerator; unknown names list the known ones."""
+    key = accelerator.lower()
+    if key not in MEMORY:
+        raise ConfigError(f"--accelerator {accelerator!r} is not one of {', '.join(MEMORY)}")
+    return MEMORY[key]

@@ -1,0 +1,80 @@
+"""`gptjax plan`: the sharded train step compiled ahead of time, per-device memory before submitting."""
+
+import json
+
+import jax
+import pytest
+import yaml
+from helpers import gptjax_cli as gptjax
+
+from gptjax import counting, plan
+from gptjax.config import ConfigError, TrainConfig, from_dict
+
+MODEL = {"vocab_size": 512, "max_seq_len": 64, "d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 256}
+
+
+def config(mesh, **model):
+    return from_dict(TrainConfig, {"model": {**MODEL, **model}, "data": {"batch_size": 16}, "mesh": mesh})
+
+
+def test_replicated_figures_are_the_exact_counts():
+    p = plan.make_plan(config({"data": 8}))
+    n = counting.param_counts(config({"data": 8}).model, 64).total
+    assert p.params == n and p.params_bytes == 4 * n
+    # AdamW: two float32 moments per parameter, plus a few scalars (step counts, learning rate).
+    assert 8 * n <= p.opt_state_bytes <= 8 * n + 64
+    assert p.batch_bytes == 16 // 8 * 65 * 4
+
+
+def test_sharded_figures_agree_with_the_compiler():
+    p = plan.make_plan(config({"data": 2, "fsdp": 4}))
+    replicated = plan.make_plan(config({"data": 8}))
+    assert p.params_bytes < replicated.params_bytes / 3  # the width is split four ways
+    # What the compiled program takes as arguments is exactly what the shardings say: the state
+    # (with its int32 step), the batch and one float32 stop flag per device, less the float32
+    # learning-rate hyperparameter, which the step overwrites and jit therefore drops as unused.
+    assert p.argument_bytes == p.params_bytes + p.opt_state_bytes + p.batch_bytes + 4 + 4 - 4
+    assert p.alias_bytes >= p.params_bytes + p.opt_state_bytes  # the state is donated
+    assert p.peak_bytes == p.argument_bytes + p.output_bytes - p.alias_bytes + p.temp_bytes
+
+
+def test_remat_shrinks_the_activations():
+    deep = dict(n_layers=8, max_seq_len=64)
+    none, full = plan.make_plan(config({"data": 8}, **deep)), plan.make_plan(config({"data": 8}, remat="full", **deep))
+    assert full.temp_bytes < 0.8 * none.temp_bytes, (none.temp_bytes, full.temp_bytes)
+    assert full.params_bytes == none.params_bytes
+
+
+def test_unknown_accelerator_is_refused_before_compiling():
+    with pytest.raises(ConfigError, match="--accelerator 'h1000' is not one of h100, h200"):
+        plan.make_plan(config({"data": 8}), "h1000")
+
+
+def test_cli_plans_on_fake_devices_of_the_mesh_and_says_whether_it_fits(tmp_path):
+    cfg = tmp_path / "big.yaml"
+    # About 1.2 billion parameters: with AdamW state and gradients more than a 16 GiB TPU v5e
+    # chip holds on one device, a quarter of it on a 4-way FSDP mesh. Nothing is allocated.
+    cfg.write_text(yaml.safe_dump({"model": {"vocab_size": 50304, "max_seq_len": 128, "d_model": 6144,
+                                             "n_layers": 2, "n_heads": 48}, "data": {"batch_size": 4}}))
+    one = gptjax("plan", cfg, "--mesh", "data=1", "--accelerator", "tpu-v5e", "--output", tmp_path / "one.json",
+                 check=False)
+    assert one.returncode == 1, one.stderr
+    assert "does NOT fit on TPU v5e 16 GiB" in one.stdout
+    four = gptjax("plan", cfg, "--mesh", "fsdp=4", "--batch", "8", "--accelerator", "tpu-v5e",
+                  "--output", tmp_path / "four.json")
+    assert "fits on TPU v5e 16 GiB" in four.stdout and "(4 cpu devices)" in four.stdout
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "four.json"))
+    assert a["fits"] is False and b["fits"] is True and b["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert b["batch_size"] == 8 and b["params"] == a["params"] > 1.1e9
+    assert b["params_bytes"] < a["params_bytes"] / 3.9
+    bad = gptjax("plan", cfg, "--mesh", "fsdp=four", check=False)
+    assert bad.returncode == 2 and "--mesh 'fsdp=four': expected comma-separated data=N" in bad.stderr
+    assert jax.device_count() == 8  # this process is untouched
+
+
+def test_fsdp_keeps_the_activations_batch_split():
+    """With the width over `fsdp`, GSPMD once followed the parameters and kept the whole batch's
+    activations on every device; they must shrink with the data-parallel degree as under `data`."""
+    wide = dict(d_model=128, d_ff=512)
+    fsdp, data = plan.make_plan(config({"fsdp": 8}, **wide)), plan.make_plan(config({"data": 8}, **wide))
+    assert fsdp.temp_bytes < 1.3 * data.temp_bytes, (fsdp.temp_bytes, data.temp_bytes)
