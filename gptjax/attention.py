@@ -16,7 +16,7 @@ from flax import nnx
 
 from gptjax import positions as pos_lib
 from gptjax.config import ConfigError, ModelConfig
-from gptjax.layers import Dense, dropout
+from gptjax.layers import Dense, dense_group, dropout
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class Attention(nnx.Module):
         when a cache is given. `aligned` (static): the positions are 0..T-1 in every row, with no
         cache or segments, so the mask is plain causal and a kernel's causal flag may replace it."""
         cfg = self.cfg
-        q, k, v = self.q(x_BxTxD), self.k(x_BxTxD), self.v(x_BxTxD)
+        q, k, v = self._project(x_BxTxD)
         if cfg.position == "rotary":
             q = pos_lib.apply_rotary(q, positions_BxT, cfg)
             k = pos_lib.apply_rotary(k, positions_BxT, cfg)
@@ -186,6 +186,13 @@ class Attention(nnx.Module):
             bias = pos_lib.alibi_bias(positions_BxT, key_positions, cfg.n_heads)
         out = self.o(self._attend(q, k, v, mask, bias, key, aligned and cache is None and segments_BxT is None))
         return out if cache is None else (out, (k, v))
+
+    def _project(self, x_BxTxD):
+        """Queries, keys and values; one fused matmul on CPU unless LoRA adapters run beside them."""
+        layers = (self.q, self.k, self.v)
+        if jax.devices()[0].platform == "cpu" and all(getattr(m, "lora", None) is None for m in layers):
+            return dense_group(layers, x_BxTxD)
+        return [m(x_BxTxD) for m in layers]
 
     def _attend(self, q, k, v, mask, bias, key, aligned):
         cfg = self.cfg

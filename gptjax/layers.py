@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from gptjax.config import ModelConfig
@@ -85,6 +86,23 @@ class Dense(nnx.Module):
         return y
 
 
+def dense_group(layers: Sequence[Dense], x: jax.Array) -> list[jax.Array]:
+    """Several Dense layers over the same input as one matmul, their kernels concatenated along the
+    outputs: on CPU the query, key and value projections of a small model run as one matmul
+    instead of three, forward and backward (the Shakespeare train step 4% faster). Accelerators
+    keep separate products, which a tensor-parallel split of the heads needs."""
+    n_in, dtype = len(layers[0].in_shape), layers[0].compute_dtype
+    k_in = math.prod(layers[0].in_shape)
+    kernel = jnp.concatenate([m.kernel[...].astype(dtype).reshape(k_in, -1) for m in layers], axis=1)
+    y = matmul_2d(x.astype(dtype), kernel, n_in)
+    widths = [math.prod(m.out_shape) for m in layers]
+    outs = []
+    for m, start, width in zip(layers, np.cumsum([0] + widths[:-1]), widths):
+        out = y[..., start:start + width].reshape(y.shape[:-1] + m.out_shape)
+        outs.append(out if m.bias is None else add_bias(out, m.bias[...].astype(dtype)))
+    return outs
+
+
 class Adapter(nnx.Variable):
     """A LoRA adapter's arrays, attached to a model for one training step (lora.attach). Not an
     nnx.Param: checkpoints, exports and parameter shardings never see it."""
@@ -141,9 +159,16 @@ class Norm(nnx.Module):
         return y.astype(self.compute_dtype)
 
 
+def gelu_erf(x: jax.Array) -> jax.Array:
+    """The exact GELU as PyTorch writes it, x/2 · (1 + erf(x/√2)). jax.nn.gelu's erfc form costs
+    XLA:CPU two fusions with an exponential each (1.4 ms of a 1.9 ms MLP forward in the
+    Shakespeare model); erf is one polynomial."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
 ACTIVATIONS = {
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),  # GPT-2's gelu_new
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # erf form (NeoX/Pythia)
+    "gelu": gelu_erf,  # erf form (NeoX/Pythia, nanoGPT's nn.GELU())
     "relu": jax.nn.relu,
     "swiglu": jax.nn.silu,  # applied to the gate branch (Shazeer 2020, eq. 6)
 }
