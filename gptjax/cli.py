@@ -70,6 +70,25 @@ def _plan(args) -> int:
     return 0 if result.fits is not False else 1
 
 
+def _bench(args) -> int:
+    import json
+
+    from gptjax import bench, storage
+    from gptjax.config import load_train_config
+
+    cfg = load_train_config(args.config, args.overrides)
+    opts = bench.BenchOptions(
+        sections=tuple(filter(None, args.sections.split(","))), repeats=args.repeats, steps=args.steps,
+        warmup=args.warmup, depths=tuple(args.depths), prompt=args.prompt, new_tokens=args.new_tokens,
+        gen_batch=tuple(args.gen_batch), data_batches=args.data_batches, vs_torch=args.vs_torch or bool(args.nanogpt),
+        nanogpt=args.nanogpt, torch_threads=args.torch_threads)  # bad options fail before anything compiles
+    result = bench.run(cfg, opts, say=lambda line: print(line, file=sys.stderr))
+    print(bench.format_result(result))
+    if args.output:
+        storage.write_text(args.output, json.dumps(result, indent=1))
+    return 0
+
+
 def _mesh_sizes(text: str) -> dict[str, int]:
     from gptjax.config import ConfigError
 
@@ -411,6 +430,12 @@ def _add_launch(sub) -> None:
         b.set_defaults(func=_launch)
 
 
+def _xla_profile_option(s) -> None:
+    s.add_argument("--xla-profile", help="XLA flag profile added to XLA_FLAGS before jax starts: none, gpu "
+                   "(the latency-hiding scheduler and pipelined collectives; gptjax/xla.py); default "
+                   "$GPTJAX_XLA_PROFILE or none")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gptjax", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -434,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="section.field=value with YAML values, e.g. optim.lr=3e-4")
     s.add_argument("--run-dir", help="run directory (default: runs/<config name>; resumes if it has checkpoints)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _xla_profile_option(s)
     s.set_defaults(func=_train)
 
     s = sub.add_parser("finetune", help="GPT-1's task fine-tuning: a linear head on the extract token, with the "
@@ -446,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="a YAML file with other sections (optim, data, mesh, ...); default: their defaults")
     s.add_argument("overrides", nargs="*", help="section.field=value, e.g. finetune.aux_lm_weight=0 steps=300")
     s.add_argument("--no-progress", action="store_true")
+    _xla_profile_option(s)
     s.set_defaults(func=_finetune)
 
     s = sub.add_parser("plan", help="compile the sharded train step ahead of time on fake devices of a mesh and "
@@ -458,6 +485,29 @@ def build_parser() -> argparse.ArgumentParser:
                    "a100-80gb, l40s, l4, a10g, v100-32gb, tpu-v4, tpu-v5e, tpu-v5p, tpu-v6e")
     s.add_argument("--output", help="also write the plan as JSON here")
     s.set_defaults(func=_plan)
+
+    s = sub.add_parser("bench", help="train-step time, tokens/s and MFU, compile times, memory, generation and "
+                       "data-loader speed of a config; --vs-torch runs the same model in PyTorch alongside")
+    s.add_argument("config", help="a YAML file or a preset name")
+    s.add_argument("overrides", nargs="*", help="section.field=value, e.g. data.batch_size=8")
+    s.add_argument("--sections", default=",".join(("train", "compile", "memory", "generate", "data")),
+                   help="comma-separated subset of train,compile,memory,generate,data")
+    s.add_argument("--repeats", type=int, default=5, help="timed blocks per measurement (the median is reported)")
+    s.add_argument("--steps", type=int, default=10, help="train steps per timed block")
+    s.add_argument("--warmup", type=int, default=3, help="untimed train steps first")
+    s.add_argument("--depths", type=int, nargs="+", default=[], help="compile-time depths (default: the "
+                   "config's and 4x it)")
+    s.add_argument("--prompt", type=int, default=32, help="generation: prompt tokens")
+    s.add_argument("--new-tokens", type=int, default=32, help="generation: new tokens")
+    s.add_argument("--gen-batch", type=int, nargs="+", default=[1, 8], help="generation batch sizes")
+    s.add_argument("--data-batches", type=int, default=200, help="batches per data-loader measurement")
+    s.add_argument("--vs-torch", action="store_true", help="also time the same model and optimizer in PyTorch "
+                   "(transformers' class for the config), interleaved with gptjax")
+    s.add_argument("--nanogpt", help="a nanoGPT checkout: its model.py is the PyTorch side (implies --vs-torch)")
+    s.add_argument("--torch-threads", type=int, help="PyTorch threads (default: every core, as XLA:CPU uses)")
+    s.add_argument("--output", help="also write the results as JSON here")
+    _xla_profile_option(s)
+    s.set_defaults(func=_bench)
 
     s = sub.add_parser("data", help="prepare token files")
     data_sub = s.add_subparsers(dest="data_command", required=True)
@@ -501,6 +551,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _apply_xla_profile(args) -> None:
+    """XLA_FLAGS are read when jax starts its backend, which no command has done yet."""
+    import os
+
+    from gptjax import xla
+
+    profile = getattr(args, "xla_profile", None) or os.environ.get("GPTJAX_XLA_PROFILE") or "none"
+    xla.apply_profile(profile)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["lm-eval"]:  # every argument belongs to the harness
@@ -515,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
             and args.launcher != "local":
         args.launcher_flags = extra  # the cluster backend's flags
     elif extra:
-        takes_overrides = args.command in ("train", "launch", "data", "finetune", "plan") \
+        takes_overrides = args.command in ("train", "launch", "data", "finetune", "plan", "bench") \
             or getattr(args, "sweep_command", None) == "coord-check"
         if not takes_overrides or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -531,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     _one_line_background_errors()
     _persistent_compilation_cache()
     try:
+        _apply_xla_profile(args)
         return args.func(args)
     except (ConfigError, DataError, TokenizerError, CheckpointError, StorageError, FileNotFoundError,
             EvalError) as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 import pathlib
 import platform
 import subprocess
@@ -40,4 +41,5 @@ def describe() -> dict:
 
     return {"git_commit": git_commit(), "versions": versions(), "host": platform.node(),
             "python": platform.python_version(), "devices": [str(d) for d in jax.devices()],
-            "process_count": jax.process_count(), "start_time": now()}
+            "process_count": jax.process_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "start_time": now()}

@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from gptjax import lora, optim, sharding
+from gptjax import lora, optim, sharding, xla
 from gptjax.config import TrainConfig
 from gptjax.model import GPT, abstract_model
 
@@ -180,7 +180,8 @@ def make_train_step(tr: Trainer):
 
     return jax.jit(step, in_shardings=(tr.state_shardings, tr.frozen_shardings, tr.batch_sharding,
                                        sharding.per_device(tr.mesh)),
-                   out_shardings=(tr.state_shardings, sharding.replicated(tr.mesh)), donate_argnums=0)
+                   out_shardings=(tr.state_shardings, sharding.replicated(tr.mesh)), donate_argnums=0,
+                   compiler_options=xla.compiler_options())
 
 
 def _row_losses(model: GPT, rows, key, z_loss: float):
@@ -216,4 +217,4 @@ def make_eval_step(tr: Trainer):
 
     return jax.jit(step, in_shardings=(tr.state_shardings["params"], tr.frozen_shardings, tr.batch_sharding,
                                        sharding.batch_sharding(tr.mesh, 1)),
-                   out_shardings=sharding.replicated(tr.mesh))
+                   out_shardings=sharding.replicated(tr.mesh), compiler_options=xla.compiler_options())

@@ -45,7 +45,8 @@ def final_params(run_dir, step):
 def full_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("full")
     (d / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    out = gptjax("train", d / "tiny.yaml", "--run-dir", d / "run", "--no-progress")
+    # The GPU flag profile parses on CPU and changes nothing there: run.json shows it reached XLA_FLAGS.
+    out = gptjax("train", d / "tiny.yaml", "--run-dir", d / "run", "--no-progress", "--xla-profile", "gpu")
     return d / "run", out
 
 
@@ -63,6 +64,7 @@ def test_run_directory_holds_what_was_promised(full_run):
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
     info = json.loads((run_dir / "run.json").read_text())
     assert {"git_commit", "versions", "host", "start_time"} <= set(info)
+    assert "--xla_gpu_enable_latency_hiding_scheduler=true" in info["xla_flags"].split()
     assert info["peak_flops"] == {"per_device": 1.0e11, "source": "configured"}
     assert info["attention"] == {"impl": "einsum", "reason": "auto on CPU: the einsum path is the faster one there"}
     assert info["starts"][-1]["attention"] == info["attention"]
