@@ -1,0 +1,84 @@
+"""`gptjax bench`: every section runs on a tiny model and reports consistent figures; the PyTorch
+side is the same architecture (its parameter count is ours, exactly). Times are not asserted."""
+
+import json
+import pathlib
+
+import pytest
+import yaml
+from helpers import TINY_RUN, reference
+from helpers import gptjax_cli as gptjax
+
+from gptjax import bench, counting
+from gptjax.config import ConfigError, TrainConfig, from_dict, load_train_config
+
+NANOGPT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "nanogpt"
+FAST = dict(repeats=2, steps=2, warmup=1, depths=(1, 2), prompt=4, new_tokens=4, gen_batch=(1, 2), data_batches=5)
+
+
+def tiny(**model):
+    return from_dict(TrainConfig, {**TINY_RUN, "model": {**TINY_RUN["model"], **model}})
+
+
+def test_every_section_beside_transformers():
+    reference("transformers")
+    cfg = tiny()
+    r = bench.run(cfg, bench.BenchOptions(vs_torch=True, **FAST), say=lambda _: None)
+    t = r["train"]
+    tokens = cfg.data.batch_size * cfg.resolved_seq_len
+    assert t["tokens_per_s"] == pytest.approx(tokens / (t["step_ms"] / 1e3))
+    flops = counting.flops_per_token(cfg.model, cfg.resolved_seq_len) * t["tokens_per_s"]
+    # TINY_RUN's configured peak per device, times the devices its mesh spans (the 8 fake ones here)
+    assert r["devices"] == 8 and t["mfu"] == pytest.approx(flops / (1.0e11 * 8))
+    assert t["peak_flops"]["source"] == "configured"
+    # The same architecture on the PyTorch side: transformers' GPT-2, parameter for parameter.
+    assert t["torch"]["implementation"].startswith("transformers GPT2LMHeadModel")
+    assert t["torch"]["params"] == counting.param_counts(cfg.model).total == r["params"]
+    assert t["torch_ms_over_gptjax_ms"] == pytest.approx(t["torch"]["step_ms"] / t["step_ms"])
+    assert [(row["n_layers"], row["scan_layers"]) for row in r["compile"]] == [(1, True), (1, False), (2, True),
+                                                                               (2, False)]
+    assert all(row["compile_s"] > 0 for row in r["compile"])
+    none, full = r["memory"]
+    assert (none["remat"], full["remat"]) == ("none", "full")
+    assert full["argument_bytes"] == none["argument_bytes"]  # remat changes activations, not the state
+    assert [row["batch"] for row in r["generate"]] == [1, 2]
+    assert all(row["decode_tokens_per_s"] > 0 and row["prefill_tokens_per_s"] > 0 for row in r["generate"])
+    assert r["data"]["tokens_per_s"] > 0
+    json.dumps(r)  # the --output file
+    table = bench.format_result(r)
+    assert "PyTorch ms / gptjax ms" in table and "skipped" not in table
+
+
+@pytest.mark.skipif(not NANOGPT.is_dir(), reason="the nanoGPT reference checkout is not beside this clone")
+def test_the_real_nanogpt_builds_the_shakespeare_model():
+    reference("torch")
+    # The README's config on this session's 8 fake devices: a batch they divide (the model is unchanged).
+    cfg = load_train_config("experiments/shakespeare_char.yaml", ["data.batch_size=16"])
+    r = bench.run(cfg, bench.BenchOptions(sections=("train",), nanogpt=str(NANOGPT), vs_torch=True, repeats=1,
+                                          steps=1, warmup=1), say=lambda _: None)
+    assert r["train"]["torch"]["implementation"].startswith("nanoGPT model.py")
+    assert r["train"]["torch"]["params"] == counting.param_counts(cfg.model).total
+
+
+def test_models_nanogpt_cannot_build_are_refused_with_the_reasons():
+    reference("torch")
+    cfg = tiny(position="rotary", n_kv_heads=2)
+    with pytest.raises(ConfigError, match=r"position = 'rotary'.*multi-head attention"):
+        bench.run(cfg, bench.BenchOptions(sections=("train",), nanogpt=str(NANOGPT), vs_torch=True, **FAST))
+    with pytest.raises(ConfigError, match="sections memry: not among"):
+        bench.BenchOptions(sections=("train", "memry"))
+    with pytest.raises(ConfigError, match="--repeats = 0 must be >= 1"):
+        bench.BenchOptions(repeats=0)
+
+
+def test_cli_writes_the_table_and_json(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY_RUN))
+    out = tmp_path / "bench.json"
+    done = gptjax("bench", cfg, "--sections", "train,compile", "--repeats", "1", "--steps", "2", "--depths", "1",
+                  "--output", out, "data.batch_size=16")
+    r = json.loads(out.read_text())
+    assert r["batch_size"] == 16 and r["train"]["step_ms"] > 0 and len(r["compile"]) == 2
+    assert "train step" in done.stdout and "compile" in done.stdout
+    bad = gptjax("bench", cfg, "--sections", "train,speed", check=False)
+    assert bad.returncode == 2 and "speed: not among train, compile, memory, generate, data" in bad.stderr
