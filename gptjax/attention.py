@@ -84,12 +84,16 @@ class Choice:
     reason: str
 
 
+def is_nvidia(platform: str, device_kind: str) -> bool:
+    return platform == "gpu" and "nvidia" in device_kind.lower()
+
+
 def cudnn_obstacles(cfg: ModelConfig, *, platform: str, device_kind: str) -> list[str]:
     """Why cuDNN flash attention cannot run this model on this device (empty: it can), from what
     jax 0.10.2's cuDNN path accepts: an NVIDIA GPU, bfloat16 inputs, a head width that is a
     multiple of 8 up to 128."""
     reasons = []
-    if platform != "gpu" or "nvidia" not in device_kind.lower():
+    if not is_nvidia(platform, device_kind):
         reasons.append(f"cuDNN runs on NVIDIA GPUs only (this device: {platform} {device_kind!r})")
     if cfg.compute_dtype != "bfloat16":  # cuDNN's kernel takes half precision only
         reasons.append(f"cuDNN flash attention needs compute_dtype bfloat16, not {cfg.compute_dtype}")
@@ -136,14 +140,19 @@ def choose(cfg: ModelConfig, *, platform: str, device_kind: str, aligned: bool, 
     return Choice("xla", f"{impl}: XLA's fused attention, because " + "; ".join(obstacles))
 
 
-_SAID: set[str] = set()
-
-
-def _say_once(choice: Choice, device_kind: str) -> None:
-    # Traced once per compile; a fallback on an NVIDIA GPU is worth a warning, once per reason.
-    if choice.impl != "cudnn" and "nvidia" in device_kind.lower() and choice.reason not in _SAID:
+def choose_here(cfg: ModelConfig, *, aligned: bool, needs_dropout: bool) -> Choice:
+    """`choose` for this process's devices; a fallback on an NVIDIA GPU is worth a warning, once
+    per reason (this runs once per trace)."""
+    device = jax.devices()[0]
+    choice = choose(cfg, platform=device.platform, device_kind=device.device_kind, aligned=aligned,
+                    needs_dropout=needs_dropout)
+    if choice.impl != "cudnn" and is_nvidia(device.platform, device.device_kind) and choice.reason not in _SAID:
         _SAID.add(choice.reason)
         log.warning("attention: %s", choice.reason)
+    return choice
+
+
+_SAID: set[str] = set()
 
 
 class Attention(nnx.Module):
@@ -196,11 +205,8 @@ class Attention(nnx.Module):
 
     def _attend(self, q, k, v, mask, bias, key, aligned):
         cfg = self.cfg
-        device = jax.devices()[0]
         # Evaluation (key None) never needs dropout, so it may take a fused kernel.
-        choice = choose(cfg, platform=device.platform, device_kind=device.device_kind, aligned=aligned,
-                        needs_dropout=key is not None and cfg.attn_dropout > 0.0)
-        _say_once(choice, device.device_kind)
+        choice = choose_here(cfg, aligned=aligned, needs_dropout=key is not None and cfg.attn_dropout > 0.0)
         if choice.impl == "einsum":
             return reference_attention(q, k, v, mask_BxTxS=mask, bias_BxNxTxS=bias,
                                        scale=cfg.softmax_scale, probs_dropout=cfg.attn_dropout, key=key)

@@ -193,9 +193,8 @@ def _loop(cfg, tr, state, frozen, base, start, tokens, rd, ckpts, progress, resu
     flops = counting.flops_per_token(cfg.model, cfg.resolved_seq_len)
     peak_info = hardware.peak_flops(cfg.peak_flops, cfg.model.compute_dtype)
     # The train step's attention path, recorded; an explicit cudnn that cannot run is refused here.
-    device = jax.devices()[0]
-    attn = attention.choose(cfg.model, platform=device.platform, device_kind=device.device_kind,
-                            aligned=not isinstance(tokens, sft.SFTData), needs_dropout=cfg.model.attn_dropout > 0.0)
+    attn = attention.choose_here(cfg.model, aligned=not isinstance(tokens, sft.SFTData),
+                                 needs_dropout=cfg.model.attn_dropout > 0.0)
     rd.record_execution(peak_flops=peak_info.to_dict(), attention={"impl": attn.impl, "reason": attn.reason})
     peak = peak_info.per_device * jax.device_count()
     tokens_per_step = cfg.data.batch_size * cfg.resolved_seq_len
