@@ -18,6 +18,7 @@ anyway, so a generous SHUTDOWN_TIMEOUT_S costs nothing when something fails.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import jax
@@ -50,6 +51,25 @@ def detect(env: dict[str, str] | None = None) -> str | None:
     if env.get(ENV_AUTO) == "1" or (hosts and len(hosts.split(",")) > 1):
         return "tpu"
     return None
+
+
+# gloo gives a peer 30 s (fixed in jaxlib) to join the first collective's context; start-up work
+# that differs between processes (process 0 writes run.json, restores differ in speed on a loaded
+# host) must not eat into that, so processes meet here first, at the coordination service.
+START_BARRIER_TIMEOUT_S = 600
+_BARRIER_COUNT = itertools.count()
+
+
+def wait_for_peers(name: str, timeout_s: int = START_BARRIER_TIMEOUT_S) -> None:
+    """Block until every process reaches the barrier `name` (a no-op for one process). The
+    coordination service's barrier, not a collective: it has its own timeout and no gloo context."""
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost
+
+    # A barrier name may be used once; every process passes the same barriers in the same order.
+    key = f"{name}-{next(_BARRIER_COUNT)}"
+    multihost.get_barrier_sync_fn()(key=key, timeout_ms=timeout_s * 1000)
 
 
 def initialize() -> int:

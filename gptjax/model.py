@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gptjax import sharding
 from gptjax.attention import EMPTY, GLOBAL_WINDOW, Attention, LayerCache
 from gptjax.config import ModelConfig
 from gptjax.layers import MLP, Dense, Embedding, Norm, dropout
@@ -152,6 +153,7 @@ class GPT(nnx.Module):
         x = dropout(x, cfg.embed_dropout, k_embed)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
+        x = sharding.constrain_activations(x)
         x, kv = self._apply_blocks(x, positions_BxT, k_layers, cache, layers, segments_BxT, aligned)
         x = self.final_norm(x) if self.final_norm is not None else x
         return x if cache is None else (x, kv)
@@ -170,7 +172,8 @@ class GPT(nnx.Module):
             layer_state, window, layer_key, layer_kv = layer
             block = nnx.merge(graphdef, layer_state)
             if layer_kv is None:
-                return block(x, positions_BxT, window, layer_key, segments_BxT=segments_BxT, aligned=aligned), None
+                x = block(x, positions_BxT, window, layer_key, segments_BxT=segments_BxT, aligned=aligned)
+                return sharding.constrain_activations(x), None
             layer_cache = LayerCache(layer_kv[0], layer_kv[1], cache.key_positions, cache.slot)
             return block(x, positions_BxT, window, layer_key, layer_cache)
 

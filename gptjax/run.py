@@ -19,7 +19,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from gptjax import attention, counting, data, generation, hardware, init_from, sft, sharding, train
+from gptjax import attention, counting, data, distributed, generation, hardware, init_from, sft, sharding, train
 from gptjax.checkpoint_io import CheckpointError
 from gptjax.config import TrainConfig
 from gptjax.errors import RunStopped
@@ -233,6 +233,7 @@ def _loop(cfg, tr, state, frozen, base, start, tokens, rd, ckpts, progress, resu
             metrics_log.write(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_sec']:.0f}", refresh=False)
 
+    distributed.wait_for_peers("gptjax-train-loop")  # every process compiles the step from here
     try:
         with StopFlag() as stop, jax.transfer_guard_device_to_host("disallow"):
             for step, rows in zip(range(start, cfg.steps), batches.iterate(start, cfg.steps)):

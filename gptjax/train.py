@@ -151,6 +151,10 @@ def make_train_step(tr: Trainer):
         return {**carry, "grads": acc, "ce": carry["ce"] + ce}, None
 
     def step(state, frozen, rows_BxT1, stop_D):
+        with sharding.activations_on(tr.mesh):  # at trace time: the residual stream stays batch-split
+            return _step(state, frozen, rows_BxT1, stop_D)
+
+    def _step(state, frozen, rows_BxT1, stop_D):
         key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"]) if dropout else None
         micro_rows = jax.tree.map(
             lambda x: sharding.micro_batches(x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), tr.mesh), rows_BxT1)
@@ -211,7 +215,8 @@ def make_eval_step(tr: Trainer):
     graphdef = tr.graphdef
 
     def step(params, frozen, rows_BxT1, weights_B):
-        _, ce, w = _row_losses(nnx.merge(graphdef, tr.full_params(params, frozen)), rows_BxT1, None, 0.0)
+        with sharding.activations_on(tr.mesh):
+            _, ce, w = _row_losses(nnx.merge(graphdef, tr.full_params(params, frozen)), rows_BxT1, None, 0.0)
         w = w * weights_B[:, None]
         return jnp.sum(ce * w), jnp.sum(w)
 

@@ -71,3 +71,10 @@ def test_cli_plans_on_fake_devices_of_the_mesh_and_says_whether_it_fits(tmp_path
     assert bad.returncode == 2 and "--mesh 'fsdp=four': expected comma-separated data=N" in bad.stderr
     assert jax.device_count() == 8  # this process is untouched
 
+
+def test_fsdp_keeps_the_activations_batch_split():
+    """With the width over `fsdp`, GSPMD once followed the parameters and kept the whole batch's
+    activations on every device; they must shrink with the data-parallel degree as under `data`."""
+    wide = dict(d_model=128, d_ff=512)
+    fsdp, data = plan.make_plan(config({"fsdp": 8}, **wide)), plan.make_plan(config({"data": 8}, **wide))
+    assert fsdp.temp_bytes < 1.3 * data.temp_bytes, (fsdp.temp_bytes, data.temp_bytes)
