@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import io_callback
 
+from gptjax import xla
 from gptjax.attention import EMPTY
 from gptjax.model import GPT, KVCache, unstacked_layers
 
@@ -103,7 +104,6 @@ def _choose(logits_BxV, key, tokens_BxS, length, seen_BxV, s: Sampling):
                                   axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "slots", "stream", "scores"))
 def _generate(graphdef, params, layers, tokens_BxP, starts_B, key, *, sampling: Sampling, slots: int, stream=None,
               scores: bool = False):
     model = nnx.merge(graphdef, params)
@@ -113,8 +113,8 @@ def _generate(graphdef, params, layers, tokens_BxP, starts_B, key, *, sampling: 
     # padding slots are recorded EMPTY so that no query ever sees them.
     pad = jnp.arange(p)[None, :] < starts_B[:, None]
     positions = jnp.maximum(jnp.arange(p)[None, :] - starts_B[:, None], 0)
-    logits, cache = model.decode(tokens_BxP, positions, KVCache.empty(model.cfg, b, slots),
-                                 jnp.where(pad, EMPTY, positions), layers)
+    empty = KVCache.empty(model.cfg, b, slots, per_layer=layers is not None)
+    logits, cache = model.decode(tokens_BxP, positions, empty, jnp.where(pad, EMPTY, positions), layers)
     state = dict(logits=logits[:, -1], cache=cache, tokens=jnp.zeros((b, slots), jnp.int32).at[:, :p].set(tokens_BxP),
                  seen=_seen(tokens_BxP, pad, vocab), done=jnp.zeros(b, bool), i=jnp.zeros((), jnp.int32), key=key,
                  scores=jnp.zeros((b, sampling.max_new_tokens if scores else 0, vocab), jnp.float32))
@@ -142,6 +142,14 @@ def _generate(graphdef, params, layers, tokens_BxP, starts_B, key, *, sampling: 
 
     out = jax.lax.while_loop(cond, body, state)
     return out["tokens"], out["i"], out["scores"]
+
+
+@functools.cache
+def _compiled_generate():
+    """`_generate` jitted with this backend's compiler options (read when first used, not at import:
+    asking for the devices starts jax's backend, after which XLA_FLAGS are fixed)."""
+    return jax.jit(_generate, static_argnames=("graphdef", "sampling", "slots", "stream", "scores"),
+                   compiler_options=xla.compiler_options())
 
 
 def _seen(tokens_BxP, pad_BxP, vocab):
@@ -197,9 +205,9 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[str], max_n
             for i, (t, d) in enumerate(zip(np.asarray(tokens), np.asarray(done))):
                 if not d:
                     stream(i, int(t))
-    tokens, n, scores = _generate(graphdef, params, _decode_layers(model), jnp.asarray(batch), jnp.asarray(starts),
-                                  jax.random.key(seed),
-                                  sampling=sampling, slots=slots, stream=callback, scores=return_scores)
+    tokens, n, scores = _compiled_generate()(graphdef, params, _decode_layers(model), jnp.asarray(batch),
+                                             jnp.asarray(starts), jax.random.key(seed), sampling=sampling, slots=slots,
+                                             stream=callback, scores=return_scores)
     tokens, n = np.asarray(tokens), int(n)
     out = []
     for i, x in enumerate(ids):

@@ -132,7 +132,11 @@ class Embedding(nnx.Module):
         return jnp.take(self.table[...], ids, axis=0).astype(self.compute_dtype)
 
     def attend(self, x_BxTxD: jax.Array) -> jax.Array:
-        return matmul_2d(x_BxTxD, self.table[...].astype(self.compute_dtype).T, 1)
+        # Contract with the table's rows as stored: an explicit `.T` made XLA:CPU copy the whole
+        # transposed table on every decoding step (7.3 of 29 ms per gpt2 token).
+        table = self.table[...].astype(self.compute_dtype)
+        y = jax.lax.dot_general(x_BxTxD.reshape(-1, x_BxTxD.shape[-1]), table, (((1,), (1,)), ((), ())))
+        return y.reshape(*x_BxTxD.shape[:-1], table.shape[0])
 
 
 class Norm(nnx.Module):

@@ -181,12 +181,18 @@ class GPT(nnx.Module):
             body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers and layers is None:
             return jax.lax.scan(body, x, (state, windows, keys, kv))
+        per_layer = cache is not None and isinstance(cache.k, tuple)
         outs = []
         for i in range(cfg.n_layers):
             layer_state = layers[i] if layers is not None else jax.tree.map(lambda a: a[i], state)
-            x, out = body(x, (layer_state, *jax.tree.map(lambda a: a[i], (windows, keys, kv))))
+            layer_kv = (cache.k[i], cache.v[i]) if per_layer else jax.tree.map(lambda a: a[i], kv)
+            x, out = body(x, (layer_state, *jax.tree.map(lambda a: a[i], (windows, keys)), layer_kv))
             outs.append(out)
-        return x, (None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs))
+        if cache is None:
+            return x, None
+        if per_layer:  # each layer's buffer updated where it lies: nothing is copied
+            return x, (tuple(k for k, _ in outs), tuple(v for _, v in outs))
+        return x, jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
 
 def unstacked_layers(model: GPT) -> list:
@@ -201,8 +207,9 @@ def unstacked_layers(model: GPT) -> list:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Keys and values of every layer, stacked like the parameters: [L, B, S, K, H]; the position
-    of each slot's token [B, S] (EMPTY where none); the next slot to write (a scalar)."""
+    """Keys and values of every layer, stacked like the parameters: [L, B, S, K, H], or (with
+    `per_layer`, for decoding over `unstacked_layers`) a tuple of L arrays [B, S, K, H]; the
+    position of each slot's token [B, S] (EMPTY where none); the next slot to write (a scalar)."""
 
     k: jax.Array
     v: jax.Array
@@ -210,10 +217,16 @@ class KVCache:
     slot: jax.Array
 
     @classmethod
-    def empty(cls, cfg: ModelConfig, batch: int, slots: int, dtype=jnp.float32) -> KVCache:
-        shape = (cfg.n_layers, batch, slots, cfg.resolved_kv_heads, cfg.resolved_head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.full((batch, slots), EMPTY, jnp.int32),
-                   jnp.zeros((), jnp.int32))
+    def empty(cls, cfg: ModelConfig, batch: int, slots: int, dtype=jnp.float32, per_layer: bool = False) -> KVCache:
+        """Per-layer buffers suit the unrolled decode: a stacked cache is sliced per layer and
+        re-stacked every token, copying the whole cache (at batch 8, most of gpt2's decode step)."""
+        layer = (batch, slots, cfg.resolved_kv_heads, cfg.resolved_head_dim)
+        if per_layer:
+            k = tuple(jnp.zeros(layer, dtype) for _ in range(cfg.n_layers))
+            v = tuple(jnp.zeros(layer, dtype) for _ in range(cfg.n_layers))
+        else:
+            k, v = jnp.zeros((cfg.n_layers, *layer), dtype), jnp.zeros((cfg.n_layers, *layer), dtype)
+        return cls(k, v, jnp.full((batch, slots), EMPTY, jnp.int32), jnp.zeros((), jnp.int32))
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> GPT:
