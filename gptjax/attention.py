@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gptjax import positions as pos_lib
+from gptjax import sharding
 from gptjax.config import ConfigError, ModelConfig
 from gptjax.layers import Dense, dense_group, dropout
 
@@ -157,10 +158,15 @@ def choose(cfg: ModelConfig, *, platform: str, device_kind: str, aligned: bool, 
     return Choice("xla", f"{impl}: XLA's fused attention, because " + "; ".join(obstacles))
 
 
+def _device() -> jax.Device:
+    # The traced step's mesh decides (a TPU topology's devices in a plan made on a CPU machine).
+    return sharding.traced_device() or jax.devices()[0]
+
+
 def choose_here(cfg: ModelConfig, *, aligned: bool, needs_dropout: bool) -> Choice:
     """`choose` for this process's devices; a fallback on an NVIDIA GPU is worth a warning, once
     per reason (this runs once per trace)."""
-    device = jax.devices()[0]
+    device = _device()
     choice = choose(cfg, platform=device.platform, device_kind=device.device_kind, aligned=aligned,
                     needs_dropout=needs_dropout)
     if choice.impl != "cudnn" and is_nvidia(device.platform, device.device_kind) and choice.reason not in _SAID:
@@ -218,7 +224,7 @@ class Attention(nnx.Module):
         Decoding with a cache (`fuse` False) keeps three: it is bound by weight reads, and the
         concatenated kernel would be one more copy of them per token."""
         layers = (self.q, self.k, self.v)
-        if fuse and jax.devices()[0].platform == "cpu" and all(getattr(m, "lora", None) is None for m in layers):
+        if fuse and _device().platform == "cpu" and all(getattr(m, "lora", None) is None for m in layers):
             return dense_group(layers, x_BxTxD)
         return [m(x_BxTxD) for m in layers]
 

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gptjax import counting, hardware, plan, sharding, train
@@ -119,22 +118,12 @@ def measure_compile(cfg: TrainConfig, opts: BenchOptions) -> list[dict]:
     """Seconds to lower and compile the train step from abstract inputs (nothing allocated), with
     scanned and unrolled layers at each depth."""
     depths = opts.depths or (cfg.model.n_layers, 4 * cfg.model.n_layers)
-    cache = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
     rows = []
-    try:
-        for depth in depths:
-            for scan in (True, False):
-                c = dataclasses.replace(cfg, model=cfg.model.replace(n_layers=depth, scan_layers=scan))
-                tr = train.make_trainer(c, sharding.make_mesh(c.mesh))
-                batch = jax.ShapeDtypeStruct((c.data.batch_size, c.resolved_seq_len + 1), jnp.int32,
-                                             sharding=tr.batch_sharding)
-                stop = jax.ShapeDtypeStruct((tr.mesh.size,), jnp.float32, sharding=sharding.per_device(tr.mesh))
-                step = train.make_train_step(tr)
-                seconds = _timed(lambda: step.lower(tr.abstract_state, tr.abstract_frozen, batch, stop).compile())
-                rows.append({"n_layers": depth, "scan_layers": scan, "compile_s": seconds})
-    finally:
-        jax.config.update("jax_enable_compilation_cache", cache)
+    for depth in depths:
+        for scan in (True, False):
+            c = dataclasses.replace(cfg, model=cfg.model.replace(n_layers=depth, scan_layers=scan))
+            _, seconds = plan.compile_step(train.make_trainer(c, sharding.make_mesh(c.mesh)))
+            rows.append({"n_layers": depth, "scan_layers": scan, "compile_s": seconds})
     return rows
 
 

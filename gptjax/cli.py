@@ -44,24 +44,38 @@ def _plan(args) -> int:
 
     from gptjax.config import ConfigError, load_train_config
 
-    sizes = _mesh_sizes(args.mesh)
-    overrides = [*args.overrides, *(f"mesh.{k}={v}" for k, v in sizes.items())]
-    if args.batch is not None:
-        overrides.append(f"data.batch_size={args.batch}")
-    cfg = load_train_config(args.config, overrides)  # bad input fails before jax starts
+    sizes = _mesh_sizes(args.mesh or "data=1")
     n = sizes["data"] * sizes["fsdp"] * sizes["tensor"]
-    # Fake CPU devices of the mesh's size: read when jax creates its CPU client, which nothing
-    # before this point has done.
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+
+    def config(sizes):
+        overrides = [*args.overrides, *(f"mesh.{k}={v}" for k, v in sizes.items())]
+        if args.batch is not None:
+            overrides.append(f"data.batch_size={args.batch}")
+        return load_train_config(args.config, overrides)
+
+    cfg = config(sizes)  # bad input fails before jax starts
+    if not args.topology:
+        # Fake CPU devices of the mesh's size: read when jax creates its CPU client, which nothing
+        # before this point has done.
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
     import jax
 
-    jax.config.update("jax_platforms", "cpu")
-    if jax.device_count() != n:
-        raise ConfigError(f"--mesh needs {n} devices but jax started with {jax.device_count()}; run `gptjax plan` "
-                          "in a fresh process")
+    jax.config.update("jax_platforms", "cpu")  # a TPU topology compiles from here too
     from gptjax import plan
 
-    result = plan.make_plan(cfg, args.accelerator)
+    devices = None
+    if args.topology:
+        devices = plan.tpu_devices(args.topology)
+        if args.mesh is None:  # all chips data-parallel
+            n = len(devices)
+            cfg = config({"data": n, "fsdp": 1, "tensor": 1})
+        if n != len(devices):
+            raise ConfigError(f"--mesh {args.mesh} spans {n} devices but topology {args.topology} has "
+                              f"{len(devices)} chips; give a mesh of {len(devices)}")
+    elif jax.device_count() != n:
+        raise ConfigError(f"--mesh needs {n} devices but jax started with {jax.device_count()}; run `gptjax plan` "
+                          "in a fresh process")
+    result = plan.make_plan(cfg, args.accelerator, devices=devices, topology=args.topology)
     print(plan.format_plan(result))
     if args.output:
         from gptjax import storage
@@ -479,7 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "report per-device memory, and whether it fits an accelerator")
     s.add_argument("config", help="a YAML file or a preset name")
     s.add_argument("overrides", nargs="*", help="section.field=value, e.g. model.remat=full data.seq_len=2048")
-    s.add_argument("--mesh", default="data=1", help="data=N,fsdp=N,tensor=N (missing axes are 1)")
+    s.add_argument("--mesh", help="data=N,fsdp=N,tensor=N (missing axes are 1; default data=1, or data=CHIPS "
+                   "with --topology)")
+    s.add_argument("--topology", help="compile for a TPU slice such as v5e:2x4, v5p:2x2x1, v6e:2x2 with the TPU "
+                   "compiler (needs libtpu; runs on a CPU machine) instead of fake CPU devices")
     s.add_argument("--batch", type=int, help="global batch size (data.batch_size)")
     s.add_argument("--accelerator", help="check the plan against its memory: h100, h200, b200, a100-40gb, "
                    "a100-80gb, l40s, l4, a10g, v100-32gb, tpu-v4, tpu-v5e, tpu-v5p, tpu-v6e")

@@ -2,10 +2,12 @@
 
 The step is the one training runs (train.make_train_step), lowered against abstract inputs that
 carry the target shardings and compiled for the mesh's devices, so nothing is allocated. Which
-devices: fake CPU devices of the requested count (the CLI sets them up before jax starts). The
-parameter, optimizer-state and batch figures are exact (shard shapes times item sizes, the same
-for any backend); the temporaries are the CPU compiler's buffer assignment, which fuses and
-schedules differently from the GPU and TPU compilers, so for accelerators they are an estimate.
+devices: those of a TPU topology (`tpu_devices("v5e:2x4")`, through libtpu, which compiles for
+TPUs on any machine: the plan is then the real TPU compiler's), or fake CPU devices of the
+requested count (the CLI sets them up before jax starts). The parameter, optimizer-state and batch
+figures are exact (shard shapes times item sizes, the same for any backend); on CPU devices the
+temporaries are the CPU compiler's buffer assignment, which fuses and schedules differently from
+the GPU and TPU compilers, so for GPUs they are an estimate (no GPU compiler runs without a GPU).
 Supervised fine-tuning rows (tokens with weights, segments and positions) are planned as plain
 token rows of the same shape; the three small int/float arrays beside them are left out.
 """
@@ -21,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax import counting, hardware, sharding, train
-from gptjax.config import TrainConfig
+from gptjax.config import ConfigError, TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,8 @@ class Plan:
     temp_bytes: int  # activations and temporaries
     peak_bytes: int  # arguments + outputs - aliased + temporaries
     compile_s: float
+    device_kind: str = ""
+    topology: str | None = None  # the TPU topology compiled for, if any
     accelerator: str | None = None
     capacity_bytes: float | None = None
 
@@ -59,22 +63,58 @@ def per_device_bytes(tree) -> int:
                for a in jax.tree.leaves(tree))
 
 
-def make_plan(cfg: TrainConfig, accelerator: str | None = None) -> Plan:
-    """Compile the train step of `cfg` on its mesh over the available devices; report memory."""
+def tpu_devices(topology: str) -> list:
+    """The devices of a TPU slice such as 'v5e:2x4' or 'v5p:2x2x1', to compile for without one."""
+    import os
+
+    from jax.experimental import topologies
+
+    # Compiling touches no chip: let several processes (a test run, parallel plans) load libtpu,
+    # whose lockfile otherwise admits one per machine.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    try:
+        return list(topologies.get_topology_desc(topology, "tpu").devices)
+    except RuntimeError as e:
+        if "not installed" in str(e):
+            raise ConfigError(f"--topology {topology}: compiling for TPUs needs libtpu (pip install "
+                              f"'jax[tpu]=={jax.__version__}' installs the matching one; it runs on a CPU "
+                              "machine)") from e
+        raise ConfigError(f"--topology {topology!r}: {e} (expected a TPU slice such as v5e:2x4, v5p:2x2x1, "
+                          "v6e:2x2, v4:2x2x1)") from e
+
+
+def compile_step(tr: train.Trainer):
+    """The train step compiled from abstract inputs with the trainer's shardings (nothing is
+    allocated), and the seconds it took. The persistent cache is off: a hit is not a compile, and
+    a TPU topology's program has no client to load it into."""
+    batch = jax.ShapeDtypeStruct((tr.cfg.data.batch_size, tr.cfg.resolved_seq_len + 1), jnp.int32,
+                                 sharding=tr.batch_sharding)
+    stop = jax.ShapeDtypeStruct((tr.mesh.size,), jnp.float32, sharding=sharding.per_device(tr.mesh))
+    cache = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        t0 = time.perf_counter()
+        compiled = train.make_train_step(tr).lower(tr.abstract_state, tr.abstract_frozen, batch, stop).compile()
+        return compiled, time.perf_counter() - t0
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache)
+
+
+def make_plan(cfg: TrainConfig, accelerator: str | None = None, devices=None, topology: str | None = None) -> Plan:
+    """Compile the train step of `cfg` on its mesh over `devices` (default: the available ones;
+    a TPU topology's from `tpu_devices`); report memory."""
     capacity = hardware.device_memory(accelerator) if accelerator else None  # bad names fail first
-    mesh = sharding.make_mesh(cfg.mesh)
+    mesh = sharding.make_mesh(cfg.mesh, devices)
     tr = train.make_trainer(cfg, mesh)
     seq = cfg.resolved_seq_len
     batch = jax.ShapeDtypeStruct((cfg.data.batch_size, seq + 1), jnp.int32, sharding=tr.batch_sharding)
-    stop = jax.ShapeDtypeStruct((mesh.size,), jnp.float32, sharding=sharding.per_device(mesh))
-    t0 = time.perf_counter()
-    compiled = train.make_train_step(tr).lower(tr.abstract_state, tr.abstract_frozen, batch, stop).compile()
-    compile_s = time.perf_counter() - t0
+    compiled, compile_s = compile_step(tr)
     mem = compiled.memory_analysis()
     argument, output = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
     alias, temp = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
     return Plan(
-        mesh=dict(zip(mesh.axis_names, mesh.devices.shape)), devices=mesh.size, platform=jax.devices()[0].platform,
+        mesh=dict(zip(mesh.axis_names, mesh.devices.shape)), devices=mesh.size, platform=sharding.platform(mesh),
+        device_kind=mesh.devices.flat[0].device_kind, topology=topology,
         batch_size=cfg.data.batch_size, seq_len=seq, params=counting.param_counts(cfg.model, seq).total,
         params_bytes=per_device_bytes(tr.abstract_state["params"]),
         frozen_bytes=per_device_bytes(tr.abstract_frozen) if tr.abstract_frozen is not None else 0,
@@ -92,7 +132,8 @@ def format_plan(plan: Plan) -> str:
             ("activations and temporaries", plan.temp_bytes), ("peak (arguments + outputs - donated + temps)",
                                                                 plan.peak_bytes)]
     lines = [f"train step of {plan.params:,} parameters, batch {plan.batch_size} x {plan.seq_len} tokens, "
-             f"mesh {mesh} ({plan.devices} {plan.platform} devices), compiled in {plan.compile_s:.1f} s",
+             f"mesh {mesh} ({plan.devices} {plan.device_kind or plan.platform} devices"
+             f"{f', topology {plan.topology}' if plan.topology else ''}), compiled in {plan.compile_s:.1f} s",
              "per device:"]
     lines += [f"  {name:<46} {value / gib:10.3f} GiB" for name, value in rows if value or name == "parameters"]
     if plan.accelerator is not None:
@@ -103,5 +144,7 @@ def format_plan(plan: Plan) -> str:
                      f"{plan.capacity_bytes / gib:.1f} GiB{note})")
     if plan.platform == "cpu":
         lines.append("parameters, optimizer state and batch are exact; temporaries are the CPU compiler's buffer "
-                     "assignment (an estimate for GPUs and TPUs)")
+                     "assignment (an estimate for GPUs; --topology compiles for TPUs with their own compiler)")
+    elif plan.platform == "tpu":
+        lines.append("compiled by the TPU compiler (libtpu) for this topology: every figure is the TPU program's")
     return "\n".join(lines)

@@ -59,6 +59,11 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
     return Mesh(np.asarray(devices).reshape(shape), AXES, axis_types=(AxisType.Auto,) * 3)
 
 
+def platform(mesh: Mesh) -> str:
+    """The platform the mesh's devices are (a TPU topology's, in a plan made on a CPU machine)."""
+    return mesh.devices.flat[0].platform
+
+
 def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
@@ -86,6 +91,11 @@ def activations_on(mesh: Mesh):
         yield
     finally:
         _ACTIVATION_MESH.pop()
+
+
+def traced_device() -> jax.Device | None:
+    """A device of the mesh a step is being traced for (inside `activations_on`), else None."""
+    return _ACTIVATION_MESH[-1].devices.flat[0] if _ACTIVATION_MESH else None
 
 
 def constrain_activations(x_BxTxD: jax.Array) -> jax.Array:

@@ -185,7 +185,7 @@ def make_train_step(tr: Trainer):
     return jax.jit(step, in_shardings=(tr.state_shardings, tr.frozen_shardings, tr.batch_sharding,
                                        sharding.per_device(tr.mesh)),
                    out_shardings=(tr.state_shardings, sharding.replicated(tr.mesh)), donate_argnums=0,
-                   compiler_options=xla.compiler_options())
+                   compiler_options=xla.compiler_options(sharding.platform(tr.mesh)))
 
 
 def _row_losses(model: GPT, rows, key, z_loss: float):
@@ -222,4 +222,5 @@ def make_eval_step(tr: Trainer):
 
     return jax.jit(step, in_shardings=(tr.state_shardings["params"], tr.frozen_shardings, tr.batch_sharding,
                                        sharding.batch_sharding(tr.mesh, 1)),
-                   out_shardings=sharding.replicated(tr.mesh), compiler_options=xla.compiler_options())
+                   out_shardings=sharding.replicated(tr.mesh),
+                   compiler_options=xla.compiler_options(sharding.platform(tr.mesh)))

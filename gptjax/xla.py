@@ -40,9 +40,11 @@ GPU_PROFILE = (
 PROFILES = {"none": (), "gpu": GPU_PROFILE}
 
 
-def compiler_options() -> dict[str, str] | None:
-    """Options for a step compiled for this process's devices (None where XLA's defaults are best)."""
-    return dict(CPU_COMPILER_OPTIONS) if jax.devices()[0].platform == "cpu" else None
+def compiler_options(platform: str | None = None) -> dict[str, str] | None:
+    """Options for a step compiled for `platform` (default: this process's devices; a plan for a
+    TPU topology compiles for TPUs from a CPU process). None where XLA's defaults are best."""
+    platform = platform or jax.devices()[0].platform
+    return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else None
 
 
 def apply_profile(name: str, environ=os.environ) -> None:

@@ -10,7 +10,7 @@ python -m pip install -q --upgrade pip
 if [ "${1:-}" = "test" ]; then
   # An unpinned torch resolves to a multi-GB CUDA build; 2.13.0 is the CPU build on this machine.
   python -m pip install -q "torch==2.13.0"
-  python -m pip install -q -c scripts/constraints.txt -e ".[hf,storage,eval,dev]"
+  python -m pip install -q -c scripts/constraints.txt -e ".[hf,storage,eval,dev,tpu]"
 else
   python -m pip install -q -c scripts/constraints.txt -e .
 fi

@@ -78,3 +78,43 @@ def test_fsdp_keeps_the_activations_batch_split():
     wide = dict(d_model=128, d_ff=512)
     fsdp, data = plan.make_plan(config({"fsdp": 8}, **wide)), plan.make_plan(config({"data": 8}, **wide))
     assert fsdp.temp_bytes < 1.3 * data.temp_bytes, (fsdp.temp_bytes, data.temp_bytes)
+
+
+def _libtpu():
+    """The TPU compiler, which runs on any machine; where GPTJAX_REQUIRE_LIBTPU=1 (CI) it must be there."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("libtpu") is None:
+        if os.environ.get("GPTJAX_REQUIRE_LIBTPU") == "1":
+            pytest.fail("GPTJAX_REQUIRE_LIBTPU=1 but libtpu is not installed; install the test extras")
+        pytest.skip("libtpu is not installed (the tpu extra)")
+
+
+def test_tpu_topology_plans_are_the_tpu_compilers():
+    _libtpu()
+    devices = plan.tpu_devices("v5e:2x4")
+    assert len(devices) == 8 and devices[0].platform == "tpu"
+    cfg = config({"fsdp": 8})
+    tpu, cpu = plan.make_plan(cfg, "tpu-v5e", devices=devices, topology="v5e:2x4"), plan.make_plan(cfg)
+    assert (tpu.platform, tpu.topology, cpu.platform) == ("tpu", "v5e:2x4", "cpu")
+    assert "v5" in tpu.device_kind.lower() and tpu.fits
+    # The exact figures do not depend on the compiler; the compiled ones are the TPU program's own.
+    assert (tpu.params_bytes, tpu.opt_state_bytes, tpu.batch_bytes) == (cpu.params_bytes, cpu.opt_state_bytes,
+                                                                        cpu.batch_bytes)
+    assert tpu.peak_bytes == tpu.argument_bytes + tpu.output_bytes - tpu.alias_bytes + tpu.temp_bytes > 0
+    assert tpu.temp_bytes != cpu.temp_bytes  # a different compiler's buffer assignment
+    with pytest.raises(ConfigError, match="--topology 'v5e:3x7'"):
+        plan.tpu_devices("v5e:3x7")
+
+
+def test_cli_plans_for_a_tpu_topology(tmp_path):
+    _libtpu()
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({"model": MODEL, "data": {"batch_size": 16}}))
+    out = gptjax("plan", cfg, "--topology", "v5e:2x2", "--accelerator", "tpu-v5e", "--output", tmp_path / "p.json")
+    p = json.loads((tmp_path / "p.json").read_text())
+    assert p["platform"] == "tpu" and p["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1} and p["fits"] is True
+    assert "topology v5e:2x2" in out.stdout and "compiled by the TPU compiler" in out.stdout
+    bad = gptjax("plan", cfg, "--topology", "v5e:2x2", "--mesh", "fsdp=8", check=False)
+    assert bad.returncode == 2 and "--mesh fsdp=8 spans 8 devices but topology v5e:2x2 has 4 chips" in bad.stderr

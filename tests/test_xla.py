@@ -42,8 +42,9 @@ def test_cpu_steps_keep_reductions_out_of_ynnpack():
 def test_gpu_profile_flags_parse_in_this_jaxlib():
     env_flags = " ".join(xla.GPU_PROFILE)
     # XLA aborts the process on an unknown flag, whatever the backend: a renamed flag fails here.
+    env = {"XLA_FLAGS": env_flags, "PATH": "/usr/bin", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", "import jax; print(jax.jit(lambda x: x + 1)(1))"],
-                         capture_output=True, text=True, timeout=120, env={"XLA_FLAGS": env_flags, "PATH": "/usr/bin"})
+                         capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "2", out.stderr[-2000:]
 
 
