@@ -1,4 +1,5 @@
-"""Peak FLOPs per device, the denominator of MFU.
+"""Accelerators' published figures: peak FLOPs per device (the denominator of MFU) and memory
+per device (what `gptjax plan --accelerator` checks against), in one table.
 
 Known accelerators use their published dense peak for the compute dtype (no sparsity); a small
 matmul measures a CPU or an unknown device instead, which understates the peak (a single
@@ -18,30 +19,46 @@ import numpy as np
 from gptjax import storage
 from gptjax.config import ConfigError
 
-# (substring of the lower-cased jax device_kind, name, bf16 dense, fp32 dense), most specific
-# first. NVIDIA: datasheet dense tensor-core bf16 and non-tensor fp32 (the sparse figures halved).
-# TPU: Cloud TPU system-architecture pages, bf16 per chip; TPUs run fp32 matmuls as bf16 passes
-# and publish no fp32 peak, so their bf16 figure serves both.
-PUBLISHED: tuple[tuple[str, str, float, float], ...] = (
-    ("h100 pcie", "NVIDIA H100 PCIe", 756e12, 51e12),
-    ("h100", "NVIDIA H100 SXM", 989e12, 67e12),
-    ("gh200", "NVIDIA GH200", 989e12, 67e12),
-    ("h200", "NVIDIA H200", 989e12, 67e12),
-    ("b200", "NVIDIA B200", 2250e12, 75e12),
-    ("a100", "NVIDIA A100", 312e12, 19.5e12),
-    ("a10g", "NVIDIA A10G", 70e12, 31.2e12),
-    ("l40s", "NVIDIA L40S", 362e12, 91.6e12),
-    ("l4", "NVIDIA L4", 121e12, 30.3e12),
-    ("v100", "NVIDIA V100", 125e12, 15.7e12),
-    ("v6 lite", "TPU v6e", 918e12, 918e12),
-    ("v6e", "TPU v6e", 918e12, 918e12),
-    ("v5 lite", "TPU v5e", 197e12, 197e12),
-    ("v5e", "TPU v5e", 197e12, 197e12),
-    ("v5p", "TPU v5p", 459e12, 459e12),
-    ("tpu v5", "TPU v5p", 459e12, 459e12),
-    ("tpu v4", "TPU v4", 275e12, 275e12),
-    ("tpu v3", "TPU v3", 123e12, 123e12),
-    ("tpu v2", "TPU v2", 45e12, 45e12),
+
+@dataclasses.dataclass(frozen=True)
+class Accelerator:
+    kind: str  # a substring of the lower-cased jax device_kind
+    name: str
+    bf16: float  # dense peak FLOP/s
+    fp32: float
+    key: str | None = None  # its name for `gptjax plan --accelerator`, where it has a memory figure
+    memory: str = ""  # as the vendor states it
+    memory_bytes: float = 0.0
+
+
+GB, GIB = 1e9, 2**30
+# Most specific kind first. Peaks: NVIDIA datasheets' dense tensor-core bf16 and non-tensor fp32
+# (the sparse figures halved); Cloud TPU system-architecture pages, bf16 per chip (TPUs run fp32
+# matmuls as bf16 passes and publish no fp32 peak, so their bf16 figure serves both). Memory:
+# datasheet capacities (NVIDIA in GB as sold, TPU HBM per chip in GiB as Cloud TPU states it); not
+# all of it is usable: JAX preallocates XLA_PYTHON_CLIENT_MEM_FRACTION (0.75 by default on GPUs)
+# and the runtime keeps some, so a plan near the limit is a warning, not a fit.
+ACCELERATORS: tuple[Accelerator, ...] = (
+    Accelerator("h100 pcie", "NVIDIA H100 PCIe", 756e12, 51e12),
+    Accelerator("h100", "NVIDIA H100 SXM", 989e12, 67e12, "h100", "80 GB", 80 * GB),
+    Accelerator("gh200", "NVIDIA GH200", 989e12, 67e12),
+    Accelerator("h200", "NVIDIA H200", 989e12, 67e12, "h200", "141 GB", 141 * GB),
+    Accelerator("b200", "NVIDIA B200", 2250e12, 75e12, "b200", "180 GB", 180 * GB),
+    Accelerator("a100", "NVIDIA A100", 312e12, 19.5e12, "a100-40gb", "40 GB", 40 * GB),
+    Accelerator("a100", "NVIDIA A100", 312e12, 19.5e12, "a100-80gb", "80 GB", 80 * GB),
+    Accelerator("a10g", "NVIDIA A10G", 70e12, 31.2e12, "a10g", "24 GB", 24 * GB),
+    Accelerator("l40s", "NVIDIA L40S", 362e12, 91.6e12, "l40s", "48 GB", 48 * GB),
+    Accelerator("l4", "NVIDIA L4", 121e12, 30.3e12, "l4", "24 GB", 24 * GB),
+    Accelerator("v100", "NVIDIA V100", 125e12, 15.7e12, "v100-32gb", "32 GB", 32 * GB),
+    Accelerator("v6 lite", "TPU v6e", 918e12, 918e12, "tpu-v6e", "32 GiB", 32 * GIB),
+    Accelerator("v6e", "TPU v6e", 918e12, 918e12),
+    Accelerator("v5 lite", "TPU v5e", 197e12, 197e12, "tpu-v5e", "16 GiB", 16 * GIB),
+    Accelerator("v5e", "TPU v5e", 197e12, 197e12),
+    Accelerator("v5p", "TPU v5p", 459e12, 459e12, "tpu-v5p", "95 GiB", 95 * GIB),
+    Accelerator("tpu v5", "TPU v5p", 459e12, 459e12),
+    Accelerator("tpu v4", "TPU v4", 275e12, 275e12, "tpu-v4", "32 GiB", 32 * GIB),
+    Accelerator("tpu v3", "TPU v3", 123e12, 123e12),
+    Accelerator("tpu v2", "TPU v2", 45e12, 45e12),
 )
 
 
@@ -57,9 +74,9 @@ class PeakFlops:
 def published(device_kind: str, dtype: str) -> tuple[str, float] | None:
     """(name, peak) of a known accelerator for `dtype` ("bfloat16" or "float32"), else None."""
     kind = device_kind.lower()
-    for key, name, bf16, fp32 in PUBLISHED:
-        if key in kind:
-            return name, bf16 if dtype == "bfloat16" else fp32
+    for acc in ACCELERATORS:
+        if acc.kind in kind:
+            return acc.name, acc.bf16 if dtype == "bfloat16" else acc.fp32
     return None
 
 
@@ -99,30 +116,10 @@ def _measure_matmul_flops(n: int = 1024, reps: int = 5) -> float:
     return 2 * n**3 / float(np.median(times))
 
 
-# Memory per device (bytes) of accelerators a plan can be checked against: the vendors'
-# datasheet capacities (NVIDIA in GB as sold, TPU HBM per chip in GiB as Cloud TPU states it).
-# The whole of it is not usable: JAX preallocates XLA_PYTHON_CLIENT_MEM_FRACTION (0.75 by
-# default on GPUs) and the runtime keeps some, so a plan near the limit is a warning, not a fit.
-MEMORY: dict[str, tuple[str, float]] = {
-    "h100": ("NVIDIA H100 SXM 80 GB", 80e9),
-    "h200": ("NVIDIA H200 141 GB", 141e9),
-    "b200": ("NVIDIA B200 180 GB", 180e9),
-    "a100-40gb": ("NVIDIA A100 40 GB", 40e9),
-    "a100-80gb": ("NVIDIA A100 80 GB", 80e9),
-    "l40s": ("NVIDIA L40S 48 GB", 48e9),
-    "l4": ("NVIDIA L4 24 GB", 24e9),
-    "a10g": ("NVIDIA A10G 24 GB", 24e9),
-    "v100-32gb": ("NVIDIA V100 32 GB", 32e9),
-    "tpu-v4": ("TPU v4 32 GiB", 32 * 2**30),
-    "tpu-v5e": ("TPU v5e 16 GiB", 16 * 2**30),
-    "tpu-v5p": ("TPU v5p 95 GiB", 95 * 2**30),
-    "tpu-v6e": ("TPU v6e 32 GiB", 32 * 2**30),
-}
-
-
 def device_memory(accelerator: str) -> tuple[str, float]:
     """(name, bytes) of a named accelerator; unknown names list the known ones."""
-    key = accelerator.lower()
-    if key not in MEMORY:
-        raise ConfigError(f"--accelerator {accelerator!r} is not one of {', '.join(MEMORY)}")
-    return MEMORY[key]
+    by_key = {acc.key: acc for acc in ACCELERATORS if acc.key}
+    acc = by_key.get(accelerator.lower())
+    if acc is None:
+        raise ConfigError(f"--accelerator {accelerator!r} is not one of {', '.join(by_key)}")
+    return f"{acc.name} {acc.memory}", acc.memory_bytes
