@@ -14,8 +14,8 @@ import jax
 
 # XLA:CPU hands dots and, by default in jax 0.10.2, reductions to YNNPACK. Its reductions are slow
 # on the shapes of a small model: the softmax gradient's row sums took 1.7 ms each (7 ms of an
-# 85 ms Shakespeare step); keeping YNNPACK for dots only made that step 10% faster (measured
-# interleaved in one process, benchmarks/README.md).
+# 85 ms Shakespeare step); keeping YNNPACK for dots only made that step 5% faster, and the gpt2
+# decode loop 2x faster at batch 8 (measured interleaved in one process; README, "Benchmarks").
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 # What MaxText, Paxml and JAX's GPU performance guide set for transformer training on NVIDIA GPUs:
