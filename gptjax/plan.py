@@ -14,8 +14,12 @@ token rows of the same shape; the three small int/float arrays beside them are l
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
+import sys
+import tempfile
 import time
 
 import jax
@@ -63,17 +67,30 @@ def per_device_bytes(tree) -> int:
                for a in jax.tree.leaves(tree))
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Native code's writes to file descriptor 2 go to a discarded temporary file meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def tpu_devices(topology: str) -> list:
     """The devices of a TPU slice such as 'v5e:2x4' or 'v5p:2x2x1', to compile for without one."""
-    import os
-
     from jax.experimental import topologies
 
     # Compiling touches no chip: let several processes (a test run, parallel plans) load libtpu,
     # whose lockfile otherwise admits one per machine.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
-        return list(topologies.get_topology_desc(topology, "tpu").devices)
+        with _quiet_native_stderr():  # libtpu's start-up looks for a TPU VM's metadata and logs that it found none
+            return list(topologies.get_topology_desc(topology, "tpu").devices)
     except RuntimeError as e:
         if "not installed" in str(e):
             raise ConfigError(f"--topology {topology}: compiling for TPUs needs libtpu (pip install "
@@ -90,14 +107,20 @@ def compile_step(tr: train.Trainer):
     batch = jax.ShapeDtypeStruct((tr.cfg.data.batch_size, tr.cfg.resolved_seq_len + 1), jnp.int32,
                                  sharding=tr.batch_sharding)
     stop = jax.ShapeDtypeStruct((tr.mesh.size,), jnp.float32, sharding=sharding.per_device(tr.mesh))
+    from jax.experimental.compilation_cache import compilation_cache
+
+    # jax decides once per process whether the cache is used: the flag alone would be ignored
+    # after the first compile, so the decision is reset on the way in and out.
     cache = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
     try:
         t0 = time.perf_counter()
         compiled = train.make_train_step(tr).lower(tr.abstract_state, tr.abstract_frozen, batch, stop).compile()
         return compiled, time.perf_counter() - t0
     finally:
         jax.config.update("jax_enable_compilation_cache", cache)
+        compilation_cache.reset_cache()
 
 
 def make_plan(cfg: TrainConfig, accelerator: str | None = None, devices=None, topology: str | None = None) -> Plan:
