@@ -146,10 +146,8 @@ def _generate(graphdef, params, layers, tokens_BxP, starts_B, key, *, sampling: 
 
 @functools.cache
 def _compiled_generate():
-    """`_generate` jitted with this backend's compiler options (read when first used, not at import:
-    asking for the devices starts jax's backend, after which XLA_FLAGS are fixed)."""
-    return jax.jit(_generate, static_argnames=("graphdef", "sampling", "slots", "stream", "scores"),
-                   compiler_options=xla.compiler_options())
+    """`_generate` compiled as every model program is (xla.jit), made when first used."""
+    return xla.jit(_generate, static_argnames=("graphdef", "sampling", "slots", "stream", "scores"))
 
 
 def _seen(tokens_BxP, pad_BxP, vocab):

@@ -30,7 +30,7 @@ import optax
 import tqdm
 from flax import nnx
 
-from gptjax import data, init_from, optim, sharding
+from gptjax import data, init_from, optim, sharding, xla
 from gptjax.config import TrainConfig
 from gptjax.errors import DataError
 from gptjax.model import abstract_model
@@ -276,8 +276,8 @@ def make_train_step(tr: TaskTrainer):
                    "grad_norm": optax.tree.norm(grads)}
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
-    return jax.jit(step, in_shardings=(tr.state_shardings, tr.batch_sharding(3), tr.batch_sharding(2),
-                                       tr.batch_sharding(1)),
+    return xla.jit(step, mesh=tr.mesh, in_shardings=(tr.state_shardings, tr.batch_sharding(3),
+                                                     tr.batch_sharding(2), tr.batch_sharding(1)),
                    out_shardings=(tr.state_shardings, sharding.replicated(tr.mesh)), donate_argnums=0)
 
 
@@ -286,7 +286,8 @@ def make_predict(tr: TaskTrainer):
         out, _ = _outputs(tr, params, tokens, ends, None)
         return out
 
-    return jax.jit(predict, in_shardings=(tr.state_shardings["params"], tr.batch_sharding(3), tr.batch_sharding(2)),
+    return xla.jit(predict, mesh=tr.mesh,
+                   in_shardings=(tr.state_shardings["params"], tr.batch_sharding(3), tr.batch_sharding(2)),
                    out_shardings=sharding.replicated(tr.mesh))
 
 

@@ -182,10 +182,9 @@ def make_train_step(tr: Trainer):
                    "stop": jnp.max(stop_D) > 0}
         return new_state, metrics
 
-    return jax.jit(step, in_shardings=(tr.state_shardings, tr.frozen_shardings, tr.batch_sharding,
-                                       sharding.per_device(tr.mesh)),
-                   out_shardings=(tr.state_shardings, sharding.replicated(tr.mesh)), donate_argnums=0,
-                   compiler_options=xla.compiler_options(sharding.platform(tr.mesh)))
+    return xla.jit(step, mesh=tr.mesh, in_shardings=(tr.state_shardings, tr.frozen_shardings, tr.batch_sharding,
+                                                     sharding.per_device(tr.mesh)),
+                   out_shardings=(tr.state_shardings, sharding.replicated(tr.mesh)), donate_argnums=0)
 
 
 def _row_losses(model: GPT, rows, key, z_loss: float):
@@ -220,7 +219,6 @@ def make_eval_step(tr: Trainer):
         w = w * weights_B[:, None]
         return jnp.sum(ce * w), jnp.sum(w)
 
-    return jax.jit(step, in_shardings=(tr.state_shardings["params"], tr.frozen_shardings, tr.batch_sharding,
-                                       sharding.batch_sharding(tr.mesh, 1)),
-                   out_shardings=sharding.replicated(tr.mesh),
-                   compiler_options=xla.compiler_options(sharding.platform(tr.mesh)))
+    return xla.jit(step, mesh=tr.mesh, in_shardings=(tr.state_shardings["params"], tr.frozen_shardings,
+                                                     tr.batch_sharding, sharding.batch_sharding(tr.mesh, 1)),
+                   out_shardings=sharding.replicated(tr.mesh))

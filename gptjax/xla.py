@@ -1,7 +1,7 @@
 """XLA settings: compiler options gptjax applies to its steps, and the GPU flag profile peers use.
 
-Compiler options travel with each jitted step (`jax.jit(..., compiler_options=...)`), so they
-apply per program and need nothing set before jax starts. XLA_FLAGS, by contrast, are read once
+Compiler options travel with each compiled program (`xla.jit`, which every model program goes
+through), so they need nothing set before jax starts. XLA_FLAGS, by contrast, are read once
 when the backend starts: the GPU profile is applied by `gptjax train|finetune|bench --xla-profile gpu`
 (or by GPTJAX_XLA_PROFILE=gpu in the job's environment) before jax starts.
 """
@@ -41,10 +41,22 @@ PROFILES = {"none": (), "gpu": GPU_PROFILE}
 
 
 def compiler_options(platform: str | None = None) -> dict[str, str] | None:
-    """Options for a step compiled for `platform` (default: this process's devices; a plan for a
-    TPU topology compiles for TPUs from a CPU process). None where XLA's defaults are best."""
+    """Options for a program compiled for `platform` (default: this process's devices). None where
+    XLA's defaults are best."""
     platform = platform or jax.devices()[0].platform
     return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else None
+
+
+def jit(fun, *, mesh=None, **jit_kwargs):
+    """`jax.jit` for a computation of the model, with the compiler options of the devices it runs
+    on: the mesh's (a plan for a TPU topology compiles for TPUs from a CPU process), else this
+    process's. Every model program goes through here, so none is compiled with XLA:CPU's slow
+    defaults. Call it when the program is needed, not at import: asking for the devices starts
+    jax's backend, after which XLA_FLAGS are fixed."""
+    from gptjax import sharding
+
+    platform = sharding.platform(mesh) if mesh is not None else None
+    return jax.jit(fun, compiler_options=compiler_options(platform), **jit_kwargs)
 
 
 def apply_profile(name: str, environ=os.environ) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from gptjax import xla
 from gptjax.model import GPT
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ class ScoreError(EvalError):
     """A request the model cannot score; the message says which and why."""
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
 def _score(graphdef, params, inputs_BxT, targets_BxT, mask_BxT):
     model = nnx.merge(graphdef, params)
     logits = model(inputs_BxT)  # float32 [B, T, vocab]; no dropout without a key
@@ -45,6 +45,11 @@ def _score(graphdef, params, inputs_BxT, targets_BxT, mask_BxT):
     logprob = picked - jax.nn.logsumexp(logits, axis=-1)
     greedy = jnp.argmax(logits, axis=-1) == targets_BxT
     return jnp.sum(jnp.where(mask_BxT, logprob, 0.0), axis=1), jnp.all(greedy | ~mask_BxT, axis=1)
+
+
+@functools.cache
+def _compiled_score():
+    return xla.jit(_score, static_argnames=("graphdef",))
 
 
 def bucket(length: int, cap: int) -> int:
@@ -97,7 +102,7 @@ class Scorer:
             rows = order[start:start + self.batch_size]
             length = bucket(len(windows[rows[0]][0]), self.max_length)
             inputs, targets, mask = _pack([windows[i] for i in rows], self.batch_size, length)
-            sums, greedy = _score(self.graphdef, self.params, inputs, targets, mask)
+            sums, greedy = _compiled_score()(self.graphdef, self.params, inputs, targets, mask)
             for i, s, g in zip(rows, np.asarray(sums), np.asarray(greedy)):
                 results[i] = (float(s), bool(g))
             bar.update(len(rows))
