@@ -56,7 +56,7 @@ def reference_attention(q, k, v, *, mask_BxTxS, bias_BxNxTxS, scale, probs_dropo
     b, t, n, h = q.shape
     kv = k.shape[2]
     q5 = q.reshape(b, t, kv, n // kv, h).astype(jnp.float32)
-    if t == 1:  # one decoding step: see _one_query_attention
+    if t == 1 and (key is None or probs_dropout == 0.0):  # one decoding step: see _one_query_attention
         return _one_query_attention(q5, k, v, mask_BxTxS, bias_BxNxTxS, scale).reshape(b, t, n, h).astype(q.dtype)
     logits = jnp.einsum("BTKGH,BSKH->BKGTS", q5, k.astype(jnp.float32)) * scale
     if bias_BxNxTxS is not None:

@@ -95,3 +95,18 @@ def test_the_model_runs_the_causal_form_only_where_the_mask_is_plain_causal(monk
     model(tokens, positions)
     model.decode(tokens, positions, KVCache.empty(cfg, 2, 16))
     assert len(seen) >= 3 and not any(seen)
+
+
+def test_a_single_query_keeps_attention_dropout():
+    """The one-query form (decoding) must not drop the probabilities' dropout when a step has T = 1."""
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal(s, dtype=np.float32) for s in ((2, 1, 4, 8), (2, 5, 4, 8), (2, 5, 4, 8)))
+    mask = np.ones((2, 1, 5), bool)
+    common = dict(mask_BxTxS=mask, bias_BxNxTxS=None, scale=8**-0.5)
+    plain = attention.reference_attention(q, k, v, **common)
+    dropped = attention.reference_attention(q, k, v, probs_dropout=0.5, key=jax.random.key(0), **common)
+    # Three copies of the query take the general path: its first row is the same function.
+    dense = attention.reference_attention(np.repeat(q, 3, axis=1), k, v,
+                                          **{**common, "mask_BxTxS": np.repeat(mask, 3, axis=1)})
+    np.testing.assert_allclose(np.asarray(plain), np.asarray(dense)[:, :1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(plain), np.asarray(dropped))
