@@ -62,6 +62,8 @@ class _JaxTrainer:
     """The real train step of `cfg` on its mesh, fed one fixed batch (data loading is timed apart)."""
 
     def __init__(self, cfg: TrainConfig):
+        if cfg.finetune.lora is not None:
+            raise ConfigError("gptjax bench measures full training; a LoRA config (finetune.lora) is not supported")
         mesh = sharding.make_mesh(cfg.mesh)
         self.tr = train.make_trainer(cfg, mesh)
         self.state = train.init_state(self.tr)
@@ -71,8 +73,6 @@ class _JaxTrainer:
         self.batch = jax.device_put(rows.astype(np.int32), self.tr.batch_sharding)
         self.stop = jax.device_put(np.zeros((mesh.size,), np.float32), sharding.per_device(mesh))
         self.frozen = None
-        if self.tr.abstract_frozen is not None:
-            raise ConfigError("gptjax bench measures full training; a LoRA config (finetune.lora) is not supported")
 
     def run(self, n: int) -> float:
         def go():
@@ -144,9 +144,6 @@ def measure_generate(cfg: TrainConfig, opts: BenchOptions) -> list[dict]:
     from gptjax.model import init_model
 
     m = cfg.model
-    if m.position == "learned" and opts.prompt + opts.new_tokens > m.max_seq_len:
-        raise ConfigError(f"--prompt {opts.prompt} + --new-tokens {opts.new_tokens} exceed the model's "
-                          f"{m.max_seq_len} learned positions")
     model = init_model(m, cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     rows = []

@@ -90,7 +90,7 @@ class TorchTrainer:
         logits = self.model(input_ids=self.x).logits
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), self.y.reshape(-1))
 
-    def step(self) -> float:
+    def step(self):
         import torch
 
         loss = self._loss()

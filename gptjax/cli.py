@@ -91,8 +91,9 @@ def _bench(args) -> int:
     from gptjax.config import load_train_config
 
     cfg = load_train_config(args.config, args.overrides)
+    sections = tuple(filter(None, args.sections.split(","))) if args.sections else bench.SECTIONS
     opts = bench.BenchOptions(
-        sections=tuple(filter(None, args.sections.split(","))), repeats=args.repeats, steps=args.steps,
+        sections=sections, repeats=args.repeats, steps=args.steps,
         warmup=args.warmup, depths=tuple(args.depths), prompt=args.prompt, new_tokens=args.new_tokens,
         gen_batch=tuple(args.gen_batch), data_batches=args.data_batches, vs_torch=args.vs_torch or bool(args.nanogpt),
         nanogpt=args.nanogpt, torch_threads=args.torch_threads)  # bad options fail before anything compiles
@@ -507,8 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "data-loader speed of a config; --vs-torch runs the same model in PyTorch alongside")
     s.add_argument("config", help="a YAML file or a preset name")
     s.add_argument("overrides", nargs="*", help="section.field=value, e.g. data.batch_size=8")
-    s.add_argument("--sections", default=",".join(("train", "compile", "memory", "generate", "data")),
-                   help="comma-separated subset of train,compile,memory,generate,data")
+    s.add_argument("--sections", help="comma-separated subset of train,compile,memory,generate,data (default: all)")
     s.add_argument("--repeats", type=int, default=5, help="timed blocks per measurement (the median is reported)")
     s.add_argument("--steps", type=int, default=10, help="train steps per timed block")
     s.add_argument("--warmup", type=int, default=3, help="untimed train steps first")

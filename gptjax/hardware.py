@@ -22,7 +22,7 @@ from gptjax.config import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class Accelerator:
-    kind: str  # a substring of the lower-cased jax device_kind
+    kinds: tuple[str, ...]  # substrings of the lower-cased jax device_kind that name it
     name: str
     bf16: float  # dense peak FLOP/s
     fp32: float
@@ -39,26 +39,23 @@ GB, GIB = 1e9, 2**30
 # all of it is usable: JAX preallocates XLA_PYTHON_CLIENT_MEM_FRACTION (0.75 by default on GPUs)
 # and the runtime keeps some, so a plan near the limit is a warning, not a fit.
 ACCELERATORS: tuple[Accelerator, ...] = (
-    Accelerator("h100 pcie", "NVIDIA H100 PCIe", 756e12, 51e12),
-    Accelerator("h100", "NVIDIA H100 SXM", 989e12, 67e12, "h100", "80 GB", 80 * GB),
-    Accelerator("gh200", "NVIDIA GH200", 989e12, 67e12),
-    Accelerator("h200", "NVIDIA H200", 989e12, 67e12, "h200", "141 GB", 141 * GB),
-    Accelerator("b200", "NVIDIA B200", 2250e12, 75e12, "b200", "180 GB", 180 * GB),
-    Accelerator("a100", "NVIDIA A100", 312e12, 19.5e12, "a100-40gb", "40 GB", 40 * GB),
-    Accelerator("a100", "NVIDIA A100", 312e12, 19.5e12, "a100-80gb", "80 GB", 80 * GB),
-    Accelerator("a10g", "NVIDIA A10G", 70e12, 31.2e12, "a10g", "24 GB", 24 * GB),
-    Accelerator("l40s", "NVIDIA L40S", 362e12, 91.6e12, "l40s", "48 GB", 48 * GB),
-    Accelerator("l4", "NVIDIA L4", 121e12, 30.3e12, "l4", "24 GB", 24 * GB),
-    Accelerator("v100", "NVIDIA V100", 125e12, 15.7e12, "v100-32gb", "32 GB", 32 * GB),
-    Accelerator("v6 lite", "TPU v6e", 918e12, 918e12, "tpu-v6e", "32 GiB", 32 * GIB),
-    Accelerator("v6e", "TPU v6e", 918e12, 918e12),
-    Accelerator("v5 lite", "TPU v5e", 197e12, 197e12, "tpu-v5e", "16 GiB", 16 * GIB),
-    Accelerator("v5e", "TPU v5e", 197e12, 197e12),
-    Accelerator("v5p", "TPU v5p", 459e12, 459e12, "tpu-v5p", "95 GiB", 95 * GIB),
-    Accelerator("tpu v5", "TPU v5p", 459e12, 459e12),
-    Accelerator("tpu v4", "TPU v4", 275e12, 275e12, "tpu-v4", "32 GiB", 32 * GIB),
-    Accelerator("tpu v3", "TPU v3", 123e12, 123e12),
-    Accelerator("tpu v2", "TPU v2", 45e12, 45e12),
+    Accelerator(("h100 pcie",), "NVIDIA H100 PCIe", 756e12, 51e12),
+    Accelerator(("h100",), "NVIDIA H100 SXM", 989e12, 67e12, "h100", "80 GB", 80 * GB),
+    Accelerator(("gh200",), "NVIDIA GH200", 989e12, 67e12),
+    Accelerator(("h200",), "NVIDIA H200", 989e12, 67e12, "h200", "141 GB", 141 * GB),
+    Accelerator(("b200",), "NVIDIA B200", 2250e12, 75e12, "b200", "180 GB", 180 * GB),
+    Accelerator(("a100",), "NVIDIA A100", 312e12, 19.5e12, "a100-40gb", "40 GB", 40 * GB),
+    Accelerator(("a100",), "NVIDIA A100", 312e12, 19.5e12, "a100-80gb", "80 GB", 80 * GB),
+    Accelerator(("a10g",), "NVIDIA A10G", 70e12, 31.2e12, "a10g", "24 GB", 24 * GB),
+    Accelerator(("l40s",), "NVIDIA L40S", 362e12, 91.6e12, "l40s", "48 GB", 48 * GB),
+    Accelerator(("l4",), "NVIDIA L4", 121e12, 30.3e12, "l4", "24 GB", 24 * GB),
+    Accelerator(("v100",), "NVIDIA V100", 125e12, 15.7e12, "v100-32gb", "32 GB", 32 * GB),
+    Accelerator(("v6 lite", "v6e"), "TPU v6e", 918e12, 918e12, "tpu-v6e", "32 GiB", 32 * GIB),
+    Accelerator(("v5 lite", "v5e"), "TPU v5e", 197e12, 197e12, "tpu-v5e", "16 GiB", 16 * GIB),
+    Accelerator(("v5p", "tpu v5"), "TPU v5p", 459e12, 459e12, "tpu-v5p", "95 GiB", 95 * GIB),
+    Accelerator(("tpu v4",), "TPU v4", 275e12, 275e12, "tpu-v4", "32 GiB", 32 * GIB),
+    Accelerator(("tpu v3",), "TPU v3", 123e12, 123e12),
+    Accelerator(("tpu v2",), "TPU v2", 45e12, 45e12),
 )
 
 
@@ -75,7 +72,7 @@ def published(device_kind: str, dtype: str) -> tuple[str, float] | None:
     """(name, peak) of a known accelerator for `dtype` ("bfloat16" or "float32"), else None."""
     kind = device_kind.lower()
     for acc in ACCELERATORS:
-        if acc.kind in kind:
+        if any(k in kind for k in acc.kinds):
             return acc.name, acc.bf16 if dtype == "bfloat16" else acc.fp32
     return None
 

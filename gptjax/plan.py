@@ -100,13 +100,18 @@ def tpu_devices(topology: str) -> list:
                           "v6e:2x2, v4:2x2x1)") from e
 
 
+def abstract_inputs(tr: train.Trainer) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+    """The train step's batch rows and per-device stop flags, as shapes with their shardings."""
+    batch = jax.ShapeDtypeStruct((tr.cfg.data.batch_size, tr.cfg.resolved_seq_len + 1), jnp.int32,
+                                 sharding=tr.batch_sharding)
+    return batch, jax.ShapeDtypeStruct((tr.mesh.size,), jnp.float32, sharding=sharding.per_device(tr.mesh))
+
+
 def compile_step(tr: train.Trainer):
     """The train step compiled from abstract inputs with the trainer's shardings (nothing is
     allocated), and the seconds it took. The persistent cache is off: a hit is not a compile, and
     a TPU topology's program has no client to load it into."""
-    batch = jax.ShapeDtypeStruct((tr.cfg.data.batch_size, tr.cfg.resolved_seq_len + 1), jnp.int32,
-                                 sharding=tr.batch_sharding)
-    stop = jax.ShapeDtypeStruct((tr.mesh.size,), jnp.float32, sharding=sharding.per_device(tr.mesh))
+    batch, stop = abstract_inputs(tr)
     from jax.experimental.compilation_cache import compilation_cache
 
     # jax decides once per process whether the cache is used: the flag alone would be ignored
@@ -130,7 +135,7 @@ def make_plan(cfg: TrainConfig, accelerator: str | None = None, devices=None, to
     mesh = sharding.make_mesh(cfg.mesh, devices)
     tr = train.make_trainer(cfg, mesh)
     seq = cfg.resolved_seq_len
-    batch = jax.ShapeDtypeStruct((cfg.data.batch_size, seq + 1), jnp.int32, sharding=tr.batch_sharding)
+    batch, _ = abstract_inputs(tr)
     compiled, compile_s = compile_step(tr)
     mem = compiled.memory_analysis()
     argument, output = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)

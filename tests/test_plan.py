@@ -120,24 +120,34 @@ def test_cli_plans_for_a_tpu_topology(tmp_path):
     assert bad.returncode == 2 and "--mesh fsdp=8 spans 8 devices but topology v5e:2x2 has 4 chips" in bad.stderr
 
 
-def test_compile_step_compiles_instead_of_reading_the_persistent_cache():
-    """Plans and `gptjax bench` compile times must be compiles: the session's persistent cache
-    (conftest) is neither read nor written, although jax decided to use it at the first compile."""
+@pytest.fixture
+def empty_persistent_cache(tmp_path):
+    """The session's persistent cache (conftest) moved to an empty directory for one test: what
+    earlier runs wrote there must not decide what this one sees."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    session_dir = jax.config.jax_compilation_cache_dir
+    assert session_dir and jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+    compilation_cache.reset_cache()
+    yield tmp_path
+    jax.config.update("jax_compilation_cache_dir", session_dir)
+    compilation_cache.reset_cache()
+
+
+def test_compile_step_compiles_instead_of_reading_the_persistent_cache(empty_persistent_cache):
+    """Plans and `gptjax bench` compile times must be compiles: the persistent cache is neither read
+    nor written, although jax decided to use it at the process's first compile."""
     import os
 
     from gptjax import sharding, train
 
-    cache_dir = jax.config.jax_compilation_cache_dir
-    assert cache_dir and jax.config.jax_enable_compilation_cache
-    cfg = config({"data": 8}, vocab_size=509, d_model=40, n_heads=5, d_ff=152)  # shapes no other test compiles
+    cache_dir = empty_persistent_cache
+    cfg = config({"data": 8}, vocab_size=509, d_model=40, n_heads=5, d_ff=152)
     tr = train.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
     before = set(os.listdir(cache_dir))
     plan.compile_step(tr)
     assert set(os.listdir(cache_dir)) == before
     # The same compile with the cache on writes an entry: the check above can fail.
-    import jax.numpy as jnp
-
-    batch = jax.ShapeDtypeStruct((16, 65), jnp.int32, sharding=tr.batch_sharding)
-    stop = jax.ShapeDtypeStruct((8,), jnp.float32, sharding=sharding.per_device(tr.mesh))
-    train.make_train_step(tr).lower(tr.abstract_state, tr.abstract_frozen, batch, stop).compile()
+    train.make_train_step(tr).lower(tr.abstract_state, tr.abstract_frozen, *plan.abstract_inputs(tr)).compile()
     assert set(os.listdir(cache_dir)) != before

@@ -5,12 +5,11 @@ import subprocess
 import sys
 
 import jax
-import numpy as np
 import pytest
 from helpers import TINY_RUN
 from helpers import gptjax_cli as gptjax
 
-from gptjax import sharding, train, xla
+from gptjax import plan, sharding, train, xla
 from gptjax.config import ConfigError, TrainConfig, from_dict
 
 
@@ -18,10 +17,7 @@ def _compiled_step_text(options):
     cfg = from_dict(TrainConfig, TINY_RUN)
     mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
     tr = train.make_trainer(cfg, mesh)
-    batch = jax.ShapeDtypeStruct((cfg.data.batch_size, cfg.resolved_seq_len + 1), np.int32,
-                                 sharding=tr.batch_sharding)
-    stop = jax.ShapeDtypeStruct((1,), np.float32, sharding=sharding.per_device(mesh))
-    lowered = train.make_train_step(tr).lower(tr.abstract_state, None, batch, stop)
+    lowered = train.make_train_step(tr).lower(tr.abstract_state, None, *plan.abstract_inputs(tr))
     return lowered.compile(compiler_options=options).as_text() if options is not None else lowered.compile().as_text()
 
 
