@@ -94,8 +94,8 @@ def tpu_devices(topology: str) -> list:
     except RuntimeError as e:
         if "not installed" in str(e):
             raise ConfigError(f"--topology {topology}: compiling for TPUs needs libtpu (pip install "
-                              f"'jax[tpu]=={jax.__version__}' installs the matching one; it runs on a CPU "
-                              "machine)") from e
+                              f"'jax[tpu]=={jax.__version__}' installs the matching one, or set TPU_LIBRARY_PATH "
+                              "to its libtpu.so; it runs on a CPU machine)") from e
         raise ConfigError(f"--topology {topology!r}: {e} (expected a TPU slice such as v5e:2x4, v5p:2x2x1, "
                           "v6e:2x2, v4:2x2x1)") from e
 

@@ -13,6 +13,12 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ.get("
                                                                 "jax-test-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# The TPU compiler that scripts/setup.sh installs beside the environment, for the TPU-topology
+# plans (jax reads TPU_LIBRARY_PATH where no libtpu module is installed).
+_LIBTPU = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "tpu-compiler",
+                       "libtpu", "libtpu.so")
+if os.path.isfile(_LIBTPU):
+    os.environ.setdefault("TPU_LIBRARY_PATH", _LIBTPU)
 
 import pathlib  # noqa: E402
 

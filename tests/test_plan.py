@@ -85,10 +85,10 @@ def _libtpu():
     import importlib.util
     import os
 
-    if importlib.util.find_spec("libtpu") is None:
+    if importlib.util.find_spec("libtpu") is None and not os.path.isfile(os.environ.get("TPU_LIBRARY_PATH", "")):
         if os.environ.get("GPTJAX_REQUIRE_LIBTPU") == "1":
-            pytest.fail("GPTJAX_REQUIRE_LIBTPU=1 but libtpu is not installed; install the test extras")
-        pytest.skip("libtpu is not installed (the tpu extra)")
+            pytest.fail("GPTJAX_REQUIRE_LIBTPU=1 but libtpu is not installed; run scripts/setup.sh test")
+        pytest.skip("libtpu is not installed (the tpu extra, or TPU_LIBRARY_PATH)")
 
 
 def test_tpu_topology_plans_are_the_tpu_compilers():
