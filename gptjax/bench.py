@@ -174,7 +174,7 @@ def measure_data(cfg: TrainConfig, opts: BenchOptions) -> dict:
     n = opts.data_batches
     seconds = []
     for r in range(opts.repeats):
-        it = batches.iterate(r * n, (r + 1) * n)
+        it = batches.iterate(r * n * cfg.data.batch_size, n)
         seconds.append(_timed(lambda: [None for _ in it]))
     per_batch = cfg.data.batch_size * (cfg.resolved_seq_len + 1)
     return {"batches": n, "tokens_per_s": n * per_batch / statistics.median(seconds)}

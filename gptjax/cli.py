@@ -30,11 +30,15 @@ def _train(args) -> int:
     distributed.initialize()
     run_dir = args.run_dir or str(pathlib.Path("runs") / cfg.name)
     result = run.train_run(cfg, run_dir, progress=not args.no_progress)
-    val = f", val_loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+    val = f", val_loss {result.val_loss:.4f} (step {result.val_step})" if result.val_loss is not None else ""
     import jax
 
     if jax.process_index() == 0:
-        print(f"finished at step {result.final_step}{val}; run directory {run_dir}")
+        if result.stopped:
+            print(f"stopped at step {result.final_step} (checkpoint at {result.checkpoint_step}): {result.stopped}"
+                  f"{val}; the same command resumes; run directory {run_dir}")
+        else:
+            print(f"finished at step {result.final_step}{val}; run directory {run_dir}")
     return 0
 
 
@@ -286,8 +290,8 @@ def _sweep_run(args) -> int:
     if args.launcher != "local":
         launcher_args = _launcher_args(args.launcher, args.launcher_flags, args.dry_run)
     return runner.run_sweep(sweep, args.run_dir, jobs=args.jobs, launcher=args.launcher, dry_run=args.dry_run,
-                            retry_failed=args.retry_failed, progress=not args.no_progress,
-                            launcher_args=launcher_args)
+                            retry_failed=args.retry_failed, rerun_changed=args.rerun_changed,
+                            progress=not args.no_progress, launcher_args=launcher_args)
 
 
 def _launcher_args(name: str, flags: list[str], dry_run: bool):
@@ -302,17 +306,21 @@ def _launcher_args(name: str, flags: list[str], dry_run: bool):
 
 
 def _sweep_status(args) -> int:
-    from gptjax.sweeps import runner
+    from gptjax.sweeps import runner, spec
 
-    print(runner.status_text(args.dir))
+    print(runner.status_text(args.dir, spec.load_sweep(args.sweep) if args.sweep else None))
     return 0
 
 
 def _sweep_analyze(args) -> int:
     from gptjax.sweeps import report
 
-    summary = report.analyze(args.dir, holdout_largest=args.holdout_largest, bootstrap=args.bootstrap)
-    print(f"wrote {args.dir}/results.csv, report.md, {', '.join(summary['plots']) or 'no plots'}")
+    summary = report.analyze(args.dir, holdout_largest=args.holdout_largest, bootstrap=args.bootstrap,
+                             metric=args.metric, force=args.force)
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"wrote {args.dir}/results.csv, report.md, {', '.join(summary['plots']) or 'no plots'} "
+          f"({len(summary['warnings'])} warning(s), at the top of report.md)")
     return 0
 
 
@@ -320,8 +328,15 @@ def _sweep_fit(args) -> int:
     from gptjax.sweeps import fit
 
     print(fit.fit_command(args.csv, law=args.law, exclude_worst=args.exclude_worst, bootstrap=args.bootstrap,
-                          holdout_largest=args.holdout_largest, as_json=args.json, seed=args.seed))
+                          holdout_largest=args.holdout_largest, as_json=args.json, seed=args.seed,
+                          metric=args.metric, force=args.force))
     return 0
+
+
+def _sweep_eval(args) -> int:
+    from gptjax.sweeps import evaluation
+
+    return evaluation.main(args.dir, args.set, args.task, args.force)
 
 
 def _sweep_search(args) -> int:
@@ -376,25 +391,44 @@ def _add_sweep(sub) -> None:
                    help="where the runs go; cluster flags (those of `gptjax launch NAME`) follow the sweep's")
     r.add_argument("--dry-run", action="store_true", help="list the runs and what would run, and stop")
     r.add_argument("--retry-failed", action="store_true", help="run failed runs again too")
+    r.add_argument("--rerun-changed", action="store_true", help="runs trained with settings the sweep file no longer "
+                   "describes (stale) move to DIR/superseded/ and train anew; without it such runs stop the command")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=_sweep_run, launcher_flags=[])
-    t = verbs.add_parser("status", help="counts of finished, failed, interrupted and pending runs")
+    t = verbs.add_parser("status", help="counts of finished, failed, interrupted, pending and stale runs")
     t.add_argument("dir")
+    t.add_argument("sweep", nargs="?", help="compare the runs with this sweep file (default: DIR/sweep.yaml)")
     t.set_defaults(func=_sweep_status)
-    a = verbs.add_parser("analyze", help="results.csv, fitted laws, ablation statistics, plots, report.md")
+    a = verbs.add_parser("analyze", help="results.csv, fitted laws with their warnings, ablation statistics, plots, "
+                         "report.md")
     a.add_argument("dir")
     a.add_argument("--holdout-largest", type=int, default=1, help="extrapolation check: fit without the K largest")
     a.add_argument("--bootstrap", type=int, default=100)
+    a.add_argument("--metric", default="val_loss", help="what the laws fit: val_loss (default), best_val_loss or any "
+                   "recorded eval metric such as eval/gutenberg/bpb")
+    a.add_argument("--force", action="store_true", help="fit approach 3 even with fewer than 3 points per parameter")
     a.set_defaults(func=_sweep_analyze)
     f = verbs.add_parser("fit", help="fit a scaling law to a CSV (params, tokens or flops, loss)")
     f.add_argument("csv")
-    f.add_argument("--law", choices=["chinchilla", "power"], default="chinchilla")
+    f.add_argument("--law", choices=["chinchilla", "power"], default="chinchilla",
+                   help="chinchilla: L(N, D) on every row; power: L(N) on the best row per size (as analyze)")
     f.add_argument("--exclude-worst", type=int, default=0)
     f.add_argument("--bootstrap", type=int, default=0)
     f.add_argument("--holdout-largest", type=int, default=0)
-    f.add_argument("--json", action="store_true", help="one JSON object")
+    f.add_argument("--json", action="store_true", help="one JSON object (with `warnings` and `diagnostics`)")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--metric", default="loss", help="the CSV column fitted as the loss (default: loss)")
+    f.add_argument("--force", action="store_true", help="fit approach 3 even with fewer than 3 points per parameter")
     f.set_defaults(func=_sweep_fit)
+    e = verbs.add_parser("eval", help="measure held-out sets and tasks on every finished run's final checkpoint and "
+                         "add them to its result.json (no retraining)")
+    e.add_argument("dir", help="a sweep directory")
+    e.add_argument("--set", action="append", default=[], help="NAME=FILE: a held-out .txt, .jsonl or .bin file "
+                   "(loss and bits per byte, as eval.sets); repeatable")
+    e.add_argument("--task", action="append", default=[], help="TASK=FILE[,shots=K,limit=N,fewshot=FILE,name=NAME]: "
+                   "a task of `gptjax eval` (as eval.tasks); repeatable")
+    e.add_argument("--force", action="store_true", help="measure again runs that have the metric already")
+    e.set_defaults(func=_sweep_eval)
     q = verbs.add_parser("search", help="Optuna search (TPE, pruning) over a sweep file's 'search' section")
     q.add_argument("sweep")
     q.add_argument("--run-dir", help="sweep directory (default: runs/sweeps/<name>)")

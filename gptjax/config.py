@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import glob
+import hashlib
+import json
 import math
+import os
+import pathlib
+import re
+import sys
 import typing
 from typing import Any, Literal
 
@@ -30,9 +37,10 @@ AttentionImpl = Literal["auto", "xla", "cudnn", "einsum"]
 
 # Fields that choose how a model runs (kernels, compute precision, training-time dropout), not
 # which function its weights define: a loader may set them, a resumed run may change them, and
-# export ignores them.
-EXECUTION_FIELDS = ("scan_layers", "remat", "compute_dtype", "attention_impl",
-                    "embed_dropout", "attn_dropout", "resid_dropout")
+# export ignores them. The kernel fields compute the same function by another program, so they do
+# not even change what a run trains (see UNTRAINED_FIELDS); precision and dropout do.
+KERNEL_FIELDS = ("scan_layers", "remat", "attention_impl")
+EXECUTION_FIELDS = (*KERNEL_FIELDS, "compute_dtype", "embed_dropout", "attn_dropout", "resid_dropout")
 
 
 class ConfigError(ValueError):
@@ -212,6 +220,9 @@ def _check_value(hint: Any, value: Any, where: str) -> None:
     if origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]) and isinstance(value, dict):
         for name, item in value.items():
             _check_keys(args[1], item, f"{where}.{name}")
+    elif origin is tuple and args and dataclasses.is_dataclass(args[0]) and isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_keys(args[0], item, f"{where}[{i}]")
     elif value is not None and type(None) in args:
         nested = [a for a in args if dataclasses.is_dataclass(a)]
         if len(nested) == 1:
@@ -449,7 +460,76 @@ class FinetuneConfig:
                     "a task fine-tuning run needs finetune.task and finetune.train_file together")
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalTask:
+    """One benchmark of `gptjax eval` on a local file, scored during training by the same scorer."""
+
+    task: str  # a task name of `gptjax eval` (checked when the run starts)
+    data: str
+    shots: int = 0
+    limit: int | None = None  # only the first `limit` items
+    fewshot_data: str | None = None  # the file demonstrations are drawn from (with shots > 0)
+    name: str | None = None  # metrics are eval/NAME/...; None: the task, with _Kshot when shots > 0
+
+    def __post_init__(self) -> None:
+        _require_in(self, "shots", self.shots >= 0, "must be >= 0")
+        _require_in(self, "limit", self.limit is None or self.limit >= 1, "must be >= 1 or null")
+        _require_in(self, "fewshot_data", (self.shots > 0) == (self.fewshot_data is not None),
+                    "give it exactly when shots > 0 (the train or dev file demonstrations come from)")
+        _require_in(self, "name", self.name is None or _METRIC_NAME.fullmatch(self.name),
+                    "must be letters, digits, '_', '-' or '.'")
+
+    @property
+    def metric_name(self) -> str:
+        return self.name or (f"{self.task}_{self.shots}shot" if self.shots else self.task)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What each evaluation measures besides the validation split: held-out text (loss and bits per
+    byte, comparable across tokenizers) and benchmark tasks, in metrics.jsonl as eval/NAME/METRIC
+    and in result.json under `evals`."""
+
+    # name -> a held-out file: UTF-8 text (.txt), JSON lines (.jsonl, data.text_field), or a token
+    # file (.bin, nanoGPT's layout, in the run's tokenizer; decoded to count bytes).
+    sets: dict[str, str] = dataclasses.field(default_factory=dict)
+    tasks: tuple[EvalTask, ...] = ()
+    tasks_every: int | None = None  # steps between task evaluations; None: at the last step only
+
+    def __post_init__(self) -> None:
+        for name in self.sets:
+            _require_in(self, "sets", _METRIC_NAME.fullmatch(str(name)) is not None,
+                        f"set name {name!r} must be letters, digits, '_', '-' or '.'")
+        names = [t.metric_name for t in self.tasks]
+        _require_in(self, "tasks", len(set(names)) == len(names) and not set(names) & set(self.sets),
+                    f"names {names} (and eval.sets {list(self.sets)}) must be distinct; set `name` on repeats")
+        _require_in(self, "tasks_every", self.tasks_every is None or self.tasks_every >= 1, "must be >= 1 or null")
+
+
+_METRIC_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+WandbMode = Literal["online", "offline", "disabled"]
+
+
+@dataclasses.dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases (the `wandb` extra): one W&B run per gptjax run, continued on every restart."""
+
+    project: str = "gptjax"
+    entity: str | None = None
+    group: str | None = None  # a sweep sets its name here
+    mode: WandbMode = "online"  # offline: files under the run directory only, nothing sent
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+    wandb: WandbConfig | None = None  # None: no W&B (metrics.jsonl and TensorBoard always)
+
+
 FaultPhase = Literal["step", "save", "eval"]
+FaultSignal = Literal["SIGKILL", "SIGTERM"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -463,6 +543,10 @@ class FaultConfig:
     kill_at_step: int | None = None
     kill_during: FaultPhase = "save"
     kill_process: int | None = None  # only this process index kills itself (None: every process)
+    kill_signal: FaultSignal = "SIGKILL"  # SIGTERM: what a preemption sends (the run saves and stops)
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
 
     def kills(self, step: int, phase: str) -> bool:
         import jax
@@ -485,6 +569,8 @@ class TrainConfig:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     faults: FaultConfig = dataclasses.field(default_factory=FaultConfig)
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     steps: int = 2000
     seed: int = 0
     log_every: int = 10
@@ -552,6 +638,7 @@ def load_train_config(source: str | None, overrides: list[str] = ()) -> TrainCon
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+        data = resolve_paths(data, path.resolve().parent, str(path))
         data.setdefault("name", path.stem)
     elif source in PRESETS:
         # A preset's shape with the documented defaults of every other section.
@@ -561,6 +648,7 @@ def load_train_config(source: str | None, overrides: list[str] = ()) -> TrainCon
         raise AssertionError("unreachable")
     for text in overrides:
         keys, value = parse_override(text)
+        value = resolve_paths(value, None, f"override {text!r}", ".".join(keys))
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -572,6 +660,72 @@ def load_train_config(source: str | None, overrides: list[str] = ()) -> TrainCon
 
         data = init_from.resolve(data)
     return from_dict(TrainConfig, data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths. A relative path written in a file (a config file, a sweep file) is read from that file's
+# directory, wherever the command runs. One found only relative to the current directory is used
+# from there with a warning, so files written before this rule keep working. Paths on the command
+# line are relative to the current directory. Named corpora and presets are names, not paths;
+# URLs (gs://, s3://) and paths starting with ~ or $VAR are left as written. Everything else is
+# stored absolute, so a resolved config means the same from any directory.
+
+PATH_FIELDS = ("init_from", "data.corpus", "data.text_files", "data.val_files", "data.sft_files",
+               "data.tokenizer_path", "data.token_dir", "finetune.train_file", "finetune.eval_file",
+               "eval.sets.*", "eval.tasks.*.data", "eval.tasks.*.fewshot_data")
+NAME_OR_PATH_FIELDS = ("data.corpus",)  # `tinyshakespeare` is a corpus name, `my.txt` a path
+_NAME = re.compile(r"[A-Za-z][\w-]*")
+_warned: set[str] = set()
+
+
+def resolve_paths(value: Any, origin: pathlib.Path | None, where: str, key: str = "") -> Any:
+    """`value` (a config mapping, nested or with dotted keys, or the value of `key`) with the
+    relative paths of PATH_FIELDS resolved against `origin`, the directory of the file naming
+    them (None: the current directory)."""
+    if isinstance(value, dict):
+        return {k: resolve_paths(v, origin, where, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and any(isinstance(v, dict) for v in value):
+        return [resolve_paths(v, origin, where, f"{key}.*") for v in value]
+    if not any(_field_match(key, f) for f in PATH_FIELDS):
+        return value
+    name_ok = key in NAME_OR_PATH_FIELDS
+    if isinstance(value, (list, tuple)):
+        return [resolve_path(v, origin, f"{where}: {key}", name_ok) if isinstance(v, str) else v for v in value]
+    return resolve_path(value, origin, f"{where}: {key}", name_ok) if isinstance(value, str) else value
+
+
+def _field_match(key: str, pattern: str) -> bool:
+    parts, want = key.split("."), pattern.split(".")
+    return len(parts) == len(want) and all(w in ("*", p) for p, w in zip(parts, want))
+
+
+def resolve_path(value: str, origin: pathlib.Path | None, where: str, name_ok: bool = False) -> str:
+    """One path (or glob) by the rule above; `name_ok`: a bare word found nowhere is a name."""
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    if "://" in value or os.path.isabs(expanded):
+        return value
+    in_cwd = os.path.abspath(expanded)
+    if origin is None:
+        return value if name_ok and _NAME.fullmatch(value) and not _exists(in_cwd) else in_cwd
+    beside = os.path.normpath(os.path.join(origin, expanded))
+    if _exists(beside):
+        return beside
+    if _exists(in_cwd):
+        _warn(f"{where}: {value!r} is not found beside the file (in {origin}); using {in_cwd} from the current "
+              f"directory. Relative paths in a file are read from the file's directory: write "
+              f"{os.path.relpath(in_cwd, origin)!r} there to run from anywhere")
+        return in_cwd
+    return value if name_ok and _NAME.fullmatch(value) else beside
+
+
+def _exists(path: str) -> bool:
+    return bool(glob.glob(path, recursive=True)) if glob.has_magic(path) else os.path.exists(path)
+
+
+def _warn(message: str) -> None:
+    if message not in _warned:  # a sweep resolves its base once per run
+        _warned.add(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -614,3 +768,38 @@ def alters_state(field: str) -> bool:
     if section in STATE_SECTIONS:
         return name not in EXECUTION_FIELDS
     return field in STATE_FIELDS
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's fingerprint: the fields that change what it trains. Left out: how it is executed (what a
+# sweep plan may choose per run: mesh, remat, scan, attention kernel, micro-batching that keeps the
+# global batch, encoding parallelism), what and when it evaluates (adding eval.sets to a finished
+# study leaves its runs current), checkpoint and logging cadence, tracking, the end-of-run sample,
+# the MFU reference, the run's name, and deliberate kills (a killed run resumes to the same result).
+
+UNTRAINED_FIELDS = (*(f"model.{f}" for f in KERNEL_FIELDS), "mesh", "optim.grad_accum", "data.encode_threads",
+                    "data.encode_processes", "name", "eval", "eval_every", "eval_batch_size", "checkpoint_every",
+                    "keep_last", "keep_every", "log_every", "logging", "sample_tokens", "peak_flops",
+                    "faults.kill_at_step", "faults.kill_during", "faults.kill_process", "faults.kill_signal")
+
+
+def is_trained_field(field: str) -> bool:
+    return not any(field == f or field.startswith(f + ".") for f in UNTRAINED_FIELDS)
+
+
+def trained_fields(cfg: TrainConfig) -> dict[str, Any]:
+    """The fields behind the fingerprint, `data.seq_len` resolved (null means model.max_seq_len)."""
+    fields = {k: v for k, v in flat_fields(cfg).items() if is_trained_field(k)}
+    fields["data.seq_len"] = cfg.resolved_seq_len
+    return fields
+
+
+def fingerprint(cfg: TrainConfig) -> str:
+    text = json.dumps(trained_fields(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def trained_changes(old: TrainConfig, new: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """(field, old value, new value) for every field behind the fingerprint that differs."""
+    a, b = trained_fields(old), trained_fields(new)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

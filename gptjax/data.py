@@ -323,10 +323,12 @@ class Windows:
 
 
 class TrainBatches:
-    """Batch `step` is rows [step·B, (step+1)·B) of a seeded shuffle of all windows (reshuffled
-    each epoch); a process materialises only the global rows its devices hold (`rows`, from
-    sharding.local_rows), so the batch depends on (seed, step) alone, not on how many processes
-    assemble it or how the mesh lays the batch over them."""
+    """Example i of the stream is window i of a seeded shuffle of all windows (reshuffled each
+    epoch); a step's batch is the next `global_batch` examples from where the run stands, so the
+    order of examples depends on the seed alone: a resume with another batch size continues at the
+    example reached, none seen twice or skipped. A process materialises only the global rows its
+    devices hold (`rows`, from sharding.local_rows), so a batch does not depend on how many
+    processes assemble it or how the mesh lays it over them."""
 
     def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int,
                  rows: np.ndarray | None = None):
@@ -334,13 +336,13 @@ class TrainBatches:
         self.global_batch = global_batch
         self.rows = np.arange(global_batch) if rows is None else np.asarray(rows)
 
-    def __call__(self, step: int) -> np.ndarray:
-        start = step * self.global_batch
-        return np.stack([self.windows[start + int(j)] for j in self.rows])
+    def at(self, first: int) -> np.ndarray:
+        """This process's rows of the batch of examples [first, first + global_batch)."""
+        return np.stack([self.windows[first + int(j)] for j in self.rows])
 
-    def iterate(self, start_step: int, end_step: int, prefetch: int = 4):
-        """Batches for steps [start_step, end_step), prepared ahead by grain's reader threads."""
-        ds = grain.MapDataset.range(start_step, end_step).map(self)
+    def iterate(self, first: int, steps: int, prefetch: int = 4):
+        """The batches of `steps` steps from example `first`, prepared ahead by grain's reader threads."""
+        ds = grain.MapDataset.range(steps).map(lambda i: self.at(first + i * self.global_batch))
         return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch)))
 
 

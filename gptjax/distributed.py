@@ -72,6 +72,18 @@ def wait_for_peers(name: str, timeout_s: int = START_BARRIER_TIMEOUT_S) -> None:
     multihost.get_barrier_sync_fn()(key=key, timeout_ms=timeout_s * 1000)
 
 
+def any_process(flag: bool) -> bool:
+    """Whether `flag` holds on any process: every process gets the same answer, so all leave a
+    loop of collectives at the same iteration (a collective, so every process must call it)."""
+    if jax.process_count() == 1:
+        return flag
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    with jax.transfer_guard_device_to_host("allow"):  # the answer comes back to every host
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
 def initialize() -> int:
     """Start jax.distributed if launched as one of several processes; returns the process count."""
     kind = detect()

@@ -18,4 +18,9 @@ class RunStopped(RuntimeError):
     """The run ended early for a reason the user must see (a non-finite loss)."""
 
 
+class Interrupted(Exception):
+    """A stop signal arrived during a pass that is abandoned whole (an evaluation): the resumed
+    run repeats it, so nothing half-done is ever recorded."""
+
+
 EXIT_FINISHED, EXIT_STOPPED, EXIT_REFUSED = 0, 1, 2

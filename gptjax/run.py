@@ -19,10 +19,23 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from gptjax import attention, counting, data, distributed, generation, hardware, init_from, sft, sharding, train
+from gptjax import (
+    attention,
+    counting,
+    data,
+    distributed,
+    generation,
+    hardware,
+    heldout,
+    init_from,
+    sft,
+    sharding,
+    tracking,
+    train,
+)
 from gptjax.checkpoint_io import CheckpointError
-from gptjax.config import TrainConfig
-from gptjax.errors import RunStopped
+from gptjax.config import EvalConfig, TrainConfig, fingerprint
+from gptjax.errors import Interrupted, RunStopped
 from gptjax.rundir import RunDir
 from gptjax.signals import StopFlag
 
@@ -30,12 +43,49 @@ log = logging.getLogger("gptjax")
 
 
 @dataclasses.dataclass
+class Progress:
+    """Where a run stands: steps taken and what they consumed, summed over the steps actually
+    taken with the batch in force for each (a resume with another batch size counts as it ran).
+    `examples` is also the data position: the next batch starts at that example."""
+
+    step: int = 0
+    examples: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+
+    def advance(self, batch: int, seq_len: int, flops_per_token: float) -> None:
+        self.step += 1
+        self.examples += batch
+        self.tokens += batch * seq_len
+        self.flops += batch * seq_len * flops_per_token
+
+    @classmethod
+    def restored(cls, meta: dict) -> Progress:
+        """From a checkpoint's meta. Checkpoints written before these counts were kept are taken to
+        have run at the batch size of the config they were saved with."""
+        if "progress" in meta:
+            return cls(**meta["progress"])
+        from gptjax.config import ModelConfig, from_dict
+
+        step, saved = int(meta["step"]), meta["config"]
+        batch, seq = saved["data"]["batch_size"], saved["data"]["seq_len"] or saved["model"]["max_seq_len"]
+        per_token = counting.flops_per_token(from_dict(ModelConfig, saved["model"]), seq)
+        return cls(step, step * batch, step * batch * seq, float(step * batch * seq * per_token))
+
+
+@dataclasses.dataclass
 class RunResult:
-    final_step: int
-    last_loss: float | None
-    val_loss: float | None
+    progress: Progress
     resumed_from: int | None
-    stopped: str | None  # None: ran to the end; else why it stopped
+    last_loss: float | None = None
+    val_loss: float | None = None
+    val_step: int | None = None  # the step val_loss was measured at
+    stopped: str | None = None  # None: ran to the end; else why it stopped
+    checkpoint_step: int | None = None  # the newest checkpoint when the run ended
+
+    @property
+    def final_step(self) -> int:
+        return self.progress.step
 
 
 class Feeds:
@@ -57,23 +107,10 @@ class Feeds:
         return sharding.global_array(local, self.flag_rows, self.flag_sharding, self.tr.mesh.size)
 
 
-def evaluate(cfg: TrainConfig, eval_step, params, tokens: np.ndarray, tr, on_batch=None, frozen=None) -> float:
-    """Mean token loss over the whole split."""
-    weight_sh = sharding.batch_sharding(tr.mesh, 1)
-    b = cfg.eval_batch_size
-    rows = sharding.local_rows(tr.batch_sharding, b)
-    total, count = 0.0, 0.0
-    source = sft.eval_batches(tokens, b, rows) if isinstance(tokens, dict) else \
-        data.eval_batches(tokens, cfg.resolved_seq_len, b, rows)
-    for i, (batch, weights) in enumerate(source):
-        batch = jax.tree.map(lambda x: sharding.global_array(x, rows, tr.batch_sharding, b), batch)
-        s, c = eval_step(params, frozen, batch,
-                         sharding.global_array(weights, rows, weight_sh, b))
-        with jax.transfer_guard_device_to_host("allow"):
-            total, count = total + float(s), count + float(c)
-        if on_batch is not None:
-            on_batch(i)
-    return total / count
+def evaluate(cfg: TrainConfig, tr, params, split, frozen=None) -> float:
+    """Mean token loss over the whole validation split `split` (what each evaluation logs as val_loss)."""
+    measured = heldout.HeldOut(dataclasses.replace(cfg, eval=EvalConfig()), tr, split, None)
+    return measured.measure(params, frozen, tasks=False, interrupted=lambda: False)["val_loss"]
 
 
 def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None) -> RunResult:
@@ -81,7 +118,8 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
     the run was started with included, happens before anything is written or compiled.
 
     `on_eval(step, val_loss)` is called after each evaluation (hyperparameter search reports
-    there; an exception it raises, such as a pruned trial, ends the run; its checkpoints stay)."""
+    there; an exception it raises, such as a pruned trial, ends the run; its checkpoints stay).
+    `progress`: a bar on a terminal; plain lines every log_every steps otherwise and with False."""
     rd = RunDir(run_dir)
     changes = rd.check_resume(cfg)
     if cfg.init_from is not None:
@@ -95,11 +133,16 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
     rd.check_tokenizer(tokens.tokenizer)
     mesh = sharding.make_mesh(cfg.mesh)
     tr = train.make_trainer(cfg, mesh)
+    measured = heldout.HeldOut(cfg, tr, tokens.val, tokens.tokenizer)  # eval files read and checked here
     if tr.abstract_frozen is not None:
         n_train, n_base = (sum(a.size for a in jax.tree.leaves(t)) for t in (tr.abstract_state["params"],
                                                                             tr.abstract_frozen))
         _say(f"LoRA: {n_train:,} trainable parameters beside {n_base:,} frozen ({n_train / n_base:.2%})")
+    wandb_cfg = cfg.logging.wandb if jax.process_index() == 0 else None
+    if wandb_cfg is not None:
+        tracking.require_wandb()
     ckpts = rd.checkpoints(cfg)
+    tracker = None
     try:
         restored = ckpts.restore(tr.abstract_state)
         wall_before = 0.0
@@ -111,30 +154,40 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
         frozen = None
         if base is not None:  # the frozen base: loaded at every start, never checkpointed
             frozen = init_from.load_params(cfg, mesh, tr.frozen_shardings)
+        pending_eval = None
         if restored is not None:
             state, meta = restored
-            start = int(meta["step"])
+            position = Progress.restored(meta)
             wall_before = float(meta.get("wall_time_s", 0.0))
-            _say(f"resumed from step {start}")
+            pending_eval = meta.get("pending_eval")
+            _say(f"resumed from step {position.step}")
             if changes:
                 _say("config changes recorded in config.{}.yaml: {}".format(
-                    start, ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes)))
+                    position.step, ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes)))
         elif cfg.init_from is not None and frozen is None:
             params = init_from.load_params(cfg, mesh, tr.state_shardings["params"])
-            state, start = train.state_from_params(tr, params), 0
+            state, position = train.state_from_params(tr, params), Progress()
             _say(f"initialised from {cfg.init_from}")
         else:
-            state, start = train.init_state(tr), 0
-        rd.record_start(cfg, tokens.tokenizer, start, changes)
-        rd.truncate_metrics(start)
+            state, position = train.init_state(tr), Progress()
+        rd.record_start(cfg, tokens.tokenizer, position.step, changes)
+        # An interrupted evaluation's row is written when it is measured again, and only then.
+        rd.truncate_metrics(position.step - (pending_eval is not None))
+        counts = counting.param_counts(cfg.model, cfg.resolved_seq_len)
+        for line in tracking.startup_summary(cfg, counts, jax.device_count(), sharding.platform(mesh),
+                                             dict(mesh.shape), position):
+            _say(line)
+        if wandb_cfg is not None:
+            tracker = tracking.Wandb(cfg, run_dir, wandb_cfg)
         clock = _Clock(wall_before)
+        result = RunResult(position, position.step if restored is not None else None)
         try:
-            result = _loop(cfg, tr, state, frozen, base, start, tokens, rd, ckpts, progress, restored is not None,
-                           on_eval, clock)
+            _loop(cfg, tr, state, frozen, base, tokens, measured, pending_eval, rd, ckpts, progress, on_eval, clock,
+                  result, tracker)
         except RunStopped as e:
-            _write_result(cfg, rd, clock, "diverged", error=str(e))
+            _finish(cfg, rd, clock, result, tracker, "diverged", error=str(e))
             raise
-        _write_result(cfg, rd, clock, "stopped" if result.stopped else "finished")
+        _finish(cfg, rd, clock, result, tracker, "stopped" if result.stopped else "finished")
         return result
     finally:
         ckpts.close()
@@ -153,8 +206,8 @@ def _sft_data(cfg: TrainConfig) -> sft.SFTData:
     return out
 
 
-def _kill_now() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
+def _kill_now(name: str = "SIGKILL") -> None:
+    os.kill(os.getpid(), getattr(signal, name))
 
 
 class _Clock:
@@ -167,42 +220,57 @@ class _Clock:
         return self.before + time.time() - self.t0
 
 
-def _write_result(cfg: TrainConfig, rd: RunDir, clock: _Clock, status: str, error: str | None = None) -> None:
-    """result.json: what a sweep collects from every run (see sweeps/report.py)."""
+def _finish(cfg: TrainConfig, rd: RunDir, clock: _Clock, result: RunResult, tracker, status: str,
+            error: str | None = None) -> None:
+    summary = _write_result(cfg, rd, clock, result, status, error)
+    if tracker is not None:
+        tracker.finish(summary, ["result.json", "config.yaml"])
+
+
+def _write_result(cfg: TrainConfig, rd: RunDir, clock: _Clock, result: RunResult, status: str,
+                  error: str | None = None) -> dict:
+    """result.json: what a sweep collects from every run (see sweeps/report.py). tokens and flops
+    are the sums over the steps actually taken (Progress), not steps x today's batch."""
     rows = rd.read_metrics()
-    steps = max((r["step"] for r in rows), default=0)
     vals = [r["val_loss"] for r in rows if "val_loss" in r]
     counts = counting.param_counts(cfg.model, cfg.resolved_seq_len)
-    tokens = steps * cfg.data.batch_size * cfg.resolved_seq_len
-    wall = clock.total()
-    rd.write_json("result.json", {
+    p, wall = result.progress, clock.total()
+    summary = {
         "status": status, "error": error, "final_val_loss": vals[-1] if vals else None,
         "best_val_loss": min(vals) if vals else None, "final_train_loss": rows[-1]["loss"] if rows else None,
-        "steps": steps, "tokens": tokens, "params": counts.total, "non_embedding_params": counts.non_embedding,
-        "flops_per_token": counts.flops_per_token, "flops": counts.flops_per_token * tokens,
-        "wall_time_s": wall, "tokens_per_sec": tokens / wall if wall > 0 else None, "seed": cfg.seed})
+        "steps": p.step, "examples": p.examples, "tokens": p.tokens, "params": counts.total,
+        "non_embedding_params": counts.non_embedding, "flops_per_token": counts.flops_per_token, "flops": p.flops,
+        "evals": heldout.evals_of(rows), "wall_time_s": wall, "tokens_per_sec": p.tokens / wall if wall > 0 else None,
+        "seed": cfg.seed, "fingerprint": fingerprint(cfg)}
+    rd.write_json("result.json", summary)
+    return summary
 
 
-def _loop(cfg, tr, state, frozen, base, start, tokens, rd, ckpts, progress, resumed, on_eval, clock) -> RunResult:
-    step_fn, eval_fn = train.make_train_step(tr), train.make_eval_step(tr)
+def _loop(cfg, tr, state, frozen, base, tokens, measured, pending_eval, rd, ckpts, progress, on_eval, clock,
+          result, tracker) -> None:
+    step_fn = train.make_train_step(tr)
     feeds = Feeds(tr)
+    position = result.progress
+    start, remaining = position.step, cfg.steps - position.step
+    seq_len = cfg.resolved_seq_len
     if isinstance(tokens, sft.SFTData):
         batches = sft.Batches(tokens.train, cfg.data.batch_size, cfg.seed, feeds.rows)
     else:
-        batches = data.TrainBatches(tokens.train, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed, feeds.rows)
-    flops = counting.flops_per_token(cfg.model, cfg.resolved_seq_len)
+        batches = data.TrainBatches(tokens.train, seq_len, cfg.data.batch_size, cfg.seed, feeds.rows)
+    flops = counting.flops_per_token(cfg.model, seq_len)
     peak_info = hardware.peak_flops(cfg.peak_flops, cfg.model.compute_dtype)
     # The train step's attention path, recorded; an explicit cudnn that cannot run is refused here.
     attn = attention.choose_here(cfg.model, aligned=not isinstance(tokens, sft.SFTData),
                                  needs_dropout=cfg.model.attn_dropout > 0.0)
     rd.record_execution(peak_flops=peak_info.to_dict(), attention={"impl": attn.impl, "reason": attn.reason})
     peak = peak_info.per_device * jax.device_count()
-    tokens_per_step = cfg.data.batch_size * cfg.resolved_seq_len
+    tokens_per_step = cfg.data.batch_size * seq_len
     faults = cfg.faults
-    metrics_log = rd.metrics_log()
-    bar = tqdm.tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True,
-                    disable=not progress or jax.process_index() != 0)
-    result = RunResult(start, None, None, start if resumed else None, None)
+    metrics_log = rd.metrics_log(tracker)
+    leader = jax.process_index() == 0
+    bar_wanted = progress and leader and sys.stderr.isatty()
+    bar = tqdm.tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True, disable=not bar_wanted)
+    lines = tracking.ProgressLines(cfg.steps, cfg.log_every, enabled=leader and not bar_wanted)
     pending = None  # (step number, device metrics) of the step whose results are not read yet
     mark = None  # wall time at which the last read step was known complete
     stop_requested = False  # agreed by all processes: read from the step's metrics
@@ -218,7 +286,9 @@ def _loop(cfg, tr, state, frozen, base, start, tokens, rd, ckpts, progress, resu
         elapsed, mark = now - mark, now
         tps = tokens_per_step / elapsed
         row = {"step": number, "loss": float(m["loss"]), "lr": float(m["lr"]),
-               "grad_norm": float(m["grad_norm"]), "tokens_per_sec": tps, "mfu": flops * tps / peak}
+               "grad_norm": float(m["grad_norm"]), "tokens_per_sec": tps, "mfu": flops * tps / peak,
+               "tokens_seen": position.tokens - (position.step - number) * tokens_per_step}
+        lines.step(row, elapsed)
         if not m["finite"]:
             if cfg.nan_policy == "stop":
                 raise RunStopped(f"non-finite loss at step {number} (loss={row['loss']}, grad_norm="
@@ -228,20 +298,51 @@ def _loop(cfg, tr, state, frozen, base, start, tokens, rd, ckpts, progress, resu
         return row
 
     def emit(row, force=False):
-        result.final_step, result.last_loss = row["step"], row["loss"]
+        result.last_loss = row["loss"]
         if force or row["step"] % cfg.log_every == 0:
             metrics_log.write(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_sec']:.0f}", refresh=False)
 
+    def evaluate_into(row, stop) -> None:
+        """The evaluation of row's step into row; raises errors.Interrupted on a stop signal."""
+        number = row["step"]
+        kill = faults.kills(number, "eval")
+        row.update(measured.measure(state["params"], frozen, tasks=measured.tasks_due(number),
+                                    interrupted=heldout.stop_check(stop),
+                                    on_batch=(lambda i: _kill_now(faults.kill_signal)) if kill else None))
+        result.val_loss, result.val_step = row["val_loss"], number
+        if leader:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k == "val_loss" or k.startswith("eval/"))
+            (bar.write if bar_wanted else _say)(f"step {number}: loss {row['loss']:.4f}, {shown}")
+        emit(row, force=True)
+        if on_eval is not None:
+            with jax.transfer_guard_device_to_host("allow"):
+                on_eval(number, row["val_loss"])
+
+    def save(number, pending_row=None):
+        with jax.transfer_guard_device_to_host("allow"):  # Orbax copies to host
+            ckpts.save(number, state, _meta(cfg, position, clock.total(), base, pending_row))
+        metrics_log.flush()
+
     distributed.wait_for_peers("gptjax-train-loop")  # every process compiles the step from here
     try:
         with StopFlag() as stop, jax.transfer_guard_device_to_host("disallow"):
-            for step, rows in zip(range(start, cfg.steps), batches.iterate(start, cfg.steps)):
-                number = step + 1
+            if pending_eval is not None and pending_eval["step"] == start:
+                # A stop signal interrupted this checkpoint's evaluation: measure it now, whole.
+                try:
+                    evaluate_into(dict(pending_eval["row"]), stop)
+                except Interrupted:
+                    result.stopped = f"stopped by {stop.name or 'a signal on another process'} during the " \
+                                     f"evaluation of step {start} (it runs again on resume)"
+                    _say(result.stopped)
+                    remaining = 0
+            for rows in batches.iterate(position.examples, remaining):
+                number = position.step + 1
                 state, device_metrics = step_fn(state, frozen, feeds.batch(rows),
                                                 feeds.stop_flags(stop.signal is not None))
+                position.advance(cfg.data.batch_size, seq_len, flops)
                 if faults.kills(number, "step"):
-                    _kill_now()  # the step is in flight, its metrics unread
+                    _kill_now(faults.kill_signal)  # the step is in flight, its metrics unread
                 if mark is None:
                     mark = time.perf_counter()  # compiled and dispatched: time from here
                 if pending is not None:
@@ -249,30 +350,29 @@ def _loop(cfg, tr, state, frozen, base, start, tokens, rd, ckpts, progress, resu
                 pending = (number, device_metrics)
                 bar.update(1)
                 is_last = number == cfg.steps
-                eval_now = number % cfg.eval_every == 0 or is_last
+                eval_now = number % cfg.eval_every == 0 or is_last or measured.tasks_due(number)
                 save_now = number % cfg.checkpoint_every == 0 or is_last or stop_requested
                 if not (eval_now or save_now):
                     continue
                 row = read(pending)  # this step's metrics: a NaN must stop us before saving
                 pending = None
                 if eval_now:
-                    kill = faults.kills(number, "eval")
-                    row["val_loss"] = result.val_loss = evaluate(
-                        cfg, eval_fn, state["params"], tokens.val, tr,
-                        on_batch=(lambda i: _kill_now()) if kill else None, frozen=frozen)
-                    if jax.process_index() == 0:
-                        bar.write(f"step {number}: loss {row['loss']:.4f}, val_loss {row['val_loss']:.4f}")
-                emit(row, force=eval_now)
-                if eval_now and on_eval is not None:
-                    with jax.transfer_guard_device_to_host("allow"):
-                        on_eval(number, row["val_loss"])
+                    try:
+                        evaluate_into(row, stop)
+                    except Interrupted:
+                        # Saved with the step's own metrics; the resumed run evaluates it whole.
+                        save(number, pending_row=row)
+                        result.stopped = f"stopped by {stop.name or 'a signal on another process'} during the " \
+                                         f"evaluation of step {number}"
+                        _say(f"{result.stopped}: saved step {number}, exiting (the evaluation runs again on resume)")
+                        break
+                else:
+                    emit(row)
                 save_now = save_now or stop_requested  # a signal may arrive during eval
                 if save_now:
-                    with jax.transfer_guard_device_to_host("allow"):  # Orbax copies to host
-                        ckpts.save(number, state, _meta(cfg, number, clock.total(), base))
+                    save(number)
                     if faults.kills(number, "save"):
-                        _kill_now()  # the save is still in flight
-                    metrics_log.flush()
+                        _kill_now(faults.kill_signal)  # the save is still in flight
                 mark = time.perf_counter()  # eval and saving are not training throughput
                 if stop_requested:
                     name = stop.name or "a signal on another process"
@@ -289,21 +389,26 @@ def _loop(cfg, tr, state, frozen, base, start, tokens, rd, ckpts, progress, resu
     finally:
         bar.close()
         metrics_log.close()
+        result.checkpoint_step = ckpts.latest_step()
     if result.stopped is None and cfg.sample_tokens > 0:
         with jax.transfer_guard_device_to_host("allow"):  # after the loop: not a training stall
             params = state["params"] if frozen is None else jax.jit(tr.full_params)(state["params"], frozen)
             params = _host_params(params)
-            if jax.process_index() == 0:
-                _write_sample(cfg, tr, params, tokens.tokenizer, rd, result.final_step)
-    return result
+            if leader:
+                _write_sample(cfg, tr, params, tokens.tokenizer, rd, position.step)
 
 
-def _meta(cfg: TrainConfig, step: int, wall_time_s: float, base: str | None = None) -> dict:
-    # The data position and RNG are functions of (seed, step); both are stored for the record.
-    meta = {"step": step, "wall_time_s": wall_time_s, "data": {"seed": cfg.seed, "next_step": step},
+def _meta(cfg: TrainConfig, position: Progress, wall_time_s: float, base: str | None = None,
+          pending_row: dict | None = None) -> dict:
+    # The data position (the next example) and the accounting are the run's own; the dropout RNG is
+    # a function of (seed, step). A pending evaluation is one a stop signal interrupted.
+    meta = {"step": position.step, "wall_time_s": wall_time_s, "progress": dataclasses.asdict(position),
+            "data": {"seed": cfg.seed, "next_step": position.step, "next_example": position.examples},
             "rng": {"dropout_key": f"fold_in(key({cfg.seed}), step)"}, "config": cfg.to_dict()}
     if base is not None:  # LoRA checkpoints hold adapters only: name the base they belong to
         meta["base_fingerprint"] = base
+    if pending_row is not None:
+        meta["pending_eval"] = {"step": position.step, "row": pending_row}
     return meta
 
 

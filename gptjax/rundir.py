@@ -37,6 +37,7 @@ from gptjax.config import (
     TrainConfig,
     alters_state,
     config_changes,
+    fingerprint,
     from_dict,
 )
 
@@ -115,6 +116,9 @@ class RunDir:
                 refused = [c for c in changes if c[0].startswith("optim.")]
         if refused:
             self._refuse(refused, "its checkpointed state (parameters and optimizer state)")
+        if old.resolved_seq_len != cfg.resolved_seq_len:
+            self._refuse([("data.seq_len", old.resolved_seq_len, cfg.resolved_seq_len)],
+                         "the examples its data position counts (another length re-cuts every example)")
         return changes
 
     def check_tokenizer(self, tokenizer: tok_lib.Tokenizer) -> None:
@@ -147,11 +151,12 @@ class RunDir:
             storage.write_text(self.file(f"config.{step}.yaml"), text)
         storage.write_text(self.file(CONFIG), text)
         info = json.loads(self.file(RUN_INFO).read_text()) if self.file(RUN_INFO).exists() else {}
-        start = {**provenance.describe(), "step": step,
+        start = {**provenance.describe(), "step": step, "fingerprint": fingerprint(cfg),
                  "changed": {k: [a, b] for k, a, b in changes} if self.has_checkpoints() else {}}
         if not info:
             info = {**start, "starts": []}
         info["starts"] = info.get("starts", []) + [start]
+        info["fingerprint"] = start["fingerprint"]  # of the config.yaml beside it (config.fingerprint)
         storage.write_text(self.file(RUN_INFO), json.dumps(info, indent=1, default=str))
         storage.write_text(self.file(TOKENIZER), json.dumps(tokenizer.to_dict()))
 
@@ -185,8 +190,8 @@ class RunDir:
         if self._writable():
             storage.write_text(self.file(name), json.dumps(data, indent=1, default=str))
 
-    def metrics_log(self) -> MetricsLog:
-        return MetricsLog(self)
+    def metrics_log(self, tracker=None) -> MetricsLog:
+        return MetricsLog(self, tracker)
 
 
 def _short(tokenizer_dict: dict) -> str:
@@ -197,7 +202,7 @@ def _short(tokenizer_dict: dict) -> str:
 
 
 class MetricsLog:
-    """metrics.jsonl and TensorBoard, written by process 0 only.
+    """metrics.jsonl, TensorBoard and (when configured) Weights & Biases, written by process 0 only.
 
     Locally rows are appended and flushed as they come. Object stores cannot append: the rows are
     kept and metrics.jsonl is rewritten whole at each flush (checkpoint and eval steps, at most
@@ -208,9 +213,10 @@ class MetricsLog:
 
     FLUSH_S = 30.0
 
-    def __init__(self, run_dir: RunDir):
+    def __init__(self, run_dir: RunDir, tracker=None):
         self.enabled = jax.process_index() == 0
         self.run_dir = run_dir
+        self.tracker = tracker  # Weights & Biases (tracking.Wandb), or None
         self.remote = storage.is_remote(run_dir.path)
         self.tb = None
         if not self.enabled:
@@ -233,6 +239,8 @@ class MetricsLog:
         for k, v in row.items():
             if k != "step" and isinstance(v, (int, float)):
                 self.tb.add_scalar(k, v, row["step"])
+        if self.tracker is not None:
+            self.tracker.log(row)
         if self.remote:
             self.rows.append(row)
             if time.monotonic() - self.last_flush > self.FLUSH_S:

@@ -139,17 +139,17 @@ def load(cfg: DataConfig, tokenizer, seq_len: int) -> SFTData:
 
 
 class Batches:
-    """Batch `step` is rows [i·B, (i+1)·B) of epoch e's seeded permutation of all rows: a function
-    of (seed, step) only, like data.TrainBatches; a process takes only the global rows it holds."""
+    """Example i is row i mod n of epoch i // n's seeded permutation of all rows, and a step's
+    batch the next `global_batch` examples, like data.TrainBatches; a process takes only the
+    global rows it holds."""
 
     def __init__(self, data: dict[str, np.ndarray], global_batch: int, seed: int, local_rows=None):
         self.data, self.global_batch, self.seed = data, global_batch, seed
         self.n = len(data["tokens"])
         self.rows = np.arange(global_batch) if local_rows is None else np.asarray(local_rows)
 
-    def __call__(self, step: int) -> dict[str, np.ndarray]:
-        flat = step * self.global_batch + self.rows
-        epoch, i = np.divmod(flat, self.n)
+    def at(self, first: int) -> dict[str, np.ndarray]:
+        epoch, i = np.divmod(first + self.rows, self.n)
         idx = np.asarray([self._permutation(int(e))[int(j)] for e, j in zip(epoch, i)])
         return {k: v[idx] for k, v in self.data.items()}
 
@@ -157,8 +157,8 @@ class Batches:
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.n)
 
-    def iterate(self, start_step: int, end_step: int):
-        return (self(s) for s in range(start_step, end_step))
+    def iterate(self, first: int, steps: int):
+        return (self.at(first + i * self.global_batch) for i in range(steps))
 
 
 def eval_batches(data: dict[str, np.ndarray], global_batch: int, local_rows=None):

@@ -181,6 +181,8 @@ def move_tree(src: PathLike, dst: PathLike) -> None:
             copy_file(src / rel, dst / rel)
         remove_tree(src)
         return
+    if not is_remote(dst):
+        pathlib.Path(os.fspath(dst)).parent.mkdir(parents=True, exist_ok=True)
     src.rename(dst)
 
 

@@ -210,15 +210,16 @@ def _poison(cfg: TrainConfig, state: State) -> jax.Array:
 
 
 def make_eval_step(tr: Trainer):
-    """(sum of token losses, token count) over one batch; rows with weight 0 are padding."""
+    """(sum of token losses, token count) over one batch; `weights_BxT` picks the targets that
+    count (0: padding, or a target an earlier window scored already)."""
     graphdef = tr.graphdef
 
-    def step(params, frozen, rows_BxT1, weights_B):
+    def step(params, frozen, rows_BxT1, weights_BxT):
         with sharding.activations_on(tr.mesh):
             _, ce, w = _row_losses(nnx.merge(graphdef, tr.full_params(params, frozen)), rows_BxT1, None, 0.0)
-        w = w * weights_B[:, None]
+        w = w * weights_BxT
         return jnp.sum(ce * w), jnp.sum(w)
 
     return xla.jit(step, mesh=tr.mesh, in_shardings=(tr.state_shardings["params"], tr.frozen_shardings,
-                                                     tr.batch_sharding, sharding.batch_sharding(tr.mesh, 1)),
+                                                     tr.batch_sharding, tr.batch_sharding),
                    out_shardings=sharding.replicated(tr.mesh))

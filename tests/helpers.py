@@ -42,7 +42,7 @@ def run_steps(cfg, mesh_cfg, n_devices, steps=5):
     losses = []
     for s in range(steps):
         no_stop = jax.device_put(np.zeros(mesh.size, np.float32), sharding.per_device(mesh))
-        state, m = step(state, None, jax.device_put(batches(s), tr.batch_sharding), no_stop)
+        state, m = step(state, None, jax.device_put(batches.at(s * cfg.data.batch_size), tr.batch_sharding), no_stop)
         losses.append(float(m["loss"]))
     return state, np.array(losses)
 

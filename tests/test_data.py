@@ -21,25 +21,37 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("GPTJAX_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def test_same_batches_for_the_same_seed_and_step_across_restarts():
+def test_same_batches_for_the_same_seed_and_position_across_restarts():
     a = data.TrainBatches(STREAM, 16, 8, seed=3)
     b = data.TrainBatches(STREAM, 16, 8, seed=3)
-    for step in (0, 1, 57, 10_000):
-        np.testing.assert_array_equal(a(step), b(step))
-    assert not np.array_equal(a(0), a(1))
-    assert not np.array_equal(a(0), data.TrainBatches(STREAM, 16, 8, seed=4)(0))
+    for first in (0, 8, 456, 80_000):
+        np.testing.assert_array_equal(a.at(first), b.at(first))
+    assert not np.array_equal(a.at(0), a.at(8))
+    assert not np.array_equal(a.at(0), data.TrainBatches(STREAM, 16, 8, seed=4).at(0))
 
 
-def test_resuming_the_iterator_from_a_step_matches_the_uninterrupted_one():
+def test_resuming_the_iterator_from_a_position_matches_the_uninterrupted_one():
     loader = data.TrainBatches(STREAM, 16, 8, seed=0)
     full = list(loader.iterate(0, 12))
-    resumed = list(loader.iterate(7, 12))
+    resumed = list(loader.iterate(7 * 8, 5))
+    assert len(resumed) == 5
     for x, y in zip(full[7:], resumed):
         np.testing.assert_array_equal(x, y)
 
 
+def test_a_new_batch_size_continues_at_the_example_reached():
+    # 5 batches of 8, then 4 of 6 from example 40: the same 64 examples, in the same order, as
+    # 8 batches of 8 (nothing seen twice, nothing skipped).
+    stream = np.arange(10_000, dtype=np.uint16)  # every window distinct
+    small, other = data.TrainBatches(stream, 16, 8, seed=2), data.TrainBatches(stream, 16, 6, seed=2)
+    resumed = np.concatenate([*small.iterate(0, 5), *other.iterate(40, 4)])
+    np.testing.assert_array_equal(resumed, np.concatenate(list(small.iterate(0, 8))))
+    rows = [tuple(r) for r in resumed]
+    assert len(set(rows)) == len(rows), "the windows must differ, or the comparison proves nothing"
+
+
 def test_windows_are_inputs_and_shifted_targets_of_the_stream():
-    rows = data.TrainBatches(STREAM, 16, 8, seed=0)(5)
+    rows = data.TrainBatches(STREAM, 16, 8, seed=0).at(40)
     assert rows.shape == (8, 17) and rows.dtype == np.int32
     # STREAM counts up modulo 997, so every contiguous window does too.
     np.testing.assert_array_equal(rows[:, 1:], (rows[:, :-1] + 1) % 997)
@@ -60,9 +72,9 @@ def test_processes_split_the_global_batch_and_read_only_their_rows(monkeypatch):
     for p in range(4):
         CountingWindows.reads = 0
         loader = data.TrainBatches(STREAM, 16, 8, seed=1, rows=np.arange(2 * p, 2 * p + 2))
-        parts.append(loader(9))
+        parts.append(loader.at(72))
         assert CountingWindows.reads == 2, "a process must materialise only its own 2 of 8 rows"
-    np.testing.assert_array_equal(np.concatenate(parts), whole(9))
+    np.testing.assert_array_equal(np.concatenate(parts), whole.at(72))
 
 
 def test_eval_batches_cover_the_split_exactly_once():

@@ -62,7 +62,7 @@ def test_first_step_loss_equals_transformers(tmp_path, hf_dir, text_file):
     run.train_run(cfg, tmp_path / "run", progress=False)
     ours = metrics(tmp_path / "run")[0]["loss"]
     tokens = data.load_tokens(cfg.data, cfg.init_from)
-    rows = data.TrainBatches(tokens.train, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed)(0)
+    rows = data.TrainBatches(tokens.train, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed).at(0)
     model = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
     with torch.no_grad():
         theirs = float(model(torch.tensor(rows, dtype=torch.long), labels=torch.tensor(rows, dtype=torch.long)).loss)
@@ -254,7 +254,7 @@ def test_sft_first_step_loss_equals_transformers_on_response_tokens(tmp_path, hf
     run.train_run(cfg, tmp_path / "run", progress=False)
     ours = metrics(tmp_path / "run")[0]["loss"]
     tokenizer = data.make_tokenizer(cfg.data, cfg.init_from)
-    rows = sft.Batches(sft.load(cfg.data, tokenizer, 64).train, cfg.data.batch_size, cfg.seed)(0)
+    rows = sft.Batches(sft.load(cfg.data, tokenizer, 64).train, cfg.data.batch_size, cfg.seed).at(0)
     assert rows["segments"].max() > 1  # packed
     model = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
     nll, count = 0.0, 0

@@ -156,7 +156,7 @@ def test_skipped_update_keeps_the_logged_rate_the_applied_one():
     no_stop = jax.device_put(np.zeros(1, np.float32), sharding.per_device(mesh))
     schedule = optim.schedule(cfg.optim, cfg.steps)
     for s in range(5):
-        state, m = step(state, None, jax.device_put(batches(s), tr.batch_sharding), no_stop)
+        state, m = step(state, None, jax.device_put(batches.at(s * cfg.data.batch_size), tr.batch_sharding), no_stop)
         assert float(m["lr"]) == pytest.approx(float(schedule(s)), rel=1e-6)
         if s == 2:
             assert not bool(m["finite"])

@@ -114,7 +114,8 @@ def test_fit_keeps_the_best_of_its_starts():
     with threadpool_limits(limits=1, user_api="blas"):  # as F._solve does: 10x faster here
         ends = np.array([F._minimise(grid[i], logx, log_loss, 1e-3)[1] for i in ranked[:16]]) * 1e-3**2
     assert ends.max() > 1.5 * ends.min()
-    assert F.fit_chinchilla(df, starts=16).objective == pytest.approx(ends.min(), rel=1e-6)
+    # Nine points are too few to trust for five parameters (refused without force); the optimiser is what is tested.
+    assert F.fit_chinchilla(df, starts=16, force=True).objective == pytest.approx(ends.min(), rel=1e-6)
 
 
 def test_bootstrap_intervals_contain_truth_and_repeat_with_seed(noisy, noisy_fit):
@@ -237,8 +238,10 @@ def test_holdout_reports_an_off_law_largest_model():
     held = F.holdout_largest(df, 1)
     errors = [r.relative_error for r in held.rows]
     assert errors == pytest.approx([1 / 1.1 - 1] * 8, abs=1e-6)  # predicted/measured - 1 = -9.1%
+    # L(N) is fitted to the best run of each size (as analyze does): 6 sizes remain, 2 are predicted.
     power = F.holdout_largest(df, 2, law="power")
-    assert power.fit.n_points == 48 and len(power.rows) == 16
+    assert power.fit.n_points == 6 and len(power.rows) == 2
+    assert [r.tokens for r in power.rows] == [1e12, 1e12]  # the longest run of each held size is its best
 
 
 def test_holdout_rejects_k_that_leaves_nothing_to_fit():

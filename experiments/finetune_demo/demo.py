@@ -35,7 +35,7 @@ def val_loss_before(cfg):
     mesh = sharding.make_mesh(cfg.mesh)
     tr = train.make_trainer(cfg, mesh)
     params = init_from.load_params(cfg, mesh, tr.state_shardings["params"])
-    return run.evaluate(cfg, train.make_eval_step(tr), params, tokens.val, tr)
+    return run.evaluate(cfg, tr, params, tokens.val)
 
 
 def timed(cfg, run_dir):

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # the short names of arc_easy and lambada_openai (ARC-Challenge has the same layout).
 ALIASES = {"arc": "arc_easy", "lambada": "lambada_openai"}
 TASK_NAMES = ("perplexity", *tasks.TASKS, *ALIASES, "humaneval")
+TRAINING_TASKS = (*tasks.TASKS, *ALIASES)  # log-likelihood tasks, which eval.tasks runs during training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,16 +122,29 @@ def _read_text(path: str) -> str:
 
 
 def _loglikelihood_task(model, tokenizer, opts: EvalOptions, progress: bool) -> tuple[dict, int]:
+    items = task_items(opts)
+    return score_items(_scorer(model, opts, progress), tokenizer, opts.task, items), len(items)
+
+
+def task_items(opts: EvalOptions) -> list:
+    """The items of a log-likelihood task, with their few-shot demonstrations (read once: the
+    trainer scores the same items at every evaluation)."""
     name = ALIASES.get(opts.task, opts.task)
     items = tasks.load_task(name, opts.data, limit=opts.limit)
     if opts.shots:
         pool = tasks.load_task(name, opts.fewshot_data)
         items = tasks.build_fewshot(items, pool, opts.shots, seed=opts.seed, separator=opts.separator,
                                     sampler=tasks.task_spec(name).sampler)
+    return items
+
+
+def score_items(s: scorer.Scorer, tokenizer, task: str, items: list) -> dict[str, Any]:
+    """Metrics of a log-likelihood task's items, scored as lm-eval scores them."""
+    name = ALIASES.get(task, task)
     requests = [(r.context, r.continuation) for item in items for r in tasks.requests_for(item)]
-    flat = scorer.loglikelihood(_scorer(model, opts, progress), tokenizer, requests)
+    flat = scorer.loglikelihood(s, tokenizer, requests)
     metrics = tasks.score_task(name, items, tasks.results_per_item(items, flat))
-    return {**metrics, "items": len(items), "requests": len(requests)}, len(items)
+    return {**metrics, "items": len(items), "requests": len(requests)}
 
 
 def _humaneval(model, tokenizer, opts: EvalOptions, progress: bool) -> tuple[dict, int]:

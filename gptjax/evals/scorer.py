@@ -27,6 +27,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from gptjax import xla
+from gptjax.errors import Interrupted
 from gptjax.model import GPT
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,15 @@ def bucket(length: int, cap: int) -> int:
 class Scorer:
     """Scores token windows with `model` in batches of `batch_size` rows."""
 
-    def __init__(self, model: GPT, *, batch_size: int = 8, max_length: int | None = None, progress: bool = True):
+    def __init__(self, model: GPT, *, batch_size: int = 8, max_length: int | None = None, progress: bool = True,
+                 interrupted: Callable[[], bool] | None = None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ScoreError(f"batch_size = {batch_size!r}; expected a positive integer")
         limit = model.cfg.max_seq_len
         if max_length is not None and not 1 < max_length <= limit:
             raise ScoreError(f"max_length = {max_length}; expected 2..{limit} (the model's max_seq_len)")
         self.model, self.batch_size, self.progress = model, batch_size, progress
+        self.interrupted = interrupted  # asked before each batch (a trainer's stop signal)
         self.max_length = max_length or limit
         self.graphdef, self.params = nnx.split(model)
         self.truncated = 0  # requests of the last call whose context lost tokens on the left
@@ -99,6 +102,9 @@ class Scorer:
         results: list[tuple[float, bool] | None] = [None] * len(windows)
         bar = tqdm(total=len(windows), desc=desc, disable=not self.progress, unit="req")
         for start in range(0, len(order), self.batch_size):
+            if self.interrupted is not None and self.interrupted():
+                bar.close()
+                raise Interrupted(f"{desc} stopped after {start} of {len(order)} requests")
             rows = order[start:start + self.batch_size]
             length = bucket(len(windows[rows[0]][0]), self.max_length)
             inputs, targets, mask = _pack([windows[i] for i in rows], self.batch_size, length)

@@ -57,12 +57,19 @@ class FitError(ConfigError):
 # --- reading and checking points ---------------------------------------------------------------
 
 
-def read_points(path: str | os.PathLike, *, law: Law | None = None) -> pd.DataFrame:
-    """Points from a CSV (`tokens` wins over `flops` when both are given); `law` also checks the count."""
+def read_points(path: str | os.PathLike, *, law: Law | None = None, metric: str = "loss") -> pd.DataFrame:
+    """Points from a CSV (`tokens` wins over `flops` when both are given); `law` also checks the
+    count; `metric` names the column fitted as the loss (`gptjax sweep analyze` writes one column
+    per recorded metric, e.g. eval/gutenberg/bpb)."""
     try:
         df = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise FitError(f"{path}: cannot read a CSV of points ({err}); expected {ACCEPTED_COLUMNS}") from err
+    if metric != "loss":
+        if metric not in df.columns:
+            columns = ", ".join(map(str, df.columns))
+            raise FitError(f"{path}: no column {metric!r} to fit (--metric); columns: {columns}")
+        df = df.assign(loss=df[metric]).dropna(subset=["loss"])
     df = _with_tokens(df, str(path))
     checked = check_points(df, str(path))
     if law is not None:
@@ -268,6 +275,178 @@ def _intervals(samples: Mapping[str, np.ndarray]) -> dict[str, tuple[float, floa
     }
 
 
+# --- diagnostics: when a fit cannot be trusted ----------------------------------------------------
+
+POINTS_PER_PARAMETER = 3  # approach 3 with fewer points per free parameter is refused unless forced
+THETA_NAMES: dict[Law, tuple[str, ...]] = {"chinchilla": ("log_A", "log_B", "alpha", "beta", "log_E"),
+                                           "power": ("log_A", "alpha", "log_E")}
+FLAT_CONDITION = 1e6  # condition number of the scaled Jacobian above which a direction is flat
+POOR_LOG_SE = 1.0  # a log coefficient known only to a factor e or worse
+POOR_RELATIVE_SE = 0.5  # an exponent whose standard error is half its value or more
+MIN_R2 = 0.8  # below this share of explained variance the noise is as large as the effect
+MAX_SEED_RATIO = 2.0  # residuals larger than this many seed-noise standard deviations: a misfit
+E_AT_BOUND = 1e-3  # E below this fraction of the smallest loss sits at its lower bound, 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Checked:
+    intervals: dict[str, tuple[float, float]]  # clipped to the valid region
+    warnings: tuple[str, ...]
+    diagnostics: dict[str, Any]
+
+
+def _check_identifiable_count(n: int, law: Law, force: bool) -> str | None:
+    """Refuse approach 3 on fewer than POINTS_PER_PARAMETER points per free parameter (unless
+    forced); returns the warning a forced or a power fit carries, or None."""
+    need = POINTS_PER_PARAMETER * N_FREE_PARAMETERS[law]
+    if n >= need:
+        return None
+    free = N_FREE_PARAMETERS[law]
+    text = (f"{n} points for the {law} law's {free} free parameters ({n / free:.1f} per parameter, fewer than "
+            f"{POINTS_PER_PARAMETER}): the fit can pass through noise, and its parameters and intervals mean little; "
+            f"{need} or more points are needed")
+    if not force:
+        raise FitError(f"{text}. Add runs, fit --law power (3 parameters), or give --force to fit anyway with warnings")
+    return text
+
+
+def _jacobian(theta: np.ndarray, logx: np.ndarray) -> np.ndarray:
+    """d log L / d theta at each point, shape (N, P): softmax weights of the LSE's terms."""
+    k = logx.shape[1]
+    terms = np.concatenate([theta[:k] - theta[k:2 * k] * logx, np.full((len(logx), 1), theta[-1])], axis=1)
+    w = np.exp(terms - terms.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    return np.concatenate([w[:, :k], -w[:, :k] * logx, w[:, k:]], axis=1)
+
+
+def _valid(name: str, v: np.ndarray, floor: float) -> np.ndarray:
+    """Which values of a reported quantity lie in the law's valid region."""
+    if name in ("alpha", "beta"):
+        return v > 0
+    if name in ("a", "b"):
+        return (v > 0) & (v < 1)
+    if name == "E":
+        return v >= floor
+    return np.isfinite(v) & (v > 0)  # A, B
+
+
+def _region(name: str) -> tuple[str, float, float]:
+    return {"alpha": ("alpha > 0", 0.0, np.inf), "beta": ("beta > 0", 0.0, np.inf),
+            "a": ("0 < a < 1", 0.0, 1.0), "b": ("0 < b < 1", 0.0, 1.0), "E": ("E >= 0", 0.0, np.inf)}.get(
+        name, (f"{name} > 0", 0.0, np.inf))
+
+
+def _diagnose(law: Law, solution: _Solution, logx: np.ndarray, log_loss: np.ndarray, values, shortfall) -> _Checked:
+    """Diagnostics of a fitted law, warnings first (see the README's "Scaling-law studies")."""
+    warnings = [shortfall] if shortfall else []
+    kept, theta = solution.kept, solution.theta
+    lx, ll = logx[kept], log_loss[kept]
+    names = THETA_NAMES[law]
+    point = {k: float(v[0]) for k, v in values(theta[None]).items()}
+    floor = E_AT_BOUND * float(np.exp(ll.min()))
+    # The valid region at the optimum.
+    e_at_bound = point["E"] < floor
+    if e_at_bound:
+        warnings.append(f"E = {point['E']:.3g} sits at its lower bound 0: these points lie too far above the "
+                        "irreducible loss to measure it, so A and alpha absorb it and extrapolations carry that "
+                        "uncertainty")
+    for name in ("alpha", "beta"):
+        if name in point and point[name] <= 0:
+            grows = "N" if name == "alpha" else "D"
+            warnings.append(f"{name} = {point[name]:.3g} <= 0: the loss does not fall as {grows} grows in these "
+                            "points, so the law does not describe them")
+    # Identifiability: the Gauss-Newton view of the fit around its optimum.
+    J = _jacobian(theta, lx)
+    scaled = J / np.maximum(np.linalg.norm(J, axis=0), 1e-300)
+    _, s, vt = np.linalg.svd(scaled, full_matrices=False)
+    condition = float(s[0] / s[-1]) if s[-1] > 0 else float("inf")
+    residual = solution.residuals[kept]
+    dof = max(len(ll) - len(theta), 1)
+    sigma2 = float(np.sum(residual**2) / dof)
+    cov = sigma2 * np.linalg.pinv(J.T @ J)
+    se = {n: float(np.sqrt(max(cov[i, i], 0.0))) for i, n in enumerate(names)}
+    if condition > FLAT_CONDITION:
+        weak = [names[i].removeprefix("log_") for i in np.argsort(-np.abs(vt[-1]))[:3] if abs(vt[-1][i]) > 0.2]
+        warnings.append(f"the points do not determine {', '.join(weak)} separately (a flat direction of the fit: "
+                        f"condition number {condition:.3g}); vary the inputs those terms depend on")
+    else:
+        for name, err in se.items():
+            if name == "log_E" and e_at_bound:
+                continue  # said above
+            poor = err > POOR_LOG_SE if name.startswith("log_") else err > POOR_RELATIVE_SE * abs(point[name])
+            if poor:
+                shown = name.removeprefix("log_")
+                detail = f"log {shown} has standard error {err:.2g} (a factor {np.exp(min(err, 700)):.3g})" \
+                    if name.startswith("log_") else f"{shown} = {point[name]:.3g} has standard error {err:.2g}"
+                warnings.append(f"{shown} is poorly determined by these points: {detail}")
+    total = float(np.sum((ll - ll.mean()) ** 2))
+    r2 = 1.0 - float(np.sum(residual**2)) / total if total > 0 else float("nan")
+    if not r2 >= MIN_R2:
+        warnings.append(f"the law explains {max(r2, 0.0):.0%} of the variance of log loss (R² = {r2:.3g}): the noise "
+                        "is as large as the effect, so its parameters mean little")
+    seed = _seed_noise(lx, ll)
+    ratio = None
+    if seed is not None:
+        noise, spread = seed
+        ratio = float(np.sqrt(np.mean(residual**2)) / noise) if noise > 0 else float("inf")
+        if ratio > MAX_SEED_RATIO:
+            warnings.append(f"residuals (RMS {np.sqrt(np.mean(residual**2)):.3g} in log loss) are {ratio:.1f}x the "
+                            f"seed noise ({noise:.3g}): the law's form misses these points by more than run-to-run "
+                            "noise explains")
+        if noise >= 0.5 * spread:
+            warnings.append(f"seed noise ({noise:.3g} in log loss) is comparable to the differences between points "
+                            f"({spread:.3g}): more seeds or a wider range are needed")
+    intervals, clipped = _checked_intervals(values(solution.bootstrap_SxP), floor, e_at_bound, warnings)
+    diagnostics = {
+        "points": int(kept.sum()), "free_parameters": len(theta),
+        "points_per_parameter": float(kept.sum()) / len(theta),
+        "condition_number": condition, "standard_errors": se, "r2": r2,
+        "seed_noise": None if seed is None else seed[0], "residual_over_seed_noise": ratio,
+        "e_at_bound": bool(e_at_bound), "clipped_intervals": clipped,
+    }
+    return _Checked(intervals, tuple(warnings), diagnostics)
+
+
+def _seed_noise(logx: np.ndarray, log_loss: np.ndarray) -> tuple[float, float] | None:
+    """(pooled standard deviation of log loss between runs at the same inputs, standard deviation
+    of the means of those inputs), or None when no inputs repeat (no seeds to compare with)."""
+    keys = [tuple(np.round(row, 9)) for row in logx]
+    groups: dict[tuple, list[float]] = {}
+    for key, value in zip(keys, log_loss):
+        groups.setdefault(key, []).append(float(value))
+    repeated = [g for g in groups.values() if len(g) > 1]
+    if not repeated:
+        return None
+    within = sum(float(np.sum((np.asarray(g) - np.mean(g)) ** 2)) for g in repeated)
+    dof = sum(len(g) - 1 for g in repeated)
+    means = [float(np.mean(g)) for g in groups.values()]
+    return float(np.sqrt(within / dof)), float(np.std(means)) if len(means) > 1 else 0.0
+
+
+def _checked_intervals(samples: Mapping[str, np.ndarray], floor: float, e_at_bound: bool, warnings: list[str]):
+    """Percentile intervals clipped to each quantity's valid region; a clipped one is flagged."""
+    raw = _intervals(samples)
+    out, clipped = {}, {}
+    for name, (lo, hi) in raw.items():
+        v = samples[name]
+        bad = float(np.mean(~_valid(name, v, floor)))
+        text, low, high = _region(name)
+        if name == "E" and bad > 0 and not e_at_bound:  # at its bound already at the optimum: said
+            warnings.append(f"E sits at its lower bound 0 in {bad:.0%} of the {len(v)} bootstrap refits: the "
+                            "irreducible loss is not identified")
+        if lo < low or hi > high or (bad > 0 and name != "E"):
+            new = (min(max(lo, low), high), min(max(hi, low), high))
+            clipped[name] = {"raw": [lo, hi], "reported": list(new), "outside_share": bad}
+            if lo < low or hi > high:
+                warnings.append(f"the 95% interval of {name} [{lo:.3g}, {hi:.3g}] leaves the valid region ({text}; "
+                                f"{bad:.0%} of {len(v)} bootstrap refits fall outside): reported clipped to "
+                                f"[{new[0]:.3g}, {new[1]:.3g}]")
+            out[name] = new
+        else:
+            out[name] = (lo, hi)
+    return out, clipped
+
+
 # --- fitted laws --------------------------------------------------------------------------------
 
 
@@ -283,8 +462,10 @@ class _LawFit:
     objective: float  # the paper's objective at the optimum (sum of Huber over used points)
     delta: float
     bootstrap: int  # number of bootstrap refits behind `intervals`
+    warnings: tuple[str, ...] = ()  # plain sentences: why this fit may not be trusted (Diagnostics)
+    diagnostics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
-    def _diagnostics(self) -> dict[str, Any]:
+    def _common(self) -> dict[str, Any]:
         return {
             "intervals": {k: [lo, hi] for k, (lo, hi) in self.intervals.items()},
             "n_points": self.n_points,
@@ -294,6 +475,8 @@ class _LawFit:
             "objective": self.objective,
             "delta": self.delta,
             "bootstrap": self.bootstrap,
+            "warnings": list(self.warnings),
+            "diagnostics": dict(self.diagnostics),
         }
 
 
@@ -324,7 +507,7 @@ class ChinchillaFit(_LawFit):
 
     def to_dict(self) -> dict[str, Any]:
         values = {"E": self.E, "A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta}
-        return {"law": "chinchilla", **values, "a": self.a, "b": self.b, **self._diagnostics()}
+        return {"law": "chinchilla", **values, "a": self.a, "b": self.b, **self._common()}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -339,11 +522,16 @@ class PowerFit(_LawFit):
         return self.E + self.A / np.asarray(x, dtype=float) ** self.alpha
 
     def to_dict(self) -> dict[str, Any]:
-        return {"law": "power", "E": self.E, "A": self.A, "alpha": self.alpha, **self._diagnostics()}
+        return {"law": "power", "E": self.E, "A": self.A, "alpha": self.alpha, **self._common()}
 
 
 def _chinchilla_values(theta_SxP: np.ndarray) -> dict[str, np.ndarray]:
     log_a, log_b, alpha, beta, log_e = theta_SxP.T
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a refit run off to infinity says so
+        return _chinchilla_dict(log_a, log_b, alpha, beta, log_e)
+
+
+def _chinchilla_dict(log_a, log_b, alpha, beta, log_e) -> dict[str, np.ndarray]:
     return {
         "E": np.exp(log_e),
         "A": np.exp(log_a),
@@ -357,13 +545,17 @@ def _chinchilla_values(theta_SxP: np.ndarray) -> dict[str, np.ndarray]:
 
 def _power_values(theta_SxP: np.ndarray) -> dict[str, np.ndarray]:
     log_a, alpha, log_e = theta_SxP.T
-    return {"E": np.exp(log_e), "A": np.exp(log_a), "alpha": alpha}
+    with np.errstate(over="ignore"):
+        return {"E": np.exp(log_e), "A": np.exp(log_a), "alpha": alpha}
 
 
-def _report_fields(solution: _Solution, labels: Sequence[str | int], values, delta: float) -> dict[str, Any]:
+def _report_fields(solution: _Solution, labels: Sequence[str | int], values, delta: float,
+                   checked: _Checked) -> dict[str, Any]:
     used = solution.residuals[solution.kept]
     return {
-        "intervals": _intervals(values(solution.bootstrap_SxP)),
+        "intervals": checked.intervals,
+        "warnings": checked.warnings,
+        "diagnostics": checked.diagnostics,
         "residuals": tuple(float(r) for r in solution.residuals),
         "residual_rms": float(np.sqrt(np.mean(used**2))),
         "n_points": int(solution.kept.sum()),
@@ -382,21 +574,26 @@ def fit_chinchilla(
     bootstrap: int = 0,
     seed: int = 0,
     starts: int = DEFAULT_STARTS,
+    force: bool = False,
 ) -> ChinchillaFit:
     """Approach 3 of Hoffmann et al. (2022) on columns params, tokens, loss.
 
     exclude_worst: after a first fit drop this many points with the largest |log residual|
     (diverged or broken runs) and refit. bootstrap: refits on resampled points for intervals.
     starts: how many of the paper's 4,500 grid initialisations, best-ranked first, run L-BFGS.
+    force: fit even with fewer than POINTS_PER_PARAMETER points per free parameter (warned).
     """
     _check_options(delta, exclude_worst, bootstrap, starts)
     df = check_points(df)
     _check_count(len(df), "chinchilla", "points", exclude_worst)
+    shortfall = _check_identifiable_count(len(df) - exclude_worst, "chinchilla", force)
     logx = np.log(np.stack([df["params"].to_numpy(), df["tokens"].to_numpy()], axis=1))
     options = {"delta": delta, "exclude_worst": exclude_worst, "bootstrap": bootstrap, "seed": seed, "starts": starts}
-    solution = _solve(logx, np.log(df["loss"].to_numpy()), **options)
+    log_loss = np.log(df["loss"].to_numpy())
+    solution = _solve(logx, log_loss, **options)
     point = {k: float(v[0]) for k, v in _chinchilla_values(solution.theta[None]).items() if k not in ("a", "b")}
-    return ChinchillaFit(**point, **_report_fields(solution, _labels(df), _chinchilla_values, delta))
+    checked = _diagnose("chinchilla", solution, logx, log_loss, _chinchilla_values, shortfall)
+    return ChinchillaFit(**point, **_report_fields(solution, _labels(df), _chinchilla_values, delta, checked))
 
 
 def fit_power(
@@ -409,8 +606,10 @@ def fit_power(
     seed: int = 0,
     starts: int = DEFAULT_STARTS,
     labels: Sequence[str | int] | None = None,
+    force: bool = False,
 ) -> PowerFit:
-    """L(x) = E + A/x^alpha by the same Huber-on-log objective and grid as `fit_chinchilla`."""
+    """L(x) = E + A/x^alpha by the same Huber-on-log objective and grid as `fit_chinchilla`;
+    too few points per parameter are warned of, not refused (`force` is accepted for symmetry)."""
     _check_options(delta, exclude_worst, bootstrap, starts)
     if np.size(x) != np.size(loss):
         raise FitError(f"fit_power: x has {np.size(x)} values but loss has {np.size(loss)}; they must match")
@@ -418,11 +617,14 @@ def fit_power(
     for column in ("x", "loss"):
         _positive_column(frame, column, "fit_power")
     _check_count(len(frame), "power", "fit_power", exclude_worst)
+    shortfall = _check_identifiable_count(len(frame) - exclude_worst, "power", True)
     options = {"delta": delta, "exclude_worst": exclude_worst, "bootstrap": bootstrap, "seed": seed, "starts": starts}
-    solution = _solve(np.log(frame[["x"]].to_numpy()), np.log(frame["loss"].to_numpy()), **options)
+    logx, log_loss = np.log(frame[["x"]].to_numpy()), np.log(frame["loss"].to_numpy())
+    solution = _solve(logx, log_loss, **options)
     point = {k: float(v[0]) for k, v in _power_values(solution.theta[None]).items()}
     names = list(range(len(frame))) if labels is None else list(labels)
-    return PowerFit(**point, **_report_fields(solution, names, _power_values, delta))
+    checked = _diagnose("power", solution, logx, log_loss, _power_values, shortfall)
+    return PowerFit(**point, **_report_fields(solution, names, _power_values, delta, checked))
 
 
 def compute_optimal(fit: ChinchillaFit, flops):
@@ -469,10 +671,12 @@ class IsoFlopFit:
     d_intercept: float
     intervals: Mapping[str, tuple[float, float]]  # "a", "b" over budgets resampled; empty without bootstrap
     bootstrap: int  # resamples behind `intervals` (draws with a single distinct budget are redrawn)
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "law": "isoflop",
+            "warnings": list(self.warnings),
             "a": self.a,
             "b": self.b,
             "n_intercept": self.n_intercept,
@@ -569,8 +773,22 @@ def fit_isoflop(df: pd.DataFrame, *, budget_column: str = "budget", bootstrap: i
     draws = _isoflop_bootstrap(budgets, bootstrap, seed) if bootstrap else {}
     lines = {"a": a, "b": b, "n_intercept": n_intercept, "d_intercept": d_intercept}
     return IsoFlopFit(
-        budgets=tuple(budgets), skipped=tuple(skipped), **lines, intervals=_intervals(draws), bootstrap=bootstrap
+        budgets=tuple(budgets), skipped=tuple(skipped), **lines, intervals=_intervals(draws), bootstrap=bootstrap,
+        warnings=_isoflop_warnings(budgets, skipped, a),
     )
+
+
+def _isoflop_warnings(budgets: Sequence[IsoFlopBudget], skipped, a: float) -> tuple[str, ...]:
+    out = [f"budget {name} is left out of the N_opt(C) line: {why}" for name, why in skipped]
+    if len(budgets) < 3:
+        out.append(f"N_opt ∝ C^a rests on {len(budgets)} budgets: a line through two points has no error estimate, so "
+                   "its interval means nothing; sample a third budget")
+    out += [f"budget {b.budget}: its parabola passes exactly through its 3 points, so its minimum has no error "
+            "estimate; sample more sizes" for b in budgets if b.n_points == 3]
+    if not 0 < a < 1:
+        out.append(f"a = {a:.3g} lies outside (0, 1): N_opt and D_opt cannot both grow with compute, so the minima do "
+                   "not follow a compute-optimal frontier")
+    return tuple(out)
 
 
 # --- extrapolation check ------------------------------------------------------------------------
@@ -618,12 +836,26 @@ class Holdout:
         }
 
 
+# The rows each law is fitted to, the same in `sweep fit` and `sweep analyze`: one law name, one
+# computation. L(N) is the frontier over tokens: the best run of each size.
+LAW_ROWS: dict[Law, str] = {"chinchilla": "every run",
+                            "power": "the best run per size (lowest loss at each params value)"}
+
+
+def law_rows(df: pd.DataFrame, law: Law) -> pd.DataFrame:
+    """The rows `law` is fitted to (LAW_ROWS)."""
+    if law == "power":
+        return df.loc[df.groupby("params")["loss"].idxmin()].sort_values("params")
+    return df
+
+
 def _fit_law(df: pd.DataFrame, law: Law, fit_kwargs: Mapping[str, Any]) -> ChinchillaFit | PowerFit:
+    if law not in LAWS:
+        raise FitError(f"law = {law!r} is not known; accepted: {', '.join(LAWS)}")
+    rows = law_rows(df, law)
     if law == "chinchilla":
-        return fit_chinchilla(df, **fit_kwargs)
-    if law == "power":  # loss against params; tokens are ignored
-        return fit_power(df["params"], df["loss"], labels=_labels(df), **fit_kwargs)
-    raise FitError(f"law = {law!r} is not known; accepted: {', '.join(LAWS)}")
+        return fit_chinchilla(rows, **fit_kwargs)
+    return fit_power(rows["params"], rows["loss"], labels=_labels(rows), **fit_kwargs)
 
 
 def _predict(fit: ChinchillaFit | PowerFit, df: pd.DataFrame) -> np.ndarray:
@@ -643,7 +875,7 @@ def _holdout(df: pd.DataFrame, k: int, law: Law, fit_kwargs: Mapping[str, Any]) 
     held = sizes[-k:]
     is_held = df["params"].isin(held).to_numpy()
     fit = _fit_law(df[~is_held], law, fit_kwargs)
-    test = df[is_held]
+    test = law_rows(df[is_held], law)
     rows = tuple(
         HoldoutRow(label=lab, params=float(n), tokens=float(d), measured=float(y), predicted=float(p))
         for lab, n, d, y, p in zip(_labels(test), test["params"], test["tokens"], test["loss"], _predict(fit, test))
@@ -652,7 +884,8 @@ def _holdout(df: pd.DataFrame, k: int, law: Law, fit_kwargs: Mapping[str, Any]) 
 
 
 def holdout_largest(df: pd.DataFrame, k: int, law: Law = "chinchilla", **fit_kwargs) -> Holdout:
-    """Fit `law` on all rows but those of the k largest params values and predict those rows."""
+    """Fit `law` on all rows but those of the k largest params values and predict those rows
+    (L(N): the best run of each held size)."""
     return _holdout(df, k, law, fit_kwargs)
 
 
@@ -668,36 +901,56 @@ def fit_command(
     holdout_largest: int = 0,
     as_json: bool = False,
     seed: int = 0,
+    metric: str = "loss",
+    force: bool = False,
 ) -> str:
-    """What `gptjax sweep fit CSV --law ...` prints: one JSON object, or a readable report.
+    """What `gptjax sweep fit CSV --law ...` prints: one JSON object, or a readable report, its
+    warnings first.
 
-    The held-out fit uses the same exclude_worst and seed but no bootstrap: only its point
-    predictions are reported.
+    The held-out fit uses the same exclude_worst, seed and force but no bootstrap: only its point
+    predictions are reported. An extrapolation that cannot be made is a warning, not an error.
     """
     if law not in LAWS:
         raise FitError(f"law = {law!r} is not known; accepted: {', '.join(LAWS)}")
-    df = read_points(csv_path, law=law)
-    fit = _fit_law(df, law, {"exclude_worst": exclude_worst, "bootstrap": bootstrap, "seed": seed})
+    df = read_points(csv_path, law=law, metric=metric)
+    fit = _fit_law(df, law, {"exclude_worst": exclude_worst, "bootstrap": bootstrap, "seed": seed, "force": force})
+    warnings = list(fit.warnings)
     held = None
     if holdout_largest:
-        held = _holdout(df, holdout_largest, law, {"exclude_worst": exclude_worst, "seed": seed})
+        try:
+            held = _holdout(df, holdout_largest, law, {"exclude_worst": exclude_worst, "seed": seed, "force": force})
+        except FitError as e:
+            warnings.append(f"extrapolation to the {holdout_largest} largest size(s) not made: {e}")
+        else:
+            warnings += [f"held-out fit: {w}" for w in held.fit.warnings]
+    rows = {"law": LAW_ROWS[law], "used": fit.n_points + len(fit.excluded), "of": len(df), "metric": metric}
     if as_json:
-        out = {"csv": str(csv_path), **fit.to_dict()}
+        out = {"csv": str(csv_path), **fit.to_dict(), "warnings": warnings,
+               "diagnostics": {**fit.diagnostics, "rows": rows}}
         if held is not None:
             out["holdout"] = held.to_dict()
-        return json.dumps(out)
-    return _report(str(csv_path), fit, held)
+        return json.dumps(out, default=_json_number)
+    return _report(str(csv_path), fit, held, warnings, rows)
 
 
-def _report(source: str, fit: ChinchillaFit | PowerFit, held: Holdout | None) -> str:
+def _json_number(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _report(source: str, fit: ChinchillaFit | PowerFit, held: Holdout | None, warnings: list[str],
+            rows: dict) -> str:
     values = fit.to_dict()
     if isinstance(fit, ChinchillaFit):
         title, names = "L(N, D) = E + A/N^alpha + B/D^beta", ("E", "A", "B", "alpha", "beta", "a", "b")
     else:
         title, names = "L(N) = E + A/N^alpha", ("E", "A", "alpha")
     excluded = f", excluded {len(fit.excluded)}: {', '.join(map(str, fit.excluded))}" if fit.excluded else ""
-    lines = [
-        f"{source}: {title}",
+    lines = [f"{source}: {title} on {rows['metric']}"]
+    lines += [f"warning: {w}" for w in warnings]
+    lines += [
+        f"rows: {rows['law']}: {rows['used']} of {rows['of']}",
         f"points {fit.n_points}{excluded}; residual RMS (log loss) {fit.residual_rms:.4g}; bootstrap {fit.bootstrap}",
         f"{'':8}{'value':>12}{'2.5%':>12}{'97.5%':>12}",
     ]

@@ -56,13 +56,15 @@ def coord_check(cfg: TrainConfig, widths: list[int], steps: int, parametrization
         tr = train.make_trainer(wcfg, mesh)
         state, step = train.init_state(tr), train.make_train_step(tr)
         batches = data.TrainBatches(tokens, wcfg.resolved_seq_len, wcfg.data.batch_size, wcfg.seed)
-        probe = jnp.asarray(batches(10_000)[:, :-1])  # a fixed batch the model never trains on
+        # A fixed batch the model never trains on (example 10,000 batches in).
+        probe = jnp.asarray(batches.at(10_000 * wcfg.data.batch_size)[:, :-1])
         no_stop = jax.device_put(np.zeros(1, np.float32), sharding.per_device(mesh))
         series = []
         for t in range(steps + 1):
             series.append(activation_scales(nnx.merge(tr.graphdef, state["params"]), probe))
             if t < steps:
-                state, _ = step(state, None, jax.device_put(batches(t), tr.batch_sharding), no_stop)
+                rows = batches.at(t * wcfg.data.batch_size)
+                state, _ = step(state, None, jax.device_put(rows, tr.batch_sharding), no_stop)
         result[width] = series
     return result
 

@@ -17,18 +17,28 @@ import numpy as np
 import pandas as pd
 
 from gptjax import storage
+from gptjax.config import ConfigError
 from gptjax.sweeps import fit as fit_lib
-from gptjax.sweeps.runner import read_result, statuses
+from gptjax.sweeps.runner import read_manifest, read_result, statuses, statuses_unchecked
 
 PLOTS = ("loss_vs_params.png", "isoflop.png", "frontier.png", "loss_curves.png", "ablation.png", "holdout.png")
 
 
-def collect(directory: str) -> pd.DataFrame:
-    """One row per run of the sweep: its point, seed, status and result."""
+def collect(directory: str) -> tuple[pd.DataFrame, list[str]]:
+    """One row per run of the sweep: its point, seed, status, result, and a column per recorded
+    evaluation metric (eval/NAME/METRIC); and warnings about what could not be checked."""
+    warnings = []
+    try:
+        entries = statuses(directory)
+    except ConfigError as e:  # sweep.yaml no longer resolves (a base file moved): statuses without it
+        warnings.append(f"staleness not checked: {directory}/sweep.yaml cannot be resolved ({e})")
+        entries = statuses_unchecked(directory)
     rows = []
-    for entry in statuses(directory):
+    for entry in entries:
         result = read_result(entry["run_dir"]) or {}
         point = {k.rsplit(".", 1)[-1]: _scalar(v) for k, v in (entry.get("point") or {}).items()}
+        evals = {f"eval/{name}/{k}": v for name, metrics in (result.get("evals") or {}).items()
+                 for k, v in metrics.items() if k != "step" and isinstance(v, (int, float))}
         rows.append({"name": entry["name"], "status": entry["status"], "seed": entry["seed"],
                      "budget": entry.get("budget"), "variant": _variant(entry), **point,
                      "params": result.get("non_embedding_params"), "total_params": result.get("params"),
@@ -36,8 +46,14 @@ def collect(directory: str) -> pd.DataFrame:
                      "loss": result.get("final_val_loss"), "best_val_loss": result.get("best_val_loss"),
                      "steps": result.get("steps"), "wall_time_s": result.get("wall_time_s"),
                      "tokens_per_sec": result.get("tokens_per_sec"), "error": entry.get("error"),
-                     "run_dir": entry["run_dir"]})
-    return pd.DataFrame(rows)
+                     "changes": "; ".join(f"{k} {a!r} -> {b!r}" for k, a, b in entry.get("changes", [])) or None,
+                     **evals, "run_dir": entry["run_dir"]})
+    return pd.DataFrame(rows), warnings
+
+
+def metric_column(metric: str) -> str:
+    """The results.csv column of a metric: `val_loss` is the final validation loss (`loss`)."""
+    return "loss" if metric in ("val_loss", "loss") else metric
 
 
 def _scalar(v: Any) -> Any:
@@ -49,29 +65,52 @@ def _variant(entry: dict) -> str:
     return entry["name"].rsplit("-seed", 1)[0] or "base"
 
 
-def _finished(df: pd.DataFrame) -> pd.DataFrame:
-    done = df[(df["status"] == "finished") & df["loss"].notna()].copy()
-    return done[np.isfinite(done["loss"].astype(float))]
+def _finished(df: pd.DataFrame, column: str = "loss") -> pd.DataFrame:
+    """Finished runs with a finite value of `column`, which becomes their `loss`."""
+    if column not in df.columns:
+        return df.iloc[0:0].copy()
+    done = df[(df["status"] == "finished") & df[column].notna()].copy()
+    done["loss"] = done[column].astype(float)
+    return done[np.isfinite(done["loss"])]
 
 
-def analyze(directory: str, *, holdout_largest: int = 1, bootstrap: int = 100, seed: int = 0) -> dict:
-    """Write results.csv, report.md and the plots into `directory`; returns what report.md says."""
+def analyze(directory: str, *, holdout_largest: int = 1, bootstrap: int = 100, seed: int = 0,
+            metric: str = "val_loss", force: bool = False) -> dict:
+    """Write results.csv, report.md and the plots into `directory`; returns what report.md says.
+    Fits use `metric` (any recorded metric: val_loss, best_val_loss, eval/NAME/METRIC); stale runs
+    and runs without the metric are left out, each with a warning."""
     import matplotlib
 
     matplotlib.use("Agg")
-    df = collect(directory)
+    df, warnings = collect(directory)
     out = storage.as_path(directory)
     storage.write_text(out / "results.csv", df.drop(columns=["run_dir"]).to_csv(index=False))
-    done = _finished(df)
-    summary: dict[str, Any] = {"runs": len(df), "finished": len(done),
-                               "failed": int((df["status"] == "failed").sum()), "plots": []}
-    summary["fits"] = _fits(done, bootstrap, seed)
-    if holdout_largest and done["params"].nunique() > holdout_largest + 2:
-        law = "chinchilla" if "chinchilla" in summary["fits"] else "power"
-        summary["holdout"] = _safe(lambda: fit_lib.holdout_largest(_points(done), holdout_largest, law=law).to_dict())
+    column = metric_column(metric)
+    done = _finished(df, column)
+    summary: dict[str, Any] = {"runs": len(df), "finished": int((df["status"] == "finished").sum()),
+                               "failed": int((df["status"] == "failed").sum()), "metric": metric, "plots": []}
+    stale = df[df["status"] == "stale"]
+    if len(stale):
+        warnings.append(f"{len(stale)} stale run(s) left out: their config differs from the sweep file in a field that "
+                        f"changes what is trained ({', '.join(stale['name'])}); `gptjax sweep run SWEEP "
+                        "--rerun-changed` trains them anew")
+    lacking = df[(df["status"] == "finished") & ~df["name"].isin(done["name"])]
+    if len(lacking):
+        hint = "; `gptjax sweep eval DIR --set NAME=FILE` measures a held-out set on finished runs" \
+            if metric.startswith("eval/") else ""
+        warnings.append(f"{len(lacking)} finished run(s) have no {metric} and are left out: "
+                        f"{', '.join(lacking['name'])}{hint}")
+    summary["fits"] = _fits(done, bootstrap, seed, force)
+    for name, fit in summary["fits"].items():
+        warnings += [f"{name}: {w}" for w in fit.get("warnings", [])]
+        if "error" in fit:
+            warnings.append(f"{name} not fitted: {fit['error']}")
+    summary["holdout"] = _holdout(done, summary["fits"], holdout_largest, force, warnings)
     summary["ablation"] = ablation(done)
     summary["lr_transfer"] = lr_transfer(done)
+    summary["warnings"] = warnings
     local = _local_dir(out)
+    drawn = []
     for name, draw in (("loss_vs_params.png", _plot_loss_vs_params), ("isoflop.png", _plot_isoflop),
                        ("frontier.png", _plot_frontier), ("loss_curves.png", _plot_curves),
                        ("ablation.png", _plot_ablation), ("holdout.png", _plot_holdout),
@@ -79,11 +118,41 @@ def analyze(directory: str, *, holdout_largest: int = 1, bootstrap: int = 100, s
         path = os.path.join(local, name)
         if draw(df, done, summary, path):
             summary["plots"].append(name)
+            drawn.append(path)
             if storage.is_remote(out):
                 storage.copy_file(path, out / name)
     storage.write_text(out / "report.md", report_markdown(directory, df, summary))
     storage.write_text(out / "analysis.json", json.dumps(summary, indent=1, default=_json_default))
+    _track(directory, df, summary, drawn)
     return summary
+
+
+def _holdout(done: pd.DataFrame, fits: dict, k: int, force: bool, warnings: list[str]) -> dict | None:
+    """The extrapolation check, or a warning saying why it could not be made."""
+    if not k or done.empty:
+        return None
+    law = "chinchilla" if "E" in fits.get("chinchilla", {}) else "power"
+    result = _safe(lambda: fit_lib.holdout_largest(_points(done), k, law=law, force=force).to_dict())
+    if "error" in result:
+        warnings.append(f"extrapolation to the {k} largest size(s) not made: {result['error']}")
+    else:
+        warnings += [f"held-out {law} fit: {w}" for w in result["fit"].get("warnings", [])]
+    return result
+
+
+def _track(directory: str, df: pd.DataFrame, summary: dict, plots: list[str]) -> None:
+    """The analysis goes to W&B too when the sweep's runs log there."""
+    from gptjax.rundir import RunDir
+
+    for run_dir in df["run_dir"]:
+        rd = RunDir(run_dir, read_only=True)
+        if rd.has_config():
+            wcfg = rd.read_config().logging.wandb
+            if wcfg is not None:
+                from gptjax import tracking
+
+                tracking.log_analysis(directory, wcfg, read_manifest(directory).get("name", "sweep"), summary, plots)
+            return
 
 
 def _json_default(o):
@@ -115,25 +184,26 @@ def _safe(f):
         return {"error": str(e)}
 
 
-def _fits(done: pd.DataFrame, bootstrap: int, seed: int) -> dict:
-    """Chinchilla approach 3 where tokens vary, approach 2 where there are budgets, and L(N)."""
+def _fits(done: pd.DataFrame, bootstrap: int, seed: int, force: bool = False) -> dict:
+    """Chinchilla approach 3 where tokens vary, approach 2 where there are budgets, L(N) on the
+    best run per size (fit_lib.law_rows: what `sweep fit --law power` fits) and the frontier L(C)."""
     fits: dict[str, Any] = {}
     if done.empty or done["params"].nunique() < 3:
         return fits
     pts = _points(done)
-    if pts["tokens"].nunique() >= 3 and len(pts) >= 6:
-        fits["chinchilla"] = _safe(lambda: fit_lib.fit_chinchilla(pts, bootstrap=bootstrap, seed=seed).to_dict())
+    options = {"bootstrap": bootstrap, "seed": seed, "force": force}
+    if pts["tokens"].nunique() >= 3:
+        fits["chinchilla"] = _safe(lambda: fit_lib.fit_chinchilla(pts, **options).to_dict())
     if "budget" in pts and pts["budget"].nunique() >= 2:
         fits["isoflop"] = _safe(lambda: fit_lib.fit_isoflop(pts, bootstrap=bootstrap, seed=seed).to_dict())
-    # L(N) at the best loss per size (the envelope over budgets), and the frontier L(C).
-    best = pts.loc[pts.groupby("params")["loss"].idxmin()]
+    best = fit_lib.law_rows(pts, "power")
     if len(best) >= 3:
         fits["power_params"] = _safe(lambda: fit_lib.fit_power(best["params"].values, best["loss"].values,
-                                                               bootstrap=bootstrap, seed=seed).to_dict())
+                                                               labels=list(best["name"]), **options).to_dict())
     if "budget" in pts and pts["budget"].nunique() >= 3:
         frontier = pts.loc[pts.groupby("budget")["loss"].idxmin()]
         fits["power_compute"] = _safe(lambda: fit_lib.fit_power(frontier["budget"].values, frontier["loss"].values,
-                                                                bootstrap=bootstrap, seed=seed).to_dict())
+                                                                **options).to_dict())
     return fits
 
 
@@ -207,7 +277,7 @@ def _plot_loss_vs_params(df, done, summary, path) -> bool:
         n = np.geomspace(done["params"].min() / 1.5, done["params"].max() * 1.5, 50)
         ax.plot(n, power["E"] + power["A"] / n ** power["alpha"], "k--", lw=1,
                 label=f"L(N) = {power['E']:.2f} + {power['A']:.3g}/N^{power['alpha']:.3f}")
-    ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="final validation loss",
+    ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel=_ylabel(summary),
            title="loss against parameters")
     ax.legend(fontsize=7)
     return _save(fig, path)
@@ -227,7 +297,7 @@ def _plot_isoflop(df, done, summary, path) -> bool:
         c2, c1, c0 = b["coefficients"]
         ax.plot(np.exp(x), c2 * x**2 + c1 * x + c0, color=line.get_facecolor()[0], lw=1)
         ax.plot([b["n_opt"]], [b["loss_opt"]], "k*", ms=8)
-    ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="final validation loss",
+    ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel=_ylabel(summary),
            title=f"IsoFLOP parabolas (N_opt ∝ C^{iso['a']:.2f}, D_opt ∝ C^{iso['b']:.2f})")
     ax.legend(fontsize=7)
     return _save(fig, path)
@@ -311,7 +381,7 @@ def _plot_holdout(df, done, summary, path) -> bool:
     ax.scatter([r["params"] for r in held], [r["measured"] for r in held], s=30, c="C3", label="measured (held out)")
     ax.scatter([r["params"] for r in held], [r["predicted"] for r in held], marker="x", s=40, c="k",
                label="predicted")
-    ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="final validation loss",
+    ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel=_ylabel(summary),
            title="extrapolation to the largest runs")
     ax.legend(fontsize=7)
     return _save(fig, path)
@@ -330,9 +400,14 @@ def _plot_lr_transfer(df, done, summary, path) -> bool:
             mean = g.groupby("lr")["loss"].mean()
             line, = ax.plot(mean.index, mean.values, "o-", ms=3, label=f"width {width}")
             ax.plot([mean.idxmin()], [mean.min()], "*", ms=10, color=line.get_color())
-        ax.set(xscale="log", xlabel="learning rate", title=kind or "learning rate", ylabel="final validation loss")
+        ax.set(xscale="log", xlabel="learning rate", title=kind or "learning rate", ylabel=_ylabel(summary))
         ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def _ylabel(summary: dict) -> str:
+    metric = summary.get("metric", "val_loss")
+    return "final validation loss" if metric == "val_loss" else metric
 
 
 # --- report.md -------------------------------------------------------------------------------
@@ -344,8 +419,15 @@ def _interval(fit: dict, key: str, fmt: str = ".4g") -> str:
 
 
 def report_markdown(directory: str, df: pd.DataFrame, summary: dict) -> str:
+    metric = summary.get("metric", "val_loss")
+    stale = int((df["status"] == "stale").sum()) if "status" in df else 0
     lines = [f"# Sweep report: {directory}", "",
-             f"{summary['runs']} runs: {summary['finished']} finished, {summary['failed']} failed.", ""]
+             f"{summary['runs']} runs: {summary['finished']} finished, {summary['failed']} failed, {stale} stale. "
+             f"Fitted metric: `{metric}`.", ""]
+    if summary.get("warnings"):
+        lines += ["## Warnings", "", "Read these before the numbers below: each says why a number may not be trusted "
+                  "(README, \"Scaling-law studies\").", ""]
+        lines += [f"- {w}" for w in summary["warnings"]] + [""]
     failed = df[df["status"] == "failed"]
     lines += [f"- failed `{r['name']}`: {r['error']}" for _, r in failed.iterrows()]
     fits = summary["fits"]
@@ -362,14 +444,12 @@ def report_markdown(directory: str, df: pd.DataFrame, summary: dict) -> str:
         lines += [f"- C = {b['flops']:.3g}: N_opt = {b['n_opt']:.3g}, L_opt = {b['loss_opt']:.4f}"
                   + ("" if b["interior"] else " (minimum outside the sampled sizes: extrapolated)") for b in f["budgets"]]
         lines += [f"- C = {name}: left out ({why})" for name, why in f.get("skipped", [])]
-    for key, title in (("power_params", "L(N) = E + A/N^α (best run per size)"),
-                       ("power_compute", "L(C) = E + A/C^α (frontier)")):
+    for key, title in (("power_params", f"L(N) = E + A/N^α ({fit_lib.LAW_ROWS['power']})"),
+                       ("power_compute", "L(C) = E + A/C^α (frontier: the best run per budget)")):
         if key in fits and "E" in fits[key]:
             f = fits[key]
             lines += ["", f"## {title}", "", f"E = {_interval(f, 'E')}, A = {_interval(f, 'A')}, "
                       f"α = {_interval(f, 'alpha')}; residual RMS {f['residual_rms']:.4f}."]
-    errors = {k: v["error"] for k, v in fits.items() if isinstance(v, dict) and "error" in v}
-    lines += [f"- {k} not fitted: {e}" for k, e in errors.items()]
     hold = summary.get("holdout")
     if hold and "rows" in hold:
         lines += ["", f"## Extrapolation: fit without the {hold['k']} largest size(s), predict them", "",

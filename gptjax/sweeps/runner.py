@@ -1,10 +1,14 @@
 """Running a sweep, resumably, here or on a cluster.
 
-The sweep directory (default runs/sweeps/<name>) holds `sweep.yaml` (the spec as run),
-`sweep.json` (every run: name, directory, overrides) and one run directory per run. A run's
-status is read from its own directory, wherever it lives (object storage included), so status
-is the same whoever ran it (this machine, a SLURM array task, a TPU host):
+The sweep directory (default runs/sweeps/<name>) holds `sweep.yaml` (the spec that produced the
+runs there, paths resolved), `sweep.json` (every run: name, directory, overrides) and one run
+directory per run. A run's status is read from its own directory, wherever it lives (object
+storage included), so status is the same whoever ran it (this machine, a SLURM array task, a TPU
+host):
 
+    stale         its config.yaml differs from what the sweep file resolves to now in a field
+                  that changes what is trained (config.fingerprint): never counted as finished,
+                  never resumed; `--rerun-changed` moves it to superseded/ and trains it anew
     finished      result.json says so
     failed        result.json says diverged or failed (re-run only with --retry-failed)
     interrupted   checkpoints but no final result (resumes from them)
@@ -18,22 +22,31 @@ is recorded and the sweep goes on.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import tqdm
 import yaml
 
 from gptjax import storage
-from gptjax.config import ConfigError
-from gptjax.sweeps.spec import Run, SweepConfig, expand
+from gptjax.config import ConfigError, trained_changes
+from gptjax.rundir import RunDir
+from gptjax.sweeps.spec import Run, SweepConfig, expand, load_sweep
 
 MANIFEST = "sweep.json"
+SPEC = "sweep.yaml"
 RESULT = "result.json"
-STATUSES = ("finished", "failed", "interrupted", "pending")
+SUPERSEDED = "superseded"
+STATUSES = ("finished", "failed", "interrupted", "pending", "stale")
+
+
+class StaleRuns(ConfigError):
+    """Runs trained with settings the sweep file no longer describes; nothing was started or moved."""
 
 
 def default_dir(sweep: SweepConfig) -> str:
@@ -55,7 +68,7 @@ def read_result(run_dir: str) -> dict | None:
 
 
 def status_of(run_dir: str) -> tuple[str, str | None]:
-    """(status, error) of one run from what its directory holds."""
+    """(status, error) of one run from what its directory holds (staleness aside: see `states`)."""
     result = read_result(run_dir)
     if result is not None:
         if result.get("status") == "finished":
@@ -68,14 +81,79 @@ def status_of(run_dir: str) -> tuple[str, str | None]:
     return "pending", None
 
 
+def changes_of(run: Run, directory: str) -> list[tuple[str, Any, Any]]:
+    """Fields that change what is trained, as (field, value in the run directory, value the sweep
+    file gives now); empty for a run directory without a config yet."""
+    rd = RunDir(run_dir_of(directory, run), read_only=True)
+    if not rd.has_config():
+        return []
+    try:
+        return trained_changes(rd.read_config(), run.config)
+    except ConfigError as e:  # written by a gptjax that had other fields: it cannot be the same run
+        return [("config.yaml", str(e), "readable by this gptjax")]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunState:
+    run: Run
+    run_dir: str
+    status: str
+    error: str | None
+    changes: tuple[tuple[str, Any, Any], ...] = ()
+
+
+def states(runs: list[Run], directory: str) -> list[RunState]:
+    out = []
+    for run in runs:
+        run_dir = run_dir_of(directory, run)
+        changes = tuple(changes_of(run, directory))
+        status, error = ("stale", None) if changes else status_of(run_dir)
+        out.append(RunState(run, run_dir, status, error, changes))
+    return out
+
+
+def stale_text(stale: list[RunState], limit: int = 6) -> str:
+    """One line per stale run: each differing field with the run directory's and the file's value."""
+    lines = []
+    for s in stale:
+        fields = "; ".join(f"{k}: {a!r} in the run, {b!r} in the sweep file" for k, a, b in s.changes[:limit])
+        more = f" (+{len(s.changes) - limit} more)" if len(s.changes) > limit else ""
+        lines.append(f"  {s.run.name}: {fields}{more}")
+    return "\n".join(lines)
+
+
 def write_manifest(directory: str, sweep: SweepConfig, runs: list[Run]) -> None:
-    """sweep.yaml and sweep.json; rewritten on every `sweep run`, so they describe the sweep as run."""
+    """sweep.json: every run of the sweep as it is run now."""
     root = storage.as_path(directory)
-    storage.write_text(root / "sweep.yaml", yaml.safe_dump(dataclasses.asdict(sweep), sort_keys=False))
     entries = [{"name": r.name, "run_dir": run_dir_of(directory, r), "overrides": list(r.overrides),
                 "point": r.point, "seed": r.seed, "budget": r.budget} for r in runs]
     storage.write_text(root / MANIFEST, json.dumps({"name": sweep.name, "base": sweep.base, "runs": entries},
                                                    indent=1, default=str))
+
+
+def spec_text(sweep: SweepConfig) -> str:
+    return yaml.safe_dump(dataclasses.asdict(sweep), sort_keys=False)
+
+
+def write_spec(directory: str, sweep: SweepConfig, archive: str | None) -> str | None:
+    """sweep.yaml, the spec of the runs in `directory`. A different one already there is kept
+    under `archive` (superseded/<time>/), never overwritten unseen; returns what was done."""
+    path = storage.as_path(directory) / SPEC
+    text = spec_text(sweep)
+    if path.exists():
+        old = path.read_text()
+        if old == text:
+            return None
+        storage.write_text(storage.as_path(archive) / SPEC, old)
+        storage.write_text(path, text)
+        return f"{path} now holds this sweep file's spec; the previous one is kept in {archive}/{SPEC}"
+    storage.write_text(path, text)
+    return None
+
+
+def read_spec(directory: str) -> SweepConfig | None:
+    path = storage.as_path(directory) / SPEC
+    return load_sweep(path) if path.exists() else None
 
 
 def read_manifest(directory: str) -> dict:
@@ -86,26 +164,59 @@ def read_manifest(directory: str) -> dict:
     return json.loads(path.read_text())
 
 
-def statuses(directory: str) -> list[dict]:
-    """Every run of the manifest with its current status and error."""
+def statuses(directory: str, sweep: SweepConfig | None = None) -> list[dict]:
+    """Every run of the manifest with its current status and error, and (against `sweep`, else
+    the directory's own sweep.yaml) `changes`: what makes a stale run stale."""
+    sweep = sweep or read_spec(directory)
+    if sweep is None:  # a directory from before sweep.yaml was kept: nothing to compare with
+        return statuses_unchecked(directory)
+    current = {s.run.name: s for s in states(expand(sweep), directory)}
     rows = []
-    for entry in read_manifest(directory)["runs"]:
-        status, error = status_of(entry["run_dir"])
-        rows.append({**entry, "status": status, "error": error})
+    for entry in statuses_unchecked(directory):
+        state = current.get(entry["name"])
+        if state is not None:
+            entry.update(status=state.status, error=state.error, changes=list(state.changes))
+        rows.append(entry)
     return rows
 
 
-def status_text(directory: str) -> str:
-    rows = statuses(directory)
+def statuses_unchecked(directory: str) -> list[dict]:
+    """The manifest's runs with the status their directories give, staleness not checked."""
+    rows = []
+    for entry in read_manifest(directory)["runs"]:
+        status, error = status_of(entry["run_dir"])
+        rows.append({**entry, "status": status, "error": error, "changes": []})
+    return rows
+
+
+def status_text(directory: str, sweep: SweepConfig | None = None) -> str:
+    rows = statuses(directory, sweep)
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     lines = [f"{directory}: {len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items())]
     lines += [f"  failed {r['name']}: {r['error']}" for r in rows if r["status"] == "failed"]
+    lines += [f"  stale {r['name']}: " + "; ".join(f"{k} {a!r} -> {b!r}" for k, a, b in r["changes"])
+              for r in rows if r["status"] == "stale"]
     return "\n".join(lines)
 
 
 def to_run(runs: list[Run], directory: str, retry_failed: bool) -> list[Run]:
     wanted = ("pending", "interrupted", "failed") if retry_failed else ("pending", "interrupted")
-    return [r for r in runs if status_of(run_dir_of(directory, r))[0] in wanted]
+    return [s.run for s in states(runs, directory) if s.status in wanted]
+
+
+def supersede(directory: str, stale: list[RunState], archive: str) -> None:
+    """Move stale run directories (and their logs) under `archive`: kept, never deleted."""
+    for s in stale:
+        if storage.exists(s.run_dir):
+            storage.move_tree(s.run_dir, f"{archive}/{s.run.name}")
+        log = storage.as_path(directory) / "logs" / f"{s.run.name}.log"
+        if log.exists():
+            storage.move_tree(log, f"{archive}/logs/{s.run.name}.log")
+
+
+def archive_dir(directory: str) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{str(directory).rstrip('/')}/{SUPERSEDED}/{stamp}"
 
 
 # --- local execution -------------------------------------------------------------------------
@@ -200,26 +311,43 @@ def _tail(path: str, lines: int = 3) -> str:
 # --- entry point -----------------------------------------------------------------------------
 
 def run_sweep(sweep: SweepConfig, directory: str | None = None, *, jobs: int = 1, launcher: str = "local",
-              dry_run: bool = False, retry_failed: bool = False, progress: bool = True,
+              dry_run: bool = False, retry_failed: bool = False, rerun_changed: bool = False, progress: bool = True,
               launcher_args=None) -> int:
-    """`gptjax sweep run`: validate every run, write the manifest, run what is not finished."""
+    """`gptjax sweep run`: validate every run, compare the runs already there with the file, write
+    the spec and manifest, run what is not finished."""
     runs = expand(sweep)  # every config is resolved and validated before anything starts
     directory = directory or default_dir(sweep)
-    todo = to_run(runs, directory, retry_failed)
+    current = states(runs, directory)
+    stale = [s for s in current if s.status == "stale"]
     if dry_run:
-        for run in runs:
-            mark = "run " if run in todo else "skip"
-            print(f"{mark} {run.name}: {' '.join(run.overrides)}")
-        print(f"{len(todo)} of {len(runs)} runs to run in {directory}")
+        for s in current:
+            mark = {"stale": "stale" if not rerun_changed else "rerun"}.get(s.status, "run " if s.status in (
+                "pending", "interrupted") or (retry_failed and s.status == "failed") else "skip")
+            print(f"{mark} {s.run.name}: {' '.join(s.run.overrides)}")
+        print(f"{len(to_run(runs, directory, retry_failed)) + (len(stale) if rerun_changed else 0)} of {len(runs)} "
+              f"runs to run in {directory}" + (f"; {len(stale)} stale" if stale else ""))
         return 0
+    if stale and not rerun_changed:
+        raise StaleRuns(f"sweep {sweep.name}: {len(stale)} run(s) in {directory} were trained with settings the sweep "
+                        f"file no longer describes, so they cannot count as finished or be resumed:\n"
+                        f"{stale_text(stale)}\nNothing was started or moved. Rerun them with --rerun-changed (the old "
+                        f"runs move to {directory}/{SUPERSEDED}/), or restore the sweep file.")
+    archive = archive_dir(directory)
+    if stale:
+        supersede(directory, stale, archive)
+        print(f"moved {len(stale)} stale run(s) to {archive}", file=sys.stderr)
+    note = write_spec(directory, sweep, archive)
+    if note:
+        print(note, file=sys.stderr)
     write_manifest(directory, sweep, runs)
+    todo = to_run(runs, directory, retry_failed)
     print(f"{len(todo)} of {len(runs)} runs to run in {directory} ({len(runs) - len(todo)} finished or failed)",
           file=sys.stderr)
     if not todo:
         return 0
     if launcher == "local":
         failed = run_local(sweep, todo, directory, jobs=jobs, progress=progress)
-        print(status_text(directory))
+        print(status_text(directory, sweep))
         return 1 if failed else 0
     return _submit(sweep, todo, directory, launcher, launcher_args)
 

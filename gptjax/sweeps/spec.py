@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 import pathlib
 import random as random_lib
 import re
@@ -28,7 +29,8 @@ from typing import Any, Literal
 
 import yaml
 
-from gptjax.config import ConfigError, TrainConfig, from_dict, load_train_config
+from gptjax import storage
+from gptjax.config import ConfigError, TrainConfig, from_dict, load_train_config, resolve_path, resolve_paths
 
 DistributionKind = Literal["uniform", "log_uniform", "int_uniform", "choice"]
 
@@ -112,16 +114,36 @@ class Run:
 
 
 def load_sweep(path: str | pathlib.Path) -> SweepConfig:
-    path = pathlib.Path(path)
-    if not path.is_file():
+    """A sweep file, its relative paths (base, data files in overrides, grid, zip and IsoFLOP
+    sizes) resolved against the file's own directory (config.resolve_paths)."""
+    path = storage.as_path(path)
+    if not path.exists():
         raise ConfigError(f"sweep file {str(path)!r} does not exist")
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, dict):
         raise ConfigError(f"sweep {path}: expected a mapping (name, base, grid, ...), got {type(data).__name__}")
     data.setdefault("name", path.stem)
-    sweep = from_dict(SweepConfig, data)
+    origin = None if storage.is_remote(path) else pathlib.Path(os.fspath(path)).parent
+    sweep = from_dict(SweepConfig, _resolved(data, origin, str(path)))
     _check(sweep, path)
     return sweep
+
+
+def _resolved(data: dict, origin: pathlib.Path | None, where: str) -> dict:
+    out = dict(data)
+    base = out.get("base")
+    if isinstance(base, str) and ("/" in base or base.endswith((".yaml", ".yml"))):  # else a preset name
+        out["base"] = resolve_path(base, origin, f"{where}: base")
+    if isinstance(out.get("overrides"), dict):
+        out["overrides"] = resolve_paths(out["overrides"], origin, where)
+    for kind in ("grid", "zip"):
+        if isinstance(out.get(kind), dict):
+            out[kind] = {k: [resolve_paths(v, origin, where, k) for v in values] if isinstance(values, list) else values
+                         for k, values in out[kind].items()}
+    iso = out.get("isoflop")
+    if isinstance(iso, dict) and isinstance(iso.get("sizes"), list):
+        out["isoflop"] = {**iso, "sizes": [resolve_paths(s, origin, where) for s in iso["sizes"]]}
+    return out
 
 
 def _check(sweep: SweepConfig, where) -> None:
@@ -216,6 +238,9 @@ def _resolve(sweep: SweepConfig, point: dict[str, Any], seed: int, budget: float
             if steps < sweep.isoflop.min_steps:
                 return None
             values["steps"] = steps
+            cfg = load_train_config(sweep.base, [_as_override(k, v) for k, v in values.items()])
+        if cfg.logging.wandb is not None and cfg.logging.wandb.group is None:  # the sweep's runs are a group
+            values["logging.wandb.group"] = sweep.name
             cfg = load_train_config(sweep.base, [_as_override(k, v) for k, v in values.items()])
     except ConfigError as e:
         raise ConfigError(f"sweep {sweep.name}, run {name}: {e}") from None

@@ -1,0 +1,147 @@
+"""Where a run reports besides metrics.jsonl and TensorBoard: a start-up summary, plain progress
+lines for logs that are not a terminal (cluster jobs, sweeps), and Weights & Biases.
+
+W&B (`logging.wandb`, the `wandb` extra, imported only when enabled) gets one W&B run per gptjax
+run. Its id is kept in the run directory (wandb.json), so every restart continues the same W&B
+run; rows are plotted against their own `step` (a resume repeats the steps after its checkpoint,
+which W&B's internal step could not take back). The config goes at init, result.json and the
+config file at the end; a sweep sets the group to its name and its analysis adds the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from gptjax import storage
+from gptjax.config import ConfigError, WandbConfig
+
+WANDB_ID = "wandb.json"
+
+
+def human(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class ProgressLines:
+    """`step 120/2000 (6%) loss 2.3456 lr 1.20e-03 tok/s 12.3K mfu 3.4% eta 4m10s` every
+    `every` steps. The ETA counts training steps only (their running mean time): evaluations and
+    checkpoints are not extrapolated over the rest of the run."""
+
+    def __init__(self, total: int, every: int, enabled: bool, out=None):
+        self.total, self.every, self.enabled = total, every, enabled
+        self.out = out or sys.stderr
+        self.mean_s: float | None = None
+
+    def step(self, row: dict, seconds: float) -> None:
+        self.mean_s = seconds if self.mean_s is None else 0.9 * self.mean_s + 0.1 * seconds
+        step = row["step"]
+        if not self.enabled or (step % self.every and step != self.total):
+            return
+        eta = duration(self.mean_s * (self.total - step))
+        print(f"step {step}/{self.total} ({100 * step / self.total:.0f}%) loss {row['loss']:.4f} lr {row['lr']:.3g} "
+              f"tok/s {human(row['tokens_per_sec'])} mfu {100 * row['mfu']:.1f}% eta {eta}", file=self.out, flush=True)
+
+
+def startup_summary(cfg, counts, n_devices: int, platform: str, mesh_shape: dict, progress) -> list[str]:
+    """What a run is about to do, before its first step."""
+    seq = cfg.resolved_seq_len
+    per_step = cfg.data.batch_size * seq
+    remaining = cfg.steps - progress.step
+    tokens = progress.tokens + remaining * per_step
+    flops = progress.flops + remaining * per_step * counts.flops_per_token
+    mesh = " ".join(f"{k}={v}" for k, v in mesh_shape.items())
+    lines = [f"model: {counts.total:,} parameters ({counts.non_embedding:,} non-embedding); {n_devices} {platform} "
+             f"device(s), mesh {mesh}",
+             f"budget: {cfg.steps:,} steps x {cfg.data.batch_size} sequences x {seq} tokens = {per_step:,} "
+             f"tokens/step; {human(tokens)} tokens, {flops:.3g} FLOPs ({counts.flops_per_token:.3g} per token)"]
+    if progress.step:
+        lines.append(f"so far: step {progress.step:,}, example {progress.examples:,}, {human(progress.tokens)} tokens, "
+                     f"{progress.flops:.3g} FLOPs")
+    return lines
+
+
+def require_wandb() -> None:
+    """Refuse logging.wandb before anything starts when the package is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        raise ConfigError("logging.wandb needs the wandb package: pip install 'gptjax[wandb]' (or remove "
+                          "logging.wandb)")
+
+
+class Wandb:
+    """The W&B run of one gptjax run (process 0 only)."""
+
+    def __init__(self, cfg, run_dir, wcfg: WandbConfig):
+        import wandb
+
+        self.run_dir = run_dir
+        id_file = storage.as_path(run_dir) / WANDB_ID
+        saved = json.loads(id_file.read_text()) if id_file.exists() else {}
+        run_id = saved.get("id") or wandb.util.generate_id()
+        local = _local_dir(run_dir)
+        self.run = wandb.init(project=wcfg.project, entity=wcfg.entity, group=wcfg.group, mode=wcfg.mode, id=run_id,
+                              resume="allow", name=cfg.name, dir=local, config=cfg.to_dict(),
+                              settings=wandb.Settings(quiet=True))
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+        if not saved:
+            storage.write_text(id_file, json.dumps({"id": run_id, "project": wcfg.project, "entity": wcfg.entity,
+                                                    "group": wcfg.group}))
+
+    def log(self, row: dict) -> None:
+        self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+    def finish(self, result: dict | None, files: list[str]) -> None:
+        if result is not None:
+            self.run.summary.update({k: v for k, v in result.items() if isinstance(v, (int, float, str))})
+        for name in files:
+            path = storage.as_path(self.run_dir) / name
+            if path.exists() and not storage.is_remote(path):
+                self.run.save(os.fspath(path), base_path=os.fspath(storage.as_path(self.run_dir)), policy="now")
+        self.run.finish()
+
+
+def _local_dir(run_dir) -> str:
+    """W&B writes its own files locally: inside a local run directory, else in the cache."""
+    if storage.is_remote(run_dir):
+        import hashlib
+
+        key = hashlib.sha256(os.fspath(run_dir).encode()).hexdigest()[:16]
+        path = storage.cache_root() / "staging" / key
+    else:
+        path = storage.as_path(run_dir)
+    os.makedirs(os.fspath(path), exist_ok=True)
+    return os.fspath(path)
+
+
+def log_analysis(directory, wcfg: WandbConfig, name: str, summary: dict[str, Any], plots: list[str]) -> None:
+    """The sweep's analysis as a W&B run of its group: the fitted laws' numbers, the warnings and
+    the plots (`plots`: local PNG files)."""
+    import wandb
+
+    local = _local_dir(directory)
+    run = wandb.init(project=wcfg.project, entity=wcfg.entity, group=wcfg.group or name, mode=wcfg.mode,
+                     job_type="analysis", name=f"{name}-analysis", dir=local, settings=wandb.Settings(quiet=True))
+    flat = {}
+    for law, fit in summary.get("fits", {}).items():
+        flat.update({f"{law}/{k}": v for k, v in fit.items() if isinstance(v, (int, float))})
+    run.summary.update({**flat, "warnings": len(summary.get("warnings", []))})
+    images = {os.path.basename(p): wandb.Image(p) for p in plots if os.path.isfile(p)}
+    if images:
+        run.log(images)
+    run.finish()
