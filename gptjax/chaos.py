@@ -159,7 +159,7 @@ class Harness:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=300)
         outcome.exit_code, outcome.message = proc.returncode, _last_line(err)
-        m = re.search(r"received SIGTERM: saved step (\d+)", err)
+        m = re.search(r"received SIGTERM[^:]*: saved step (\d+)", err)
         saved = int(m.group(1)) if m else None
         # Continue the same run to the configured length: compare with the reference.
         self._resume_and_check(run_dir, saved, outcome, 1, proc.returncode == 0 and saved is not None,

@@ -667,8 +667,9 @@ def load_train_config(source: str | None, overrides: list[str] = ()) -> TrainCon
 # directory, wherever the command runs. One found only relative to the current directory is used
 # from there with a warning, so files written before this rule keep working. Paths on the command
 # line are relative to the current directory. Named corpora and presets are names, not paths;
-# URLs (gs://, s3://) and paths starting with ~ or $VAR are left as written. Everything else is
-# stored absolute, so a resolved config means the same from any directory.
+# URLs (gs://, s3://) are left as written; ~ and $VAR / ${VAR} are expanded (an unset variable is
+# an error). Everything else is stored absolute, so a resolved config means the same from any
+# directory.
 
 PATH_FIELDS = ("init_from", "data.corpus", "data.text_files", "data.val_files", "data.sft_files",
                "data.tokenizer_path", "data.token_dir", "finetune.train_file", "finetune.eval_file",
@@ -701,9 +702,15 @@ def _field_match(key: str, pattern: str) -> bool:
 
 def resolve_path(value: str, origin: pathlib.Path | None, where: str, name_ok: bool = False) -> str:
     """One path (or glob) by the rule above; `name_ok`: a bare word found nowhere is a name."""
-    expanded = os.path.expanduser(os.path.expandvars(value))
-    if "://" in value or os.path.isabs(expanded):
+    if "://" in value:
         return value
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    if "$" in expanded:
+        unset = re.findall(r"\$\{?(\w+)", expanded)
+        raise ConfigError(f"{where}: {value!r} names ${unset[0] if unset else '...'}, which is not set; set it or "
+                          "write the path out")
+    if os.path.isabs(expanded):
+        return os.path.normpath(expanded)
     in_cwd = os.path.abspath(expanded)
     if origin is None:
         return value if name_ok and _NAME.fullmatch(value) and not _exists(in_cwd) else in_cwd

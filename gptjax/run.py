@@ -191,6 +191,8 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
         return result
     finally:
         ckpts.close()
+        if tracker is not None:
+            tracker.close()  # a run ended by anything else (a pruned trial, an interrupt) still ends its W&B run
 
 
 def _sft_data(cfg: TrainConfig) -> sft.SFTData:
@@ -362,9 +364,10 @@ def _loop(cfg, tr, state, frozen, base, tokens, measured, pending_eval, rd, ckpt
                     except Interrupted:
                         # Saved with the step's own metrics; the resumed run evaluates it whole.
                         save(number, pending_row=row)
-                        result.stopped = f"stopped by {stop.name or 'a signal on another process'} during the " \
-                                         f"evaluation of step {number}"
-                        _say(f"{result.stopped}: saved step {number}, exiting (the evaluation runs again on resume)")
+                        name = stop.name or "a signal on another process"
+                        result.stopped = f"stopped by {name} during the evaluation of step {number}"
+                        _say(f"received {name} during the evaluation of step {number}: saved step {number}, exiting "
+                             "(the evaluation runs again on resume)")
                         break
                 else:
                     emit(row)

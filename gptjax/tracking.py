@@ -10,8 +10,10 @@ config file at the end; a sweep sets the group to its name and its analysis adds
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import statistics
 import sys
 from typing import Any
 
@@ -37,21 +39,23 @@ def duration(seconds: float) -> str:
 
 
 class ProgressLines:
-    """`step 120/2000 (6%) loss 2.3456 lr 1.20e-03 tok/s 12.3K mfu 3.4% eta 4m10s` every
-    `every` steps. The ETA counts training steps only (their running mean time): evaluations and
-    checkpoints are not extrapolated over the rest of the run."""
+    """`step 120/2000 (6%) loss 2.3456 lr 0.0012 tok/s 12.3K mfu 3.4% eta 4m10s` every `every`
+    steps. The ETA is the median time of the last WINDOW training steps times the steps left: an
+    evaluation, a checkpoint or one slow step is not extrapolated over the rest of the run."""
+
+    WINDOW = 50
 
     def __init__(self, total: int, every: int, enabled: bool, out=None):
         self.total, self.every, self.enabled = total, every, enabled
         self.out = out or sys.stderr
-        self.mean_s: float | None = None
+        self.recent: collections.deque[float] = collections.deque(maxlen=self.WINDOW)
 
     def step(self, row: dict, seconds: float) -> None:
-        self.mean_s = seconds if self.mean_s is None else 0.9 * self.mean_s + 0.1 * seconds
+        self.recent.append(seconds)
         step = row["step"]
         if not self.enabled or (step % self.every and step != self.total):
             return
-        eta = duration(self.mean_s * (self.total - step))
+        eta = duration(statistics.median(self.recent) * (self.total - step))
         print(f"step {step}/{self.total} ({100 * step / self.total:.0f}%) loss {row['loss']:.4f} lr {row['lr']:.3g} "
               f"tok/s {human(row['tokens_per_sec'])} mfu {100 * row['mfu']:.1f}% eta {eta}", file=self.out, flush=True)
 
@@ -93,7 +97,7 @@ class Wandb:
         id_file = storage.as_path(run_dir) / WANDB_ID
         saved = json.loads(id_file.read_text()) if id_file.exists() else {}
         run_id = saved.get("id") or wandb.util.generate_id()
-        local = _local_dir(run_dir)
+        self.local = local = _local_dir(run_dir)
         self.run = wandb.init(project=wcfg.project, entity=wcfg.entity, group=wcfg.group, mode=wcfg.mode, id=run_id,
                               resume="allow", name=cfg.name, dir=local, config=cfg.to_dict(),
                               settings=wandb.Settings(quiet=True))
@@ -106,14 +110,24 @@ class Wandb:
     def log(self, row: dict) -> None:
         self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
-    def finish(self, result: dict | None, files: list[str]) -> None:
-        if result is not None:
-            self.run.summary.update({k: v for k, v in result.items() if isinstance(v, (int, float, str))})
+    def finish(self, result: dict, files: list[str]) -> None:
+        """The result as the run's summary, and its files, uploaded with it."""
+        summary = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
+        summary.update({f"eval/{name}/{k}": v for name, metrics in result.get("evals", {}).items()
+                        for k, v in metrics.items() if k != "step"})
+        self.run.summary.update(summary)
         for name in files:
-            path = storage.as_path(self.run_dir) / name
-            if path.exists() and not storage.is_remote(path):
-                self.run.save(os.fspath(path), base_path=os.fspath(storage.as_path(self.run_dir)), policy="now")
-        self.run.finish()
+            path, local = storage.as_path(self.run_dir) / name, os.path.join(self.local, name)
+            if path.exists():
+                if storage.is_remote(path):  # W&B uploads local files
+                    storage.copy_file(path, local)
+                self.run.save(local, base_path=self.local, policy="now")
+        self.close()
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
 
 
 def _local_dir(run_dir) -> str:

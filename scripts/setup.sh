@@ -10,7 +10,7 @@ python -m pip install -q --upgrade pip
 if [ "${1:-}" = "test" ]; then
   # An unpinned torch resolves to a multi-GB CUDA build; 2.13.0 is the CPU build on this machine.
   python -m pip install -q "torch==2.13.0"
-  python -m pip install -q -c scripts/constraints.txt -e ".[hf,storage,eval,dev]"
+  python -m pip install -q -c scripts/constraints.txt -e ".[hf,storage,eval,dev,wandb]"
   # The TPU compiler for the TPU-topology plan tests, beside the environment rather than in it: an
   # importable libtpu makes every jax start on this machine look for a TPU and log that it found
   # none. Tests point TPU_LIBRARY_PATH at it (tests/conftest.py); the version is jax's `tpu` pin.

@@ -14,7 +14,7 @@ from helpers import TINY_RUN, metrics
 from helpers import gptjax_cli as gptjax
 
 from gptjax import checkpoint, run, rundir
-from gptjax.config import load_train_config
+from gptjax.config import ConfigError, load_train_config
 from gptjax.rundir import RunDir
 
 TINY = {**TINY_RUN, "steps": 20, "eval_every": 10, "checkpoint_every": 5, "sample_tokens": 20}
@@ -138,3 +138,142 @@ def test_sample_and_from_pretrained_read_a_run_directory(full_run):
 
     model = package.from_pretrained(run_dir)
     assert model(jnp.zeros((1, 3), jnp.int32)).shape == (1, 3, 65)
+
+
+# --- exact accounting ------------------------------------------------------------------------------
+
+
+def test_a_resume_with_another_batch_size_counts_what_ran_and_sees_each_example_once(tmp_path, monkeypatch):
+    from gptjax import counting, data
+
+    seen = {}
+    original = data.TrainBatches.at
+
+    def recording(self, first):
+        rows = original(self, first)
+        seen[first] = rows
+        return rows
+
+    monkeypatch.setattr(data.TrainBatches, "at", recording)
+    common = {"mesh": {"data": 4}, "eval_every": 100, "checkpoint_every": 4, "sample_tokens": 0}
+    run.train_run(_in_process_cfg(tmp_path, steps=4, **common), tmp_path / "run", progress=False)
+    resumed = _in_process_cfg(tmp_path, steps=7, **common, data={**TINY["data"], "batch_size": 12})
+    result = run.train_run(resumed, tmp_path / "run", progress=False)
+    interrupted, seen = dict(seen), {}
+    assert sorted(interrupted) == [0, 8, 16, 24, 32, 44, 56]  # the data position is the example reached
+    # An uninterrupted run over the same 68 examples (17 steps of 4) sees exactly those rows.
+    run.train_run(_in_process_cfg(tmp_path, steps=17, **common, data={**TINY["data"], "batch_size": 4}),
+                  tmp_path / "reference", progress=False)
+    np.testing.assert_array_equal(np.concatenate([interrupted[k] for k in sorted(interrupted)]),
+                                  np.concatenate([seen[k] for k in sorted(seen)]))
+    out = json.loads((tmp_path / "run" / "result.json").read_text())
+    tokens = (4 * 8 + 3 * 12) * 32
+    assert result.progress.tokens == out["tokens"] == tokens and out["examples"] == 68 and out["steps"] == 7
+    per_token = counting.flops_per_token(resumed.model, 32)
+    assert out["flops"] == per_token * tokens and out["flops_per_token"] == per_token
+    assert [r["tokens_seen"] for r in metrics(tmp_path / "run")] == [256, 512, 768, 1024, 1408, 1792, 2176]
+
+
+def test_a_resume_with_another_sequence_length_is_refused(tmp_path):
+    run.train_run(_in_process_cfg(tmp_path, steps=3, checkpoint_every=3, sample_tokens=0), tmp_path / "run",
+                  progress=False)
+    shorter = _in_process_cfg(tmp_path, steps=6, data={**TINY["data"], "seq_len": 16})
+    with pytest.raises(ConfigError, match=r"data.seq_len: 32 in .*config.yaml, 16 now"):
+        run.train_run(shorter, tmp_path / "run", progress=False)
+
+
+def test_checkpoints_from_before_the_counts_resume_with_counts_from_their_config():
+    cfg = load_train_config(None, ["model.vocab_size=65", "model.max_seq_len=32", "model.d_model=32",
+                                   "model.n_layers=2", "model.n_heads=4", "data.batch_size=8"])
+    meta = {"step": 5, "config": cfg.to_dict()}
+    position = run.Progress.restored(meta)
+    from gptjax import counting
+
+    assert (position.step, position.examples, position.tokens) == (5, 40, 40 * 32)
+    assert position.flops == 40 * 32 * counting.flops_per_token(cfg.model, 32)
+    assert run.Progress.restored({**meta, "progress": {"step": 5, "examples": 1, "tokens": 2, "flops": 3.0}}) == \
+        run.Progress(5, 1, 2, 3.0)
+
+
+# --- held-out sets and tasks measured during training ---------------------------------------------
+
+MC = [{"context": "ROMEO: I love", "choices": [" thee", " xq"], "label": 0},
+      {"context": "JULIET: Good", "choices": [" night", " zzz"], "label": 0},
+      {"context": "First Citizen:", "choices": ["\nBefore", "\nqqq"], "label": 1}]
+
+
+@pytest.fixture(scope="module")
+def eval_run(tmp_path_factory):
+    """6 steps with two held-out sets (one within a single window) and a multiple-choice task."""
+    d = tmp_path_factory.mktemp("evals")
+    (d / "short.txt").write_text("ROMEO:\nWhat light through yonder")  # 29 characters: one window of 33
+    (d / "long.txt").write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 12)
+    (d / "mc.jsonl").write_text("".join(json.dumps(x) + "\n" for x in MC))
+    cfg = {**TINY, "steps": 6, "eval_every": 3, "checkpoint_every": 3, "sample_tokens": 0,
+           "eval": {"sets": {"short": "short.txt", "long": "long.txt"},
+                    "tasks": [{"task": "mc", "data": "mc.jsonl"}], "tasks_every": 3}}
+    (d / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    out = gptjax("train", d / "tiny.yaml", "--run-dir", d / "run", "--no-progress")
+    return d, out
+
+
+def test_eval_sets_and_tasks_are_in_the_metrics_and_the_result(eval_run):
+    d, _ = eval_run
+    rows = metrics(d / "run")
+    measured = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in measured] == [3, 6]
+    for r in measured:
+        for key in ("eval/short/loss", "eval/short/bpb", "eval/long/loss", "eval/long/bpb", "eval/mc/acc"):
+            assert math.isfinite(r[key]), (key, r)
+        # One byte per character here: bits per byte is the loss in bits.
+        assert r["eval/long/bpb"] == pytest.approx(r["eval/long/loss"] / math.log(2), rel=1e-12)
+    evals = json.loads((d / "run" / "result.json").read_text())["evals"]
+    assert set(evals) == {"short", "long", "mc"} and all(e["step"] == 6 for e in evals.values())
+    assert evals["long"]["loss"] == measured[-1]["eval/long/loss"] and evals["mc"]["items"] == 3
+
+
+def test_an_eval_set_scores_as_gptjax_eval_does(eval_run, tmp_path):
+    d, _ = eval_run
+    final = metrics(d / "run")[-1]
+    # One window holds the whole short text: the trainer's sharded eval step and the evaluation
+    # scorer (another program, another batch layout) must give the same loss and bits per byte.
+    out = gptjax("eval", d / "run", "--task", "perplexity", "--data", d / "short.txt", "--output", tmp_path / "p.json")
+    theirs = json.loads((tmp_path / "p.json").read_text())["results"]["perplexity"]
+    assert theirs["tokens"] == 28 and theirs["bytes"] == 28
+    assert final["eval/short/loss"] == pytest.approx(theirs["nll_per_token"], rel=1e-5)
+    assert final["eval/short/bpb"] == pytest.approx(theirs["bits_per_byte"], rel=1e-5)
+    mc = gptjax("eval", d / "run", "--task", "mc", "--data", d / "mc.jsonl", "--output", tmp_path / "mc.json")
+    assert out.returncode == mc.returncode == 0
+    assert final["eval/mc/acc"] == json.loads((tmp_path / "mc.json").read_text())["results"]["mc"]["acc"]
+
+
+def test_a_run_reports_its_start_progress_and_end_in_plain_lines(eval_run):
+    _, out = eval_run
+    assert "model: 20,256 parameters (17,152 non-embedding); 8 cpu device(s), mesh data=8 fsdp=1 tensor=1" in out.stderr
+    assert "budget: 6 steps x 8 sequences x 32 tokens = 256 tokens/step; 1.54K tokens" in out.stderr
+    progress = [line for line in out.stderr.splitlines() if line.startswith("step ") and "/6 (" in line]
+    assert [line.split()[1] for line in progress] == [f"{s}/6" for s in range(1, 7)]
+    assert all(" eta " in line and " tok/s " in line for line in progress)
+    val = metrics(eval_run[0] / "run")[-1]["val_loss"]
+    assert out.stdout.strip().startswith(f"finished at step 6, val_loss {val:.4f} (step 6)")
+
+
+def test_a_sigterm_during_evaluation_saves_and_the_resume_evaluates_again(eval_run, tmp_path):
+    d, _ = eval_run
+    cfg = yaml.safe_load((d / "tiny.yaml").read_text())
+    cfg["eval"] = {"sets": {k: str(d / v) for k, v in cfg["eval"]["sets"].items()},
+                   "tasks": [{"task": "mc", "data": str(d / "mc.jsonl")}], "tasks_every": 3}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["train", tmp_path / "tiny.yaml", "--run-dir", tmp_path / "run", "--no-progress"]
+    out = gptjax(*args, "faults.kill_at_step=3", "faults.kill_during=eval", "faults.kill_signal=SIGTERM")
+    assert "received SIGTERM during the evaluation of step 3: saved step 3" in out.stderr
+    assert out.stdout.startswith("stopped at step 3 (checkpoint at 3): stopped by SIGTERM during the evaluation")
+    assert [r["step"] for r in metrics(tmp_path / "run")] == [1, 2]  # nothing half-done is logged
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "stopped"
+    resumed = gptjax(*args)
+    assert "resumed from step 3" in resumed.stderr
+    rows, reference = metrics(tmp_path / "run"), metrics(d / "run")
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    for mine, theirs in zip(rows, reference):  # the same run as one never interrupted
+        assert {k: v for k, v in mine.items() if k not in ("tokens_per_sec", "mfu")} == \
+            {k: v for k, v in theirs.items() if k not in ("tokens_per_sec", "mfu")}

@@ -339,3 +339,157 @@ def test_isoflop_leaves_out_a_budget_whose_minimum_is_beyond_the_sampled_sizes()
     assert [b.budget for b in fit.budgets] == ["1e+18", "1e+19", "1e+20"]
     ((name, why),) = fit.skipped
     assert name == "1e+17" and "outside the sampled sizes" in why
+
+
+# --- diagnostics: fits that say when they cannot be trusted ---------------------------------------
+
+
+def _isoflop_study(noise=0.01, seed=0, budgets=10, sizes=25) -> pd.DataFrame:
+    """Hundreds of IsoFLOP points from the Chinchilla law with 1% noise in the loss: the scale of
+    the published refits (Besiroglu et al. 2024 refit 245 points read off Hoffmann et al.'s plots)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in np.geomspace(1e18, 1e22, budgets):
+        for n in np.geomspace(1e7, 1e10, sizes):
+            d = c / (6 * n)
+            rows.append({"params": n, "tokens": d, "loss": _loss(n, d) * np.exp(noise * rng.standard_normal())})
+    return pd.DataFrame(rows)
+
+
+def test_a_well_posed_study_comes_back_within_its_intervals_and_raises_no_warning():
+    fit = F.fit_chinchilla(_isoflop_study(), bootstrap=100)
+    truth = {**TRUE, "a": 0.28 / 0.62, "b": 0.34 / 0.62}
+    for name, value in truth.items():
+        lo, hi = fit.intervals[name]
+        assert lo < value < hi, (name, lo, hi, value)
+    assert fit.n_points == 250 and fit.warnings == ()
+    d = fit.diagnostics
+    assert d["condition_number"] < F.FLAT_CONDITION and d["r2"] > 0.99 and d["clipped_intervals"] == {}
+
+
+def test_too_few_points_for_approach_3_are_refused_unless_forced():
+    six = _grid(noise=1e-3).iloc[[0, 9, 18, 27, 36, 45]]
+    with pytest.raises(F.FitError, match=r"6 points for the chinchilla law's 5 free parameters \(1.2 per parameter, "
+                                         r"fewer than 3\).*15 or more.*--force"):
+        F.fit_chinchilla(six)
+    forced = F.fit_chinchilla(six, force=True, bootstrap=20)
+    assert forced.warnings[0].startswith("6 points for the chinchilla law's 5 free parameters")
+    assert forced.diagnostics["points_per_parameter"] == pytest.approx(1.2)
+    # A 3-parameter power law on 5 points is fitted, with the same warning.
+    power = F.fit_power([1e7, 1e8, 1e9, 1e10, 1e11], [4.0, 3.0, 2.5, 2.2, 2.0])
+    assert power.warnings and power.warnings[0].startswith("5 points for the power law's 3 free parameters")
+
+
+def test_a_flat_direction_is_named():
+    # Every run saw the same number of tokens: B/D^beta is one constant, inseparable from E.
+    n = np.geomspace(1e7, 1e10, 30)
+    df = pd.DataFrame({"params": n, "tokens": 1e10, "loss": _loss(n, 1e10)})
+    fit = F.fit_chinchilla(df)
+    (flat,) = [w for w in fit.warnings if "do not determine" in w]
+    assert {"B", "beta", "E"} & set(flat.split("determine ")[1].split(" separately")[0].split(", "))
+    assert fit.diagnostics["condition_number"] > F.FLAT_CONDITION
+    # The same sizes with tokens that vary too determine everything.
+    varied = pd.DataFrame({"params": n, "tokens": np.geomspace(1e12, 1e9, 30) * n / n})
+    varied["loss"] = _loss(varied["params"], varied["tokens"])
+    assert not [w for w in F.fit_chinchilla(_grid()).warnings if "determine" in w]
+
+
+def test_noise_larger_than_the_effect_is_flagged_and_impossible_intervals_clipped():
+    rng = np.random.default_rng(0)
+    n, d = (m.ravel() for m in np.meshgrid(np.geomspace(1e7, 1e8, 6), np.geomspace(1e9, 1e10, 5)))
+    df = pd.DataFrame({"params": n, "tokens": d, "loss": 3.0 * np.exp(0.05 * rng.standard_normal(n.size))})
+    fit = F.fit_chinchilla(df, bootstrap=30)
+    assert any("the noise is as large as the effect" in w for w in fit.warnings)
+    clipped = fit.diagnostics["clipped_intervals"]
+    assert clipped, fit.warnings
+    for name, c in clipped.items():
+        (raw_lo, raw_hi), (_, low, high) = c["raw"], F._region(name)
+        assert raw_lo < low or raw_hi > high  # left the valid region...
+        lo, hi = fit.intervals[name]
+        assert low <= lo <= hi <= high  # ...and is reported inside it
+        assert any(w.startswith(f"the 95% interval of {name} ") for w in fit.warnings)
+
+
+def test_an_irreducible_loss_at_its_bound_is_flagged():
+    # Points far above E (tiny models, few tokens, as on a CPU): E cannot be told from zero.
+    n, d = (m.ravel() for m in np.meshgrid(np.geomspace(1e4, 1e5, 5), np.geomspace(1e5, 1e6, 5)))
+    df = pd.DataFrame({"params": n, "tokens": d, "loss": 50.0 / n**0.3 + 80.0 / d**0.25})
+    fit = F.fit_chinchilla(df)
+    assert fit.E < 1e-3 and fit.diagnostics["e_at_bound"]
+    assert any(w.startswith(f"E = {fit.E:.3g} sits at its lower bound 0") for w in fit.warnings)
+
+
+def test_residuals_are_compared_with_seed_noise():
+    rng = np.random.default_rng(3)
+    base = _grid()
+    seeds = pd.concat([base.assign(loss=base["loss"] * np.exp(2e-3 * rng.standard_normal(len(base))))
+                       for _ in range(3)], ignore_index=True)
+    fit = F.fit_chinchilla(seeds)
+    assert fit.diagnostics["seed_noise"] == pytest.approx(2e-3, rel=0.25)
+    assert fit.diagnostics["residual_over_seed_noise"] < F.MAX_SEED_RATIO
+    assert not [w for w in fit.warnings if "seed noise" in w]
+    # A law of the wrong form: a bump at the middle sizes that no Chinchilla law has.
+    bumped = seeds.assign(loss=seeds["loss"] * np.where(seeds["params"].between(1e8, 1e9), 1.03, 1.0))
+    misfit = F.fit_chinchilla(bumped)
+    assert any("the seed noise" in w and "misses these points" in w for w in misfit.warnings)
+
+
+def test_isoflop_warns_when_its_line_rests_on_too_little():
+    points = _isoflop_points()
+    few = F.fit_isoflop(points[points["budget"].isin(["1e+18", "1e+19"])])
+    assert any("rests on 2 budgets" in w for w in few.warnings)
+    assert not any("rests on" in w for w in F.fit_isoflop(points).warnings)
+    assert "warnings" in few.to_dict()
+
+
+def test_fit_command_json_keeps_its_keys_and_adds_warnings_and_diagnostics(tmp_path):
+    path = tmp_path / "runs.csv"
+    _grid(noise=1e-3).iloc[[0, 9, 18, 27, 36, 45]].to_csv(path, index=False)
+    with pytest.raises(F.FitError, match=r"--force"):
+        F.fit_command(path, law="chinchilla", as_json=True)
+    out = json.loads(F.fit_command(path, law="chinchilla", as_json=True, force=True, bootstrap=10,
+                                   holdout_largest=1))
+    assert {"E", "A", "B", "alpha", "beta", "intervals", "warnings", "diagnostics"} <= set(out)
+    assert all(isinstance(w, str) for w in out["warnings"]) and out["warnings"][0].startswith("6 points")
+    assert any(w.startswith("extrapolation to the 1 largest size(s) not made") or w.startswith("held-out fit")
+               for w in out["warnings"])
+    assert out["diagnostics"]["rows"] == {"law": "every run", "used": 6, "of": 6, "metric": "loss"}
+    text = F.fit_command(path, law="chinchilla", force=True)
+    assert text.splitlines()[1].startswith("warning: 6 points")  # warnings come first
+
+
+def test_one_law_name_is_one_computation_in_fit_and_analyze(tmp_path):
+    from gptjax.sweeps import report
+
+    df = _grid(noise=1e-3)  # 8 sizes x 8 token counts: L(N) is the best run of each size
+    df["budget"] = None
+    df.to_csv(tmp_path / "runs.csv", index=False)
+    fitted = json.loads(F.fit_command(tmp_path / "runs.csv", law="power", as_json=True))
+    analyzed = report._fits(df.assign(seed=0), bootstrap=0, seed=0)["power_params"]
+    assert fitted["diagnostics"]["rows"]["used"] == 8 and fitted["n_points"] == analyzed["n_points"] == 8
+    for key in ("E", "A", "alpha"):
+        assert fitted[key] == analyzed[key]
+    assert fitted["diagnostics"]["rows"]["law"] == F.LAW_ROWS["power"] == "the best run per size (lowest loss at " \
+        "each params value)"
+
+
+def test_fit_command_fits_the_column_metric_names(tmp_path):
+    df = _grid(noise=1e-3)
+    df["eval/held/bpb"] = df["loss"] * 1.5
+    df["loss"] = 99.0  # not what is fitted
+    df.to_csv(tmp_path / "runs.csv", index=False)
+    out = json.loads(F.fit_command(tmp_path / "runs.csv", law="chinchilla", as_json=True, metric="eval/held/bpb"))
+    assert out["E"] == pytest.approx(1.5 * TRUE["E"], rel=0.05)
+    with pytest.raises(F.FitError, match=r"no column 'eval/x/bpb' to fit \(--metric\); columns: name, params"):
+        F.fit_command(tmp_path / "runs.csv", law="chinchilla", metric="eval/x/bpb")
+
+
+def test_the_command_line_refuses_an_underdetermined_fit_and_forces_it(tmp_path):
+    from helpers import gptjax_cli
+
+    path = tmp_path / "runs.csv"
+    _grid(noise=1e-3).iloc[[0, 9, 18, 27, 36, 45]].to_csv(path, index=False)
+    refused = gptjax_cli("sweep", "fit", path, "--law", "chinchilla", "--json", check=False)
+    assert refused.returncode == 2 and "6 points for the chinchilla law" in refused.stderr and not refused.stdout
+    forced = json.loads(gptjax_cli("sweep", "fit", path, "--law", "chinchilla", "--json", "--force").stdout)
+    assert forced["warnings"][0].startswith("6 points") and "E" in forced

@@ -220,3 +220,141 @@ def test_mup_attention_scale_is_one_over_d_anchored_at_the_base_head_size():
     grown = ModelConfig(d_model=256, n_heads=4, mup_base_head_dim=16, **base)
     assert grown.softmax_scale == pytest.approx(4 / 64)
     assert ModelConfig(d_model=64, n_heads=4, mup_base_head_dim=16, **base).softmax_scale == pytest.approx(1 / 4)
+
+
+# --- a study's runs are the runs its file describes ----------------------------------------------
+
+
+def _two_run_sweep(tmp_path, base, **overrides):
+    return _sweep_file(tmp_path, base, overrides={"optim.warmup_steps": 2, **overrides},
+                       grid={"model.d_model": [32, 48]})
+
+
+def test_a_changed_shared_setting_stops_the_sweep_until_rerun_changed(tmp_path, base):
+    d = tmp_path / "sweep"
+    path = _two_run_sweep(tmp_path, base)
+    gptjax("sweep", "run", path, "--run-dir", d, "--jobs", 2, "--no-progress")
+    names = ["d_model32-seed0", "d_model48-seed0"]
+    spec_before = (d / "sweep.yaml").read_text()
+    stamps = {n: (d / n / "result.json").stat().st_mtime_ns for n in names}
+    # The same name, another warmup: the finished runs no longer are what the file describes.
+    changed = _two_run_sweep(tmp_path, base, **{"optim.warmup_steps": 3})
+    out = gptjax("sweep", "run", changed, "--run-dir", d, "--no-progress", check=False)
+    assert out.returncode == 2, out.stderr[-2000:]
+    for name in names:
+        assert f"{name}: optim.warmup_steps: 2 in the run, 3 in the sweep file" in out.stderr
+    assert "Nothing was started or moved" in out.stderr and "--rerun-changed" in out.stderr
+    assert {n: (d / n / "result.json").stat().st_mtime_ns for n in names} == stamps
+    assert (d / "sweep.yaml").read_text() == spec_before and not (d / "superseded").exists()
+    # status: stale against the changed file, current against the directory's own spec.
+    assert gptjax("sweep", "status", d, changed).stdout.startswith(
+        f"{d}: 2 runs: 0 finished, 0 failed, 0 interrupted, 0 pending, 2 stale")
+    assert "stale d_model32-seed0: optim.warmup_steps 2 -> 3" in gptjax("sweep", "status", d, changed).stdout
+    assert gptjax("sweep", "status", d).stdout.startswith(f"{d}: 2 runs: 2 finished")
+    # --rerun-changed keeps the old runs under superseded/ and trains the new ones to the end.
+    rerun = gptjax("sweep", "run", changed, "--run-dir", d, "--jobs", 2, "--no-progress", "--rerun-changed")
+    assert "2 runs: 2 finished" in rerun.stdout
+    (old,) = list((d / "superseded").iterdir())
+    for name in names:
+        assert yaml.safe_load((old / name / "config.yaml").read_text())["optim"]["warmup_steps"] == 2
+        assert yaml.safe_load((d / name / "config.yaml").read_text())["optim"]["warmup_steps"] == 3
+        assert json.loads((d / name / "result.json").read_text())["status"] == "finished"
+    assert (old / "sweep.yaml").read_text() == spec_before
+    assert yaml.safe_load((d / "sweep.yaml").read_text())["overrides"]["optim.warmup_steps"] == 3
+    assert gptjax("sweep", "status", d).stdout.startswith(f"{d}: 2 runs: 2 finished")
+
+
+def test_evaluations_and_execution_added_to_a_finished_study_keep_its_runs(tmp_path, base):
+    d = tmp_path / "sweep"
+    gptjax("sweep", "run", _two_run_sweep(tmp_path, base), "--run-dir", d, "--no-progress")
+    held = tmp_path / "held.txt"
+    held.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n")
+    more = _two_run_sweep(tmp_path, base, **{"eval.sets": {"held": str(held)}, "mesh.data": 2, "log_every": 2})
+    out = gptjax("sweep", "run", more, "--run-dir", d, "--no-progress")
+    assert "0 of 2 runs to run" in out.stderr and "stale" not in out.stdout + out.stderr
+    # The spec changed (not what the runs trained): the new one is written, the old one kept, said.
+    assert "the previous one is kept in" in out.stderr
+    assert yaml.safe_load((d / "sweep.yaml").read_text())["overrides"]["eval.sets"] == {"held": str(held)}
+    assert len(list((d / "superseded").glob("*/sweep.yaml"))) == 1
+
+
+def test_analyze_leaves_stale_runs_out_and_says_so(tmp_path, base):
+    d = tmp_path / "sweep"
+    gptjax("sweep", "run", _two_run_sweep(tmp_path, base), "--run-dir", d, "--no-progress")
+    config = d / "d_model48-seed0" / "config.yaml"
+    text = yaml.safe_load(config.read_text())
+    text["optim"]["lr"] = 0.1  # as if trained with another learning rate than the spec says
+    config.write_text(yaml.safe_dump(text))
+    summary = report.analyze(str(d), holdout_largest=0, bootstrap=0)
+    assert summary["finished"] == 1
+    assert any("1 stale run(s) left out" in w and "d_model48-seed0" in w for w in summary["warnings"])
+    md = (d / "report.md").read_text()
+    assert md.index("## Warnings") < md.index("stale run(s) left out")
+    csv = (d / "results.csv").read_text()
+    assert "stale" in csv and "optim.lr 0.003 -> 0.1" not in csv  # the change recorded as run -> file
+    assert "optim.lr 0.1 -> 0.003" in csv
+
+
+def test_the_repositorys_sweep_files_run_from_any_directory(tmp_path, monkeypatch, capsys):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = sorted(glob.glob(f"{root}/experiments/sweeps/*.yaml") + glob.glob(f"{root}/experiments/ablations/*.yaml"))
+    monkeypatch.chdir(tmp_path)
+    for path in files:
+        sweep = spec.load_sweep(path)
+        assert sweep.base == os.path.join(root, "experiments", "shakespeare_char.yaml"), path
+        assert spec.expand(sweep)
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_sweep_resolves_its_paths_against_itself_and_stores_them_resolved(tmp_path, base, monkeypatch):
+    study = tmp_path / "study"
+    (study / "data").mkdir(parents=True)
+    (study / "data" / "held.txt").write_text("held out text\n")
+    shutil.copy(base, study / "base.yaml")
+    path = study / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "base": "base.yaml", "overrides": {"eval.sets": {"h": "data/held.txt"}},
+                                    "grid": {"model.d_model": [32]}}))
+    monkeypatch.chdir(tmp_path)
+    sweep = spec.load_sweep(path)
+    assert sweep.base == str(study / "base.yaml")
+    (run,) = spec.expand(sweep)
+    assert run.config.eval.sets == {"h": str(study / "data" / "held.txt")}
+    runner.write_spec(str(tmp_path / "dir"), sweep, str(tmp_path / "archive"))
+    stored = spec.load_sweep(tmp_path / "dir" / "sweep.yaml")  # loads the same from anywhere
+    assert stored == sweep and [r.config for r in spec.expand(stored)] == [run.config]
+
+
+def test_a_sweep_with_wandb_groups_its_runs_by_its_name(tmp_path, base):
+    runs = spec.expand(spec.load_sweep(_sweep_file(tmp_path, base, overrides={"logging.wandb": {"mode": "offline"}},
+                                                   grid={"model.d_model": [32, 48]})))
+    assert {r.config.logging.wandb.group for r in runs} == {"t"}
+
+
+def test_sweep_eval_measures_a_finished_study_as_training_would(tmp_path, base):
+    d = tmp_path / "sweep"
+    gptjax("sweep", "run", _two_run_sweep(tmp_path, base), "--run-dir", d, "--jobs", 2, "--no-progress")
+    held = tmp_path / "held.txt"
+    held.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n" * 3)
+    assert gptjax("sweep", "eval", d, check=False).returncode == 2  # nothing to measure
+    # A run that measured the set while training (the same run: eval.sets changes nothing trained).
+    ref = gptjax("train", base, "optim.warmup_steps=2", "model.d_model=48", f"eval.sets={{held: {held}}}",
+                 "--run-dir", tmp_path / "ref", "--no-progress")
+    assert ref.returncode == 0
+    out = gptjax("sweep", "eval", d, "--set", f"held={held}")
+    assert "measured 2 run(s)" in out.stdout
+    mine = json.loads((d / "d_model48-seed0" / "result.json").read_text())["evals"]["held"]
+    theirs = json.loads((tmp_path / "ref" / "result.json").read_text())["evals"]["held"]
+    assert mine["step"] == theirs["step"] == 6 and mine["added_by"] == "gptjax sweep eval"
+    assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-5) and mine["bpb"] == pytest.approx(theirs["bpb"],
+                                                                                                     rel=1e-5)
+    again = gptjax("sweep", "eval", d, "--set", f"held={held}")
+    assert "measured 0 run(s), 2 already had the metric(s)" in again.stdout
+    # analyze fits and lists by the new metric; a run without it is named.
+    result = d / "d_model32-seed0" / "result.json"
+    data = json.loads(result.read_text())
+    del data["evals"]["held"]
+    result.write_text(json.dumps(data))
+    summary = report.analyze(str(d), holdout_largest=0, bootstrap=0, metric="eval/held/bpb")
+    assert summary["metric"] == "eval/held/bpb"
+    assert any("1 finished run(s) have no eval/held/bpb" in w and "d_model32-seed0" in w for w in summary["warnings"])
+    assert "eval/held/bpb" in (d / "results.csv").read_text().splitlines()[0]

@@ -434,13 +434,12 @@ def _checked_intervals(samples: Mapping[str, np.ndarray], floor: float, e_at_bou
         if name == "E" and bad > 0 and not e_at_bound:  # at its bound already at the optimum: said
             warnings.append(f"E sits at its lower bound 0 in {bad:.0%} of the {len(v)} bootstrap refits: the "
                             "irreducible loss is not identified")
-        if lo < low or hi > high or (bad > 0 and name != "E"):
+        if lo < low or hi > high:
             new = (min(max(lo, low), high), min(max(hi, low), high))
             clipped[name] = {"raw": [lo, hi], "reported": list(new), "outside_share": bad}
-            if lo < low or hi > high:
-                warnings.append(f"the 95% interval of {name} [{lo:.3g}, {hi:.3g}] leaves the valid region ({text}; "
-                                f"{bad:.0%} of {len(v)} bootstrap refits fall outside): reported clipped to "
-                                f"[{new[0]:.3g}, {new[1]:.3g}]")
+            warnings.append(f"the 95% interval of {name} [{lo:.3g}, {hi:.3g}] leaves the valid region ({text}; "
+                            f"{bad:.0%} of {len(v)} bootstrap refits fall outside): reported clipped to "
+                            f"[{new[0]:.3g}, {new[1]:.3g}]")
             out[name] = new
         else:
             out[name] = (lo, hi)
@@ -464,6 +463,20 @@ class _LawFit:
     bootstrap: int  # number of bootstrap refits behind `intervals`
     warnings: tuple[str, ...] = ()  # plain sentences: why this fit may not be trusted (Diagnostics)
     diagnostics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # The bootstrap refits' parameters by name (arrays), for prediction intervals; not reported.
+    samples: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def predict_interval(self, *inputs) -> tuple[np.ndarray, np.ndarray] | None:
+        """2.5/97.5 percentiles of the bootstrap refits' predictions at `inputs` (None without bootstrap)."""
+        if not self.samples or not len(next(iter(self.samples.values()))):
+            return None
+        draws = [dataclasses.replace(self, **{k: float(v[j]) for k, v in self.samples.items()
+                                              if k in self._parameter_names()}).predict(*inputs)
+                 for j in range(len(next(iter(self.samples.values()))))]
+        return np.percentile(draws, 2.5, axis=0), np.percentile(draws, 97.5, axis=0)
+
+    def _parameter_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self) if f.name in ("E", "A", "B", "alpha", "beta"))
 
     def _common(self) -> dict[str, Any]:
         return {
@@ -553,6 +566,7 @@ def _report_fields(solution: _Solution, labels: Sequence[str | int], values, del
                    checked: _Checked) -> dict[str, Any]:
     used = solution.residuals[solution.kept]
     return {
+        "samples": values(solution.bootstrap_SxP),
         "intervals": checked.intervals,
         "warnings": checked.warnings,
         "diagnostics": checked.diagnostics,
@@ -690,9 +704,17 @@ class IsoFlopFit:
 
 def _budget_groups(df: pd.DataFrame, budget_column: str) -> pd.Series:
     if budget_column in df.columns:
-        return df[budget_column].astype(str)
+        return df[budget_column].map(budget_name)
     # Runs of one budget spend 6·N·D only approximately (token counts round to batches).
     return pd.Series([f"{c:.1e}" for c in 6.0 * df["params"] * df["tokens"]], index=df.index)
+
+
+def budget_name(value) -> str:
+    """1.5e+11 for a number of FLOPs, the text itself for a named budget."""
+    try:
+        return f"{float(value):.3g}"
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def _parabola(name: str, rows: pd.DataFrame) -> IsoFlopBudget | str:
@@ -801,6 +823,13 @@ class HoldoutRow:
     tokens: float
     measured: float
     predicted: float
+    low: float | None = None  # the 95% prediction interval over the held-out fit's bootstrap refits
+    high: float | None = None
+
+    @property
+    def inside(self) -> bool | None:
+        """Whether the measurement falls inside the prediction interval (None without one)."""
+        return None if self.low is None else bool(self.low <= self.measured <= self.high)
 
     @property
     def relative_error(self) -> float:
@@ -808,7 +837,7 @@ class HoldoutRow:
         return self.predicted / self.measured - 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "relative_error": self.relative_error}
+        return {**dataclasses.asdict(self), "relative_error": self.relative_error, "inside": self.inside}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -876,9 +905,15 @@ def _holdout(df: pd.DataFrame, k: int, law: Law, fit_kwargs: Mapping[str, Any]) 
     is_held = df["params"].isin(held).to_numpy()
     fit = _fit_law(df[~is_held], law, fit_kwargs)
     test = law_rows(df[is_held], law)
+    inputs = (test["params"].to_numpy(), test["tokens"].to_numpy()) if law == "chinchilla" else \
+        (test["params"].to_numpy(),)
+    band = fit.predict_interval(*inputs)
+    lows, highs = band if band is not None else ([None] * len(test), [None] * len(test))
     rows = tuple(
-        HoldoutRow(label=lab, params=float(n), tokens=float(d), measured=float(y), predicted=float(p))
-        for lab, n, d, y, p in zip(_labels(test), test["params"], test["tokens"], test["loss"], _predict(fit, test))
+        HoldoutRow(label=lab, params=float(n), tokens=float(d), measured=float(y), predicted=float(p),
+                   low=None if lo is None else float(lo), high=None if hi is None else float(hi))
+        for lab, n, d, y, p, lo, hi in zip(_labels(test), test["params"], test["tokens"], test["loss"],
+                                           _predict(fit, test), lows, highs)
     )
     return Holdout(law=law, k=int(k), held_params=tuple(float(h) for h in held), fit=fit, rows=rows)
 
@@ -907,8 +942,8 @@ def fit_command(
     """What `gptjax sweep fit CSV --law ...` prints: one JSON object, or a readable report, its
     warnings first.
 
-    The held-out fit uses the same exclude_worst, seed and force but no bootstrap: only its point
-    predictions are reported. An extrapolation that cannot be made is a warning, not an error.
+    The held-out fit uses the same exclude_worst, seed, force and bootstrap (its refits give the
+    predictions' intervals). An extrapolation that cannot be made is a warning, not an error.
     """
     if law not in LAWS:
         raise FitError(f"law = {law!r} is not known; accepted: {', '.join(LAWS)}")
@@ -918,7 +953,8 @@ def fit_command(
     held = None
     if holdout_largest:
         try:
-            held = _holdout(df, holdout_largest, law, {"exclude_worst": exclude_worst, "seed": seed, "force": force})
+            held = _holdout(df, holdout_largest, law, {"exclude_worst": exclude_worst, "seed": seed, "force": force,
+                                                       "bootstrap": bootstrap})
         except FitError as e:
             warnings.append(f"extrapolation to the {holdout_largest} largest size(s) not made: {e}")
         else:
@@ -959,10 +995,12 @@ def _report(source: str, fit: ChinchillaFit | PowerFit, held: Holdout | None, wa
         lines.append(f"{name:8}{values[name]:12.5g}{lo}{hi}")
     if held is not None:
         lines.append(f"held out: the {held.k} largest params values, fitted on the rest")
-        lines.append(f"{'name':>12}{'params':>12}{'tokens':>12}{'measured':>10}{'predicted':>10}{'rel.err':>9}")
+        lines.append(f"{'name':>12}{'params':>12}{'tokens':>12}{'measured':>10}{'predicted':>10}{'rel.err':>9}"
+                     f"{'95% interval':>20}")
         for r in held.rows:
+            band = "" if r.low is None else f"[{r.low:.4f}, {r.high:.4f}] {'in' if r.inside else 'OUT'}"
             lines.append(
                 f"{str(r.label):>12}{r.params:12.4g}{r.tokens:12.4g}{r.measured:10.4f}{r.predicted:10.4f}"
-                f"{r.relative_error:+9.2%}"
+                f"{r.relative_error:+9.2%}{band:>20}"
             )
     return "\n".join(lines)

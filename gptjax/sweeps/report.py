@@ -105,7 +105,8 @@ def analyze(directory: str, *, holdout_largest: int = 1, bootstrap: int = 100, s
         warnings += [f"{name}: {w}" for w in fit.get("warnings", [])]
         if "error" in fit:
             warnings.append(f"{name} not fitted: {fit['error']}")
-    summary["holdout"] = _holdout(done, summary["fits"], holdout_largest, force, warnings)
+    summary["agreement"] = _agreement(summary["fits"], warnings)
+    summary["holdout"] = _holdout(done, summary["fits"], holdout_largest, force, warnings, bootstrap, seed)
     summary["ablation"] = ablation(done)
     summary["lr_transfer"] = lr_transfer(done)
     summary["warnings"] = warnings
@@ -127,17 +128,42 @@ def analyze(directory: str, *, holdout_largest: int = 1, bootstrap: int = 100, s
     return summary
 
 
-def _holdout(done: pd.DataFrame, fits: dict, k: int, force: bool, warnings: list[str]) -> dict | None:
-    """The extrapolation check, or a warning saying why it could not be made."""
+def _holdout(done: pd.DataFrame, fits: dict, k: int, force: bool, warnings: list[str], bootstrap: int,
+             seed: int) -> dict | None:
+    """The extrapolation check (predictions with bootstrap intervals), or a warning saying why it
+    could not be made."""
     if not k or done.empty:
         return None
     law = "chinchilla" if "E" in fits.get("chinchilla", {}) else "power"
-    result = _safe(lambda: fit_lib.holdout_largest(_points(done), k, law=law, force=force).to_dict())
+    result = _safe(lambda: fit_lib.holdout_largest(_points(done), k, law=law, force=force, bootstrap=bootstrap,
+                                                   seed=seed).to_dict())
     if "error" in result:
         warnings.append(f"extrapolation to the {k} largest size(s) not made: {result['error']}")
-    else:
-        warnings += [f"held-out {law} fit: {w}" for w in result["fit"].get("warnings", [])]
+        return result
+    warnings += [f"held-out {law} fit: {w}" for w in result["fit"].get("warnings", [])]
+    outside = [r for r in result["rows"] if r["inside"] is False]
+    if outside:
+        warnings.append(f"extrapolation: {len(outside)} of {len(result['rows'])} held-out run(s) fall outside the "
+                        "95% prediction interval of the law fitted without them: "
+                        + ", ".join(f"{r['label']} measured {r['measured']:.4f}, predicted [{r['low']:.4f}, "
+                                    f"{r['high']:.4f}]" for r in outside))
     return result
+
+
+def _agreement(fits: dict, warnings: list[str]) -> dict | None:
+    """Approach 3's and approach 2's N_opt ∝ C^a side by side: they estimate the same exponent, so
+    intervals that do not overlap mean at least one of them is wrong for these runs."""
+    three, two = fits.get("chinchilla", {}), fits.get("isoflop", {})
+    if "a" not in three or "a" not in two:
+        return None
+    i3, i2 = three.get("intervals", {}).get("a"), two.get("intervals", {}).get("a")
+    overlap = None if not (i3 and i2) else bool(i3[0] <= i2[1] and i2[0] <= i3[1])
+    if overlap is False:
+        warnings.append(f"approaches 2 and 3 disagree on N_opt ∝ C^a: a = {three['a']:.3g} [{i3[0]:.3g}, {i3[1]:.3g}] "
+                        f"from L(N, D), {two['a']:.3g} [{i2[0]:.3g}, {i2[1]:.3g}] from the IsoFLOP minima; their "
+                        "intervals do not overlap")
+    return {"approach_3": {"a": three["a"], "interval": i3}, "approach_2": {"a": two["a"], "interval": i2},
+            "overlap": overlap}
 
 
 def _track(directory: str, df: pd.DataFrame, summary: dict, plots: list[str]) -> None:
@@ -291,7 +317,7 @@ def _plot_isoflop(df, done, summary, path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for b in iso["budgets"]:
-        g = done[done["budget"].astype(str) == str(b["budget"])] if done["budget"].notna().any() else done
+        g = done[done["budget"].map(fit_lib.budget_name) == b["budget"]] if done["budget"].notna().any() else done
         line = ax.scatter(g["params"], g["loss"], s=18, label=f"C = {float(b['flops']):.2g}")
         x = np.linspace(np.log(g["params"].min()) - 0.3, np.log(g["params"].max()) + 0.3, 60)
         c2, c1, c0 = b["coefficients"]
@@ -443,8 +469,8 @@ def report_markdown(directory: str, df: pd.DataFrame, summary: dict) -> str:
                   f"D_opt ∝ C^{_interval(f, 'b', '.3f')} over {len(f['budgets'])} budgets."]
         lines += [f"- C = {b['flops']:.3g}: N_opt = {b['n_opt']:.3g}, L_opt = {b['loss_opt']:.4f}"
                   + ("" if b["interior"] else " (minimum outside the sampled sizes: extrapolated)") for b in f["budgets"]]
-        lines += [f"- C = {name}: left out ({why})" for name, why in f.get("skipped", [])]
-    for key, title in (("power_params", f"L(N) = E + A/N^α ({fit_lib.LAW_ROWS['power']})"),
+        lines += [f"- C = {s['budget']}: left out ({s['reason']})" for s in f.get("skipped", [])]
+    for key, title in (("power_params", f"L(N) = E + A/N^α, on {fit_lib.LAW_ROWS['power']}"),
                        ("power_compute", "L(C) = E + A/C^α (frontier: the best run per budget)")):
         if key in fits and "E" in fits[key]:
             f = fits[key]
@@ -452,10 +478,23 @@ def report_markdown(directory: str, df: pd.DataFrame, summary: dict) -> str:
                       f"α = {_interval(f, 'alpha')}; residual RMS {f['residual_rms']:.4f}."]
     hold = summary.get("holdout")
     if hold and "rows" in hold:
-        lines += ["", f"## Extrapolation: fit without the {hold['k']} largest size(s), predict them", "",
-                  "| run | N | predicted | measured | relative error |", "|---|---|---|---|---|"]
-        lines += [f"| {r['label']} | {r['params']:.3g} | {r['predicted']:.4f} | {r['measured']:.4f} | "
-                  f"{100 * r['relative_error']:+.2f}% |" for r in hold["rows"]]
+        lines += ["", f"## Extrapolation: the {hold['law']} law fitted without the {hold['k']} largest size(s), "
+                  "predicting them", "",
+                  "| run | N | D | predicted [95% bootstrap] | measured | relative error | inside |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['label']} | {r['params']:.3g} | {r['tokens']:.3g} | {r['predicted']:.4f}"
+                  + ("" if r["low"] is None else f" [{r['low']:.4f}, {r['high']:.4f}]")
+                  + f" | {r['measured']:.4f} | {100 * r['relative_error']:+.2f}% | "
+                  + {True: "yes", False: "**no**", None: "—"}[r["inside"]] + " |" for r in hold["rows"]]
+    agree = summary.get("agreement")
+    if agree:
+        i3, i2 = agree["approach_3"]["interval"], agree["approach_2"]["interval"]
+        shown = {True: "their intervals overlap", False: "**their intervals do not overlap**",
+                 None: "no intervals (no bootstrap)"}[agree["overlap"]]
+        lines += ["", "## N_opt ∝ C^a: approach 3 against approach 2", "",
+                  f"L(N, D): a = {agree['approach_3']['a']:.3g}" + (f" [{i3[0]:.3g}, {i3[1]:.3g}]" if i3 else "")
+                  + f"; IsoFLOP minima: a = {agree['approach_2']['a']:.3g}"
+                  + (f" [{i2[0]:.3g}, {i2[1]:.3g}]" if i2 else "") + f": {shown}."]
     if summary["ablation"]:
         lines += ["", "## Ablation (final validation loss; Welch's t-test against the first variant)", "",
                   "| variant | n | mean ± std | Δ vs first | p | beyond seed noise |", "|---|---|---|---|---|---|"]
