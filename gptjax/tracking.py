@@ -15,6 +15,7 @@ import json
 import os
 import statistics
 import sys
+import uuid
 from typing import Any
 
 from gptjax import storage
@@ -96,7 +97,7 @@ class Wandb:
         self.run_dir = run_dir
         id_file = storage.as_path(run_dir) / WANDB_ID
         saved = json.loads(id_file.read_text()) if id_file.exists() else {}
-        run_id = saved.get("id") or wandb.util.generate_id()
+        run_id = saved.get("id") or uuid.uuid4().hex[:12]  # W&B takes any id of letters and digits
         self.local = local = _local_dir(run_dir)
         self.run = wandb.init(project=wcfg.project, entity=wcfg.entity, group=wcfg.group, mode=wcfg.mode, id=run_id,
                               resume="allow", name=cfg.name, dir=local, config=cfg.to_dict(),

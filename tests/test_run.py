@@ -155,23 +155,22 @@ def test_a_resume_with_another_batch_size_counts_what_ran_and_sees_each_example_
         return rows
 
     monkeypatch.setattr(data.TrainBatches, "at", recording)
-    common = {"mesh": {"data": 4}, "eval_every": 100, "checkpoint_every": 4, "sample_tokens": 0}
+    common = {"eval_every": 100, "checkpoint_every": 4, "sample_tokens": 0}
     run.train_run(_in_process_cfg(tmp_path, steps=4, **common), tmp_path / "run", progress=False)
-    resumed = _in_process_cfg(tmp_path, steps=7, **common, data={**TINY["data"], "batch_size": 12})
+    resumed = _in_process_cfg(tmp_path, steps=7, **common, data={**TINY["data"], "batch_size": 16})
     result = run.train_run(resumed, tmp_path / "run", progress=False)
     interrupted, seen = dict(seen), {}
-    assert sorted(interrupted) == [0, 8, 16, 24, 32, 44, 56]  # the data position is the example reached
-    # An uninterrupted run over the same 68 examples (17 steps of 4) sees exactly those rows.
-    run.train_run(_in_process_cfg(tmp_path, steps=17, **common, data={**TINY["data"], "batch_size": 4}),
-                  tmp_path / "reference", progress=False)
+    assert sorted(interrupted) == [0, 8, 16, 24, 32, 48, 64]  # the data position is the example reached
+    # An uninterrupted run over the same 80 examples (10 steps of 8) sees exactly those rows.
+    run.train_run(_in_process_cfg(tmp_path, steps=10, **common), tmp_path / "reference", progress=False)
     np.testing.assert_array_equal(np.concatenate([interrupted[k] for k in sorted(interrupted)]),
                                   np.concatenate([seen[k] for k in sorted(seen)]))
     out = json.loads((tmp_path / "run" / "result.json").read_text())
-    tokens = (4 * 8 + 3 * 12) * 32
-    assert result.progress.tokens == out["tokens"] == tokens and out["examples"] == 68 and out["steps"] == 7
+    tokens = (4 * 8 + 3 * 16) * 32
+    assert result.progress.tokens == out["tokens"] == tokens and out["examples"] == 80 and out["steps"] == 7
     per_token = counting.flops_per_token(resumed.model, 32)
     assert out["flops"] == per_token * tokens and out["flops_per_token"] == per_token
-    assert [r["tokens_seen"] for r in metrics(tmp_path / "run")] == [256, 512, 768, 1024, 1408, 1792, 2176]
+    assert [r["tokens_seen"] for r in metrics(tmp_path / "run")] == [256, 512, 768, 1024, 1536, 2048, 2560]
 
 
 def test_a_resume_with_another_sequence_length_is_refused(tmp_path):
@@ -206,7 +205,7 @@ MC = [{"context": "ROMEO: I love", "choices": [" thee", " xq"], "label": 0},
 def eval_run(tmp_path_factory):
     """6 steps with two held-out sets (one within a single window) and a multiple-choice task."""
     d = tmp_path_factory.mktemp("evals")
-    (d / "short.txt").write_text("ROMEO:\nWhat light through yonder")  # 29 characters: one window of 33
+    (d / "short.txt").write_text("ROMEO:\nWhat light through yonder")  # 32 characters: one window of 33
     (d / "long.txt").write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 12)
     (d / "mc.jsonl").write_text("".join(json.dumps(x) + "\n" for x in MC))
     cfg = {**TINY, "steps": 6, "eval_every": 3, "checkpoint_every": 3, "sample_tokens": 0,
@@ -239,7 +238,7 @@ def test_an_eval_set_scores_as_gptjax_eval_does(eval_run, tmp_path):
     # scorer (another program, another batch layout) must give the same loss and bits per byte.
     out = gptjax("eval", d / "run", "--task", "perplexity", "--data", d / "short.txt", "--output", tmp_path / "p.json")
     theirs = json.loads((tmp_path / "p.json").read_text())["results"]["perplexity"]
-    assert theirs["tokens"] == 28 and theirs["bytes"] == 28
+    assert theirs["tokens"] == 31 and theirs["bytes"] == 31  # every character but the first
     assert final["eval/short/loss"] == pytest.approx(theirs["nll_per_token"], rel=1e-5)
     assert final["eval/short/bpb"] == pytest.approx(theirs["bits_per_byte"], rel=1e-5)
     mc = gptjax("eval", d / "run", "--task", "mc", "--data", d / "mc.jsonl", "--output", tmp_path / "mc.json")

@@ -388,9 +388,7 @@ def test_a_flat_direction_is_named():
     (flat,) = [w for w in fit.warnings if "do not determine" in w]
     assert {"B", "beta", "E"} & set(flat.split("determine ")[1].split(" separately")[0].split(", "))
     assert fit.diagnostics["condition_number"] > F.FLAT_CONDITION
-    # The same sizes with tokens that vary too determine everything.
-    varied = pd.DataFrame({"params": n, "tokens": np.geomspace(1e12, 1e9, 30) * n / n})
-    varied["loss"] = _loss(varied["params"], varied["tokens"])
+    # Sizes and token counts that both vary determine everything.
     assert not [w for w in F.fit_chinchilla(_grid()).warnings if "determine" in w]
 
 

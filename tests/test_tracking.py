@@ -58,6 +58,10 @@ def _wandb_records(path):
             yield record
 
 
+def _key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
 def test_wandb_offline_is_one_run_across_restarts_with_config_metrics_and_result(tmp_path):
     reference("wandb")
     cfg = {**TINY, "logging": {"wandb": {"project": "gptjax-test", "group": "g", "mode": "offline"}}}
@@ -76,11 +80,11 @@ def test_wandb_offline_is_one_run_across_restarts_with_config_metrics_and_result
             if kind == "run":
                 runs.append(record.run)
             elif kind == "history":
-                history.append({item.key: json.loads(item.value_json) for item in record.history.item if item.key})
+                history.append({_key(item): json.loads(item.value_json) for item in record.history.item})
             elif kind == "summary":
-                summary.update({item.key: json.loads(item.value_json) for item in record.summary.update if item.key})
+                summary.update({_key(item): json.loads(item.value_json) for item in record.summary.update})
     assert {(r.run_id, r.project, r.run_group) for r in runs} == {(run_id, "gptjax-test", "g")}
-    config = {item.key: json.loads(item.value_json) for item in runs[0].config.update}
+    config = {_key(item): json.loads(item.value_json) for item in runs[0].config.update}
     assert config["model"]["d_model"] == 32 and config["steps"] == 2  # the first start's config
     rows = [h for h in history if "loss" in h]
     assert [h["step"] for h in rows] == [1, 2, 3, 4]
