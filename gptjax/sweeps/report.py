@@ -467,9 +467,10 @@ def report_markdown(directory: str, df: pd.DataFrame, summary: dict) -> str:
         f = fits["isoflop"]
         lines += ["", "## IsoFLOP (approach 2)", "", f"N_opt ∝ C^{_interval(f, 'a', '.3f')}, "
                   f"D_opt ∝ C^{_interval(f, 'b', '.3f')} over {len(f['budgets'])} budgets."]
-        lines += [f"- C = {b['flops']:.3g}: N_opt = {b['n_opt']:.3g}, L_opt = {b['loss_opt']:.4f}"
-                  + ("" if b["interior"] else " (minimum outside the sampled sizes: extrapolated)") for b in f["budgets"]]
-        lines += [f"- C = {s['budget']}: left out ({s['reason']})" for s in f.get("skipped", [])]
+        lines += [f"- budget {b['budget']} (6·N·D = {b['flops']:.3g}): N_opt = {b['n_opt']:.3g}, "
+                  f"L_opt = {b['loss_opt']:.4f}" + ("" if b["interior"] else " (minimum outside the sampled sizes: "
+                                                   "extrapolated)") for b in f["budgets"]]
+        lines += [f"- budget {s['budget']}: left out ({s['reason']})" for s in f.get("skipped", [])]
     for key, title in (("power_params", f"L(N) = E + A/N^α, on {fit_lib.LAW_ROWS['power']}"),
                        ("power_compute", "L(C) = E + A/C^α (frontier: the best run per budget)")):
         if key in fits and "E" in fits[key]:
