@@ -854,6 +854,17 @@ class Holdout:
     def max_abs_relative_error(self) -> float:
         return max(abs(r.relative_error) for r in self.rows)
 
+    def warnings(self) -> list[str]:
+        """The held-out fit's own warnings, and the held-out runs its 95% band misses."""
+        out = [f"held-out {self.law} fit: {w}" for w in self.fit.warnings]
+        missed = [r for r in self.rows if r.inside is False]
+        if missed:
+            out.append(f"extrapolation: {len(missed)} of {len(self.rows)} held-out run(s) fall outside the 95% "
+                       "prediction interval of the law fitted without them: "
+                       + ", ".join(f"{r.label} measured {r.measured:.4f}, predicted [{r.low:.4f}, {r.high:.4f}]"
+                                   for r in missed))
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "law": self.law,
@@ -958,7 +969,7 @@ def fit_command(
         except FitError as e:
             warnings.append(f"extrapolation to the {holdout_largest} largest size(s) not made: {e}")
         else:
-            warnings += [f"held-out fit: {w}" for w in held.fit.warnings]
+            warnings += held.warnings()
     rows = {"law": LAW_ROWS[law], "used": fit.n_points + len(fit.excluded), "of": len(df), "metric": metric}
     if as_json:
         out = {"csv": str(csv_path), **fit.to_dict(), "warnings": warnings,

@@ -135,19 +135,13 @@ def _holdout(done: pd.DataFrame, fits: dict, k: int, force: bool, warnings: list
     if not k or done.empty:
         return None
     law = "chinchilla" if "E" in fits.get("chinchilla", {}) else "power"
-    result = _safe(lambda: fit_lib.holdout_largest(_points(done), k, law=law, force=force, bootstrap=bootstrap,
-                                                   seed=seed).to_dict())
-    if "error" in result:
-        warnings.append(f"extrapolation to the {k} largest size(s) not made: {result['error']}")
-        return result
-    warnings += [f"held-out {law} fit: {w}" for w in result["fit"].get("warnings", [])]
-    outside = [r for r in result["rows"] if r["inside"] is False]
-    if outside:
-        warnings.append(f"extrapolation: {len(outside)} of {len(result['rows'])} held-out run(s) fall outside the "
-                        "95% prediction interval of the law fitted without them: "
-                        + ", ".join(f"{r['label']} measured {r['measured']:.4f}, predicted [{r['low']:.4f}, "
-                                    f"{r['high']:.4f}]" for r in outside))
-    return result
+    try:
+        held = fit_lib.holdout_largest(_points(done), k, law=law, force=force, bootstrap=bootstrap, seed=seed)
+    except (fit_lib.FitError, ValueError, np.linalg.LinAlgError) as e:
+        warnings.append(f"extrapolation to the {k} largest size(s) not made: {e}")
+        return {"error": str(e)}
+    warnings += held.warnings()
+    return held.to_dict()
 
 
 def _agreement(fits: dict, warnings: list[str]) -> dict | None:
