@@ -3,8 +3,8 @@ nothing was lost (`gptjax chaos`; tests/faults runs the short mode).
 
 Faults: SIGKILL during a step, during an asynchronous save, during eval and during the final
 save; SIGTERM (preemption); damage to a committed checkpoint (a flipped byte, a truncated file, a
-deleted manifest, a planted symlink); a full disk during a save (a small tmpfs as the run
-directory, root only); in a 2-process run, one process killed. After each the same command
+deleted manifest, a planted symlink); a full disk during a save (the run fills its tmpfs run
+directory just before a save: faults.fill_disk_at_step; root only); in a 2-process run, one process killed. After each the same command
 resumes, and the harness checks: final parameters bit-identical to an uninterrupted run,
 `metrics.jsonl` holding each step once with the uninterrupted run's losses, no step lost beyond
 the checkpoint cadence, and the documented exit codes and messages (gptjax/errors.py).
@@ -190,23 +190,29 @@ class Harness:
         self._damage(fault, outcome, "symlink")
 
     def _disk_full(self, fault, outcome):
-        ref_dir, _ = self.reference()
-        size_kb = _disk_full_size_kb(ref_dir)
+        # The run fills its own (tmpfs) filesystem just before its second save, deterministically:
+        # the first save commits, the second runs out of space, the run stops saying so.
+        first, second = self.cadence, 2 * self.cadence
         mount = self._fresh("disk-full-mount")
         os.makedirs(mount)
-        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", mount],
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", mount],
                                                capture_output=True).returncode != 0:
             raise _Skip("a tmpfs run directory needs root (mount -t tmpfs)")
         try:
             run_dir = os.path.join(mount, "run")
-            out = self._run(run_dir)
+            out = self._run(run_dir, [f"faults.fill_disk_at_step={second}"])
             outcome.exit_code, outcome.message = out.returncode, _matching_line(out.stderr, "did not commit")
+            if "did not commit" not in out.stderr:
+                outcome.message = out.stderr[-3000:]
             last = _committed(run_dir)
-            intact = bool(last) and _verified(run_dir, last[-1])
-            # Free space (the tmpfs grows), then the same command resumes.
-            subprocess.run(["mount", "-o", f"remount,size={size_kb * 20}k", mount], check=True)
+            intact = last == [first] and _verified(run_dir, first)
+            from gptjax.run import DISK_FILLER
+
+            filler = os.path.join(run_dir, DISK_FILLER)
+            if os.path.exists(filler):
+                os.remove(filler)  # space freed: the same command resumes
             self._resume_and_check(run_dir, self.steps, outcome, 1,
-                                   out.returncode == 1 and "did not commit" in out.stderr and intact,
+                                   out.returncode == 1 and f"step {second} to" in out.stderr and intact,
                                    lost_limit=self.steps)
         finally:
             subprocess.run(["umount", mount], capture_output=True)
@@ -330,19 +336,6 @@ def _verified(run_dir, step) -> bool:
     from gptjax import checkpoint
 
     return checkpoint.verify(os.path.join(run_dir, "checkpoints", str(step))) is None
-
-
-def _disk_full_size_kb(ref_dir) -> int:
-    """Room for everything but the checkpoints, plus one and a half checkpoints: the second
-    save runs out of space."""
-    def du(path):
-        return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
-
-    step = _committed(ref_dir)[0]
-    one = du(os.path.join(ref_dir, "checkpoints", str(step)))
-    rest = du(ref_dir) - du(os.path.join(ref_dir, "checkpoints"))
-    files = sum(len(fs) for _, _, fs in os.walk(os.path.join(ref_dir, "checkpoints", str(step))))
-    return int((rest + 1.5 * one) / 1024 + 4 * (files + 40))  # tmpfs rounds each file up to a page
 
 
 def _wait(condition, proc, timeout):

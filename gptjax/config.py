@@ -544,6 +544,9 @@ class FaultConfig:
     kill_during: FaultPhase = "save"
     kill_process: int | None = None  # only this process index kills itself (None: every process)
     kill_signal: FaultSignal = "SIGKILL"  # SIGTERM: what a preemption sends (the run saves and stops)
+    # Just before the checkpoint save of this step, fill the run directory's filesystem (a small
+    # one: run.fill_disk refuses more than 256 MiB free) so that the save runs out of space.
+    fill_disk_at_step: int | None = None
 
     def __post_init__(self) -> None:
         _check_literals(self)
@@ -787,7 +790,8 @@ def alters_state(field: str) -> bool:
 UNTRAINED_FIELDS = (*(f"model.{f}" for f in KERNEL_FIELDS), "mesh", "optim.grad_accum", "data.encode_threads",
                     "data.encode_processes", "name", "eval", "eval_every", "eval_batch_size", "checkpoint_every",
                     "keep_last", "keep_every", "log_every", "logging", "sample_tokens", "peak_flops",
-                    "faults.kill_at_step", "faults.kill_during", "faults.kill_process", "faults.kill_signal")
+                    "faults.kill_at_step", "faults.kill_during", "faults.kill_process", "faults.kill_signal",
+                    "faults.fill_disk_at_step")
 
 
 def is_trained_field(field: str) -> bool:

@@ -72,6 +72,18 @@ def wait_for_peers(name: str, timeout_s: int = START_BARRIER_TIMEOUT_S) -> None:
     multihost.get_barrier_sync_fn()(key=key, timeout_ms=timeout_s * 1000)
 
 
+def compile_together(fn, *args, name: str) -> None:
+    """Compile jitted `fn` for `args` on every process, then wait for all of them (a no-op for one
+    process). gloo gives a collective's first run 30 s to find its peers, and on a loaded host one
+    process can finish compiling much later than another ("GetKeyValue() timed out"); after this
+    barrier the first run starts together. jit keeps the executable: the call that follows only
+    traces."""
+    if jax.process_count() == 1:
+        return
+    fn.lower(*args).compile()
+    wait_for_peers(name)
+
+
 def any_process(flag: bool) -> bool:
     """Whether `flag` holds on any process: every process gets the same answer, so all leave a
     loop of collectives at the same iteration (a collective, so every process must call it)."""

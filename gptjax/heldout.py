@@ -134,6 +134,7 @@ class HeldOut:
         self.tasks = [load_task(spec) for spec in cfg.eval.tasks]
         self.rows = sharding.local_rows(tr.batch_sharding, cfg.eval_batch_size)
         self.step_fn = None
+        self.compiled = False  # on every process: the first batch of the first pass compiles it
 
     def tasks_due(self, step: int) -> bool:
         every, last = self.cfg.eval.tasks_every, step == self.cfg.steps
@@ -170,7 +171,11 @@ class HeldOut:
             if interrupted():
                 raise Interrupted(f"evaluation stopped at batch {i}")
             batch = jax.tree.map(lambda x: sharding.global_array(x, self.rows, sh, b), batch)
-            s, c = self.step_fn(params, frozen, batch, sharding.global_array(weights, self.rows, sh, b))
+            args = (params, frozen, batch, sharding.global_array(weights, self.rows, sh, b))
+            if not self.compiled:
+                distributed.compile_together(self.step_fn, *args, name="gptjax-eval-step-compiled")
+                self.compiled = True
+            s, c = self.step_fn(*args)
             with jax.transfer_guard_device_to_host("allow"):
                 total, count = total + float(s), count + float(c)
             if on_batch is not None:

@@ -34,7 +34,7 @@ from gptjax import (
     train,
 )
 from gptjax.checkpoint_io import CheckpointError
-from gptjax.config import EvalConfig, TrainConfig, fingerprint
+from gptjax.config import ConfigError, EvalConfig, TrainConfig, fingerprint
 from gptjax.errors import Interrupted, RunStopped
 from gptjax.rundir import RunDir
 from gptjax.signals import StopFlag
@@ -122,6 +122,8 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
     `progress`: a bar on a terminal; plain lines every log_every steps otherwise and with False."""
     rd = RunDir(run_dir)
     changes = rd.check_resume(cfg)
+    if cfg.faults.fill_disk_at_step is not None:
+        _fillable(run_dir)
     if cfg.init_from is not None:
         init_from.check(cfg)
     if cfg.data.sft_files:
@@ -210,6 +212,36 @@ def _sft_data(cfg: TrainConfig) -> sft.SFTData:
 
 def _kill_now(name: str = "SIGKILL") -> None:
     os.kill(os.getpid(), getattr(signal, name))
+
+
+DISK_FILLER = "disk_filler"
+FILL_LIMIT = 256 * 2**20
+
+
+def _fillable(run_dir: str) -> int:
+    """The free bytes faults.fill_disk_at_step would fill, refused above FILL_LIMIT: the fault is
+    for a small filesystem (the chaos harness's tmpfs), never a user's disk."""
+    path = os.path.abspath(run_dir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    if free > FILL_LIMIT:
+        raise ConfigError(f"faults.fill_disk_at_step: {path} has {free / 2**20:.0f} MiB free; the fault fills only a "
+                          f"filesystem with at most {FILL_LIMIT // 2**20} MiB free (mount a small tmpfs there)")
+    return free
+
+
+def fill_disk(run_dir: str, leave: int = 64 * 1024) -> None:
+    """Fill the run directory's filesystem (the file DISK_FILLER in it) until `leave` bytes are
+    free: room for the metrics, not for a checkpoint."""
+    chunk = b"\0" * (64 * 1024)
+    with open(os.path.join(run_dir, DISK_FILLER), "wb", buffering=0) as f:
+        try:
+            for _ in range(max(0, _fillable(run_dir) - leave) // len(chunk)):
+                f.write(chunk)
+        except OSError:  # full already: tmpfs counts whole pages
+            pass
 
 
 class _Clock:
@@ -322,11 +354,13 @@ def _loop(cfg, tr, state, frozen, base, tokens, measured, pending_eval, rd, ckpt
                 on_eval(number, row["val_loss"])
 
     def save(number, pending_row=None):
+        if faults.fill_disk_at_step == number and leader:
+            fill_disk(rd.path)
         with jax.transfer_guard_device_to_host("allow"):  # Orbax copies to host
             ckpts.save(number, state, _meta(cfg, position, clock.total(), base, pending_row))
         metrics_log.flush()
 
-    distributed.wait_for_peers("gptjax-train-loop")  # every process compiles the step from here
+    distributed.wait_for_peers("gptjax-train-loop")  # every process starts the loop together
     try:
         with StopFlag() as stop, jax.transfer_guard_device_to_host("disallow"):
             if pending_eval is not None and pending_eval["step"] == start:
@@ -340,8 +374,10 @@ def _loop(cfg, tr, state, frozen, base, tokens, measured, pending_eval, rd, ckpt
                     remaining = 0
             for rows in batches.iterate(position.examples, remaining):
                 number = position.step + 1
-                state, device_metrics = step_fn(state, frozen, feeds.batch(rows),
-                                                feeds.stop_flags(stop.signal is not None))
+                args = (state, frozen, feeds.batch(rows), feeds.stop_flags(stop.signal is not None))
+                if mark is None:
+                    distributed.compile_together(step_fn, *args, name="gptjax-train-step-compiled")
+                state, device_metrics = step_fn(*args)
                 position.advance(cfg.data.batch_size, seq_len, flops)
                 if faults.kills(number, "step"):
                     _kill_now(faults.kill_signal)  # the step is in flight, its metrics unread

@@ -58,6 +58,18 @@ def test_two_processes_match_one_process(single_process_run, two_process_run):
     assert (two_process_run / "config.yaml").is_file() and (two_process_run / "samples" / "step_8.txt").is_file()
 
 
+def test_a_process_that_compiles_much_later_than_its_peer_still_meets_it(config_file, tmp_path):
+    # The first collective of a step waits for every process to compile it (a CI failure: gloo's
+    # 30 s rendezvous ran out while one process of two was still compiling on a loaded host).
+    paths = [str(pathlib.Path(__file__).parent / "slow_compile"), os.environ.get("PYTHONPATH")]
+    env = {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    run_dir = tmp_path / "run"
+    out = gptjax("launch", "local", config_file, "steps=4", "--run-dir", run_dir, "--processes", 2,
+                 "--devices-per-process", 2, env=env, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(losses(run_dir)) == 4
+
+
 def _restore_params(run_dir, mesh_cfg, n_devices):
     cfg = load_train_config(str(run_dir / "config.yaml"))
     tr = train.make_trainer(cfg, sharding.make_mesh(mesh_cfg, jax.devices()[:n_devices]))

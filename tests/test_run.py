@@ -173,6 +173,15 @@ def test_a_resume_with_another_batch_size_counts_what_ran_and_sees_each_example_
     assert [r["tokens_seen"] for r in metrics(tmp_path / "run")] == [256, 512, 768, 1024, 1536, 2048, 2560]
 
 
+def test_the_disk_full_fault_refuses_a_large_filesystem_before_anything_is_written(tmp_path, monkeypatch):
+    # The chaos harness runs it on a small tmpfs (tests/faults); a user's disk is never filled.
+    monkeypatch.setattr(run, "FILL_LIMIT", 0)
+    cfg = _in_process_cfg(tmp_path, faults={"fill_disk_at_step": 2})
+    with pytest.raises(ConfigError, match=r"faults.fill_disk_at_step: .* MiB free; .* at most 0 MiB"):
+        run.train_run(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_resume_with_another_sequence_length_is_refused(tmp_path):
     run.train_run(_in_process_cfg(tmp_path, steps=3, checkpoint_every=3, sample_tokens=0), tmp_path / "run",
                   progress=False)
