@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gptjax.model import abstract_model
+from gptjax.model.gpt import abstract_model
 from gptjax.presets import get_preset
 
 

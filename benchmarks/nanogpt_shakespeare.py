@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptjax.config import load_train_config
-from gptjax.data import load_tokens
+from gptjax.config_files import load_train_config
+from gptjax.data.loader import load_tokens
 
 
 class Block(nn.Module):

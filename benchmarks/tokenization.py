@@ -20,8 +20,8 @@ import time
 
 import tokenizers
 
-from gptjax import textdata
-from gptjax import tokenizer as tok_lib
+from gptjax.data import text_files
+from gptjax.data import tokenizer as tok_lib
 
 
 def corpus(directory: pathlib.Path, mb: float) -> tuple[pathlib.Path, list[str]]:
@@ -43,7 +43,7 @@ def prepare_rate(path, tokenizer, processes: int, threads: int, repeats: int) ->
         with tempfile.TemporaryDirectory() as cache:
             os.environ["GPTJAX_CACHE_DIR"] = cache
             t0 = time.perf_counter()
-            d = textdata.prepare([path], [], tokenizer, val_fraction=0.01, text_field="text", processes=processes,
+            d = text_files.prepare([path], [], tokenizer, val_fraction=0.01, text_field="text", processes=processes,
                                   threads=threads)
             seconds = time.perf_counter() - t0
             digest = (d / "train.bin").read_bytes()

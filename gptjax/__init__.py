@@ -8,9 +8,10 @@ import importlib
 
 _EXPORTS = {
     "ConfigError": "gptjax.config", "ModelConfig": "gptjax.config", "TrainConfig": "gptjax.config",
-    "generate": "gptjax.generation", "export_hf": "gptjax.hf",
-    "GPT": "gptjax.model", "abstract_model": "gptjax.model", "init_model": "gptjax.model",
-    "convert": "gptjax.pretrained", "from_pretrained": "gptjax.pretrained", "save_pretrained": "gptjax.pretrained",
+    "generate": "gptjax.generation", "export_hf": "gptjax.interop.hf",
+    "GPT": "gptjax.model.gpt", "abstract_model": "gptjax.model.gpt", "init_model": "gptjax.model.gpt",
+    "convert": "gptjax.interop.pretrained", "from_pretrained": "gptjax.interop.pretrained",
+    "save_pretrained": "gptjax.interop.native",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -8,14 +8,14 @@ import sys
 
 
 def _params(args) -> int:
-    from gptjax import counting
+    from gptjax.model import counting
 
     print(counting.format_table(args.presets))
     return 0
 
 
 def _convert(args) -> int:
-    from gptjax import pretrained
+    from gptjax.interop import pretrained
 
     pretrained.convert(args.src, args.dst, to=args.to, merge_lora=args.merge_lora, peft=args.peft)
     print(f"wrote {args.dst} ({args.to} format)")
@@ -23,13 +23,14 @@ def _convert(args) -> int:
 
 
 def _train(args) -> int:
-    from gptjax import distributed, run
-    from gptjax.config import load_train_config
+    from gptjax.config_files import load_train_config
+    from gptjax.runtime import distributed
+    from gptjax.training import loop
 
     cfg = load_train_config(args.config, args.overrides)  # bad input fails before any connection
     distributed.initialize()
     run_dir = args.run_dir or str(pathlib.Path("runs") / cfg.name)
-    result = run.train_run(cfg, run_dir, progress=not args.no_progress)
+    result = loop.train_run(cfg, run_dir, progress=not args.no_progress)
     val = f", val_loss {result.val_loss:.4f} (step {result.val_step})" if result.val_loss is not None else ""
     import jax
 
@@ -46,7 +47,8 @@ def _plan(args) -> int:
     import json
     import os
 
-    from gptjax.config import ConfigError, load_train_config
+    from gptjax.config import ConfigError
+    from gptjax.config_files import load_train_config
 
     sizes = _mesh_sizes(args.mesh or "data=1")
     n = sizes["data"] * sizes["fsdp"] * sizes["tensor"]
@@ -65,7 +67,7 @@ def _plan(args) -> int:
     import jax
 
     jax.config.update("jax_platforms", "cpu")  # a TPU topology compiles from here too
-    from gptjax import plan
+    from gptjax.tools import plan
 
     devices = None
     if args.topology:
@@ -82,17 +84,18 @@ def _plan(args) -> int:
     result = plan.make_plan(cfg, args.accelerator, devices=devices, topology=args.topology)
     print(plan.format_plan(result))
     if args.output:
-        from gptjax import storage
+        from gptjax.store import paths
 
-        storage.write_text(args.output, json.dumps(result.to_dict(), indent=1))
+        paths.write_text(args.output, json.dumps(result.to_dict(), indent=1))
     return 0 if result.fits is not False else 1
 
 
 def _bench(args) -> int:
     import json
 
-    from gptjax import bench, storage
-    from gptjax.config import load_train_config
+    from gptjax.config_files import load_train_config
+    from gptjax.store import paths
+    from gptjax.tools import bench
 
     cfg = load_train_config(args.config, args.overrides)
     sections = tuple(filter(None, args.sections.split(","))) if args.sections else bench.SECTIONS
@@ -104,7 +107,7 @@ def _bench(args) -> int:
     result = bench.run(cfg, opts, say=lambda line: print(line, file=sys.stderr))
     print(bench.format_result(result))
     if args.output:
-        storage.write_text(args.output, json.dumps(result, indent=1))
+        paths.write_text(args.output, json.dumps(result, indent=1))
     return 0
 
 
@@ -125,12 +128,12 @@ def _data_prepare(args) -> int:
     import json
     import time
 
-    from gptjax import data
-    from gptjax.config import load_train_config
+    from gptjax.config_files import load_train_config
+    from gptjax.data import loader
 
     cfg = load_train_config(args.config, args.overrides)
     t0 = time.perf_counter()
-    tokens = data.load_tokens(cfg.data, cfg.init_from)
+    tokens = loader.load_tokens(cfg.data, cfg.init_from)
     meta_file = tokens.directory / "meta.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     rate = f", {meta['mb_per_sec']:.1f} MB/s on {meta['processes']} processes" if meta.get("mb_per_sec") else ""
@@ -142,13 +145,13 @@ def _data_prepare(args) -> int:
 def _finetune(args) -> int:
     import math
 
-    from gptjax import gpt1
-    from gptjax.config import load_train_config, parse_override
+    from gptjax.config_files import load_train_config, parse_override
+    from gptjax.finetune import task_heads
 
     # GPT-1's recipe where the command line is silent: batch 32, lr 6.25e-5 with 0.2% linear
     # warmup and linear decay, 3 epochs, λ = 0.5 (section 4.1).
     given = {".".join(parse_override(o)[0]) for o in args.overrides}
-    n = len(gpt1.read_examples(args.train, args.task))
+    n = len(task_heads.read_examples(args.train, args.task))
     batch = next((parse_override(o)[1] for o in args.overrides if o.startswith("data.batch_size=")), 32)
     steps = next((parse_override(o)[1] for o in args.overrides if o.startswith("steps=")), math.ceil(3 * n / batch))
     defaults = {"data.batch_size": 32, "steps": steps, "optim.lr": 6.25e-5, "optim.min_lr": 0.0,
@@ -159,7 +162,7 @@ def _finetune(args) -> int:
                  *([f"finetune.eval_file={args.eval}"] if args.eval else []),
                  *(f"{k}={v}" for k, v in defaults.items() if k not in given), *args.overrides]
     cfg = load_train_config(args.config, overrides)
-    result = gpt1.finetune_run(cfg, args.run_dir, progress=not args.no_progress)
+    result = task_heads.finetune_run(cfg, args.run_dir, progress=not args.no_progress)
     shown = ", ".join(f"{k} {result[k]:.4f}" for k in ("accuracy", "pearson", "spearman") if k in result)
     print(f"{args.task}: {shown or 'no eval file'}; {args.run_dir}/eval.json")
     return 0
@@ -364,7 +367,7 @@ def _sweep_search_worker(args) -> int:
 
 
 def _sweep_coord_check(args) -> int:
-    from gptjax.config import load_train_config
+    from gptjax.config_files import load_train_config
     from gptjax.sweeps import mup
 
     cfg = load_train_config(args.config, args.overrides)
@@ -451,7 +454,7 @@ def _add_sweep(sub) -> None:
 
 
 def _chaos(args) -> int:
-    from gptjax import chaos
+    from gptjax.tools import chaos
 
     return chaos.main(args.workdir, long=args.long, kills=args.kills, terms=args.terms, seed=args.seed)
 
@@ -481,7 +484,7 @@ def _add_launch(sub) -> None:
 
 def _xla_profile_option(s) -> None:
     s.add_argument("--xla-profile", help="XLA flag profile added to XLA_FLAGS before jax starts: none, gpu "
-                   "(the latency-hiding scheduler and pipelined collectives; gptjax/xla.py); default "
+                   "(the latency-hiding scheduler and pipelined collectives; gptjax/runtime/xla.py); default "
                    "$GPTJAX_XLA_PROFILE or none")
 
 
@@ -606,7 +609,7 @@ def _apply_xla_profile(args) -> None:
     """XLA_FLAGS are read when jax starts its backend, which no command has done yet."""
     import os
 
-    from gptjax import xla
+    from gptjax.runtime import xla
 
     profile = getattr(args, "xla_profile", None) or os.environ.get("GPTJAX_XLA_PROFILE") or "none"
     xla.apply_profile(profile)
@@ -632,12 +635,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     from gptjax import errors
-    from gptjax.checkpoint_io import CheckpointError
     from gptjax.config import ConfigError
-    from gptjax.data import DataError
+    from gptjax.data.loader import DataError
+    from gptjax.data.tokenizer import TokenizerError
     from gptjax.evals import EvalError
-    from gptjax.storage import StorageError
-    from gptjax.tokenizer import TokenizerError
+    from gptjax.store.paths import StorageError
+    from gptjax.store.tensor_files import CheckpointError
 
     _one_line_background_errors()
     _persistent_compilation_cache()
@@ -661,10 +664,10 @@ def _persistent_compilation_cache() -> None:
     otherwise): a resumed or repeated run skips compilation (14 s -> 7 s for a tiny run here)."""
     import jax
 
-    from gptjax import storage
+    from gptjax.store import paths
 
     if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(storage.cache_root() / "jax"))
+        jax.config.update("jax_compilation_cache_dir", str(paths.cache_root() / "jax"))
 
 
 def _one_line_background_errors() -> None:

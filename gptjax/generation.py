@@ -23,9 +23,9 @@ import numpy as np
 from flax import nnx
 from jax.experimental import io_callback
 
-from gptjax import xla
-from gptjax.attention import EMPTY
-from gptjax.model import GPT, KVCache, unstacked_layers
+from gptjax.model.attention import EMPTY
+from gptjax.model.gpt import GPT, KVCache, unstacked_layers
+from gptjax.runtime import xla
 
 PAD_MULTIPLE = 16  # prompt and total lengths are rounded up to this: few compiles across calls
 

@@ -7,10 +7,11 @@ import pathlib
 import shlex
 import sys
 
-from gptjax import storage
-from gptjax.config import ConfigError, load_train_config
-from gptjax.provenance import git_commit
-from gptjax.rundir import RunDir
+from gptjax.config import ConfigError
+from gptjax.config_files import load_train_config
+from gptjax.store import paths
+from gptjax.store.provenance import git_commit
+from gptjax.store.rundir import RunDir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +55,7 @@ def require_shared_run_dir(jobs: list[Job], backend: str) -> None:
     """Hosts of one run must share its directory (checkpoints, manifests): gs://, s3://, or an
     absolute path on a filesystem they all mount. A relative path would land on each host's disk."""
     for job in jobs:
-        if not storage.is_remote(job.run_dir) and not pathlib.Path(job.run_dir).is_absolute():
+        if not paths.is_remote(job.run_dir) and not pathlib.Path(job.run_dir).is_absolute():
             raise ConfigError(f"--run-dir {job.run_dir!r}: {backend} runs span hosts, so give gs://BUCKET/..., "
                               "s3://BUCKET/... or an absolute path on storage every host mounts "
                               "(e.g. /mnt/shared/runs/NAME)")

@@ -11,8 +11,8 @@ import sys
 
 import yaml
 
-from gptjax import distributed
 from gptjax.launch.common import Job, record, require_shared_run_dir
+from gptjax.runtime import distributed
 
 PORT = 8476
 

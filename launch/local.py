@@ -13,8 +13,8 @@ import subprocess
 import sys
 import time
 
-from gptjax import distributed
 from gptjax.launch.common import Job, record, shell_join
+from gptjax.runtime import distributed
 
 
 def add_arguments(p) -> None:

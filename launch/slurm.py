@@ -11,8 +11,8 @@ import pathlib
 import subprocess
 import sys
 
-from gptjax import storage
 from gptjax.launch.common import Job, record, shell_join
+from gptjax.store import paths
 
 
 def add_arguments(p) -> None:
@@ -71,7 +71,7 @@ def _log_dir(jobs: list[Job], args) -> pathlib.Path:
     """Where SLURM writes its logs and we the sbatch script: beside the runs, or, for runs on
     object storage (which SLURM cannot write), in ./slurm-logs."""
     run_dir = jobs[0].run_dir
-    if storage.is_remote(run_dir):
+    if paths.is_remote(run_dir):
         return pathlib.Path("slurm-logs").absolute()
     return (pathlib.Path(run_dir).parent if _array(jobs, args) else pathlib.Path(run_dir)).absolute()
 
@@ -84,7 +84,7 @@ def launch(jobs: list[Job], args) -> int:
     for job in jobs:
         record(job, "slurm", text)
     path = _log_dir(jobs, args) / "sbatch.sh"
-    storage.write_text(path, text)
+    paths.write_text(path, text)
     cmd = ["sbatch", "--parsable"] + (["--wait"] if args.wait else []) + [str(path)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0 and not out.stdout.strip():

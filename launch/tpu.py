@@ -9,8 +9,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from gptjax import distributed
 from gptjax.launch.common import Job, record, require_shared_run_dir, shell_join
+from gptjax.runtime import distributed
 
 
 def add_arguments(p) -> None:

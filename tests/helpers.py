@@ -10,7 +10,9 @@ import time
 import jax
 import numpy as np
 
-from gptjax import data, sharding, train
+from gptjax.data import loader
+from gptjax.runtime import sharding
+from gptjax.training import trainer
 
 
 def markov_tokens(n=4000, vocab=65, seed=0):
@@ -35,10 +37,10 @@ TINY_RUN = {
 
 def run_steps(cfg, mesh_cfg, n_devices, steps=5):
     mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:n_devices])
-    tr = train.make_trainer(cfg, mesh)
-    state = train.init_state(tr)
-    step = train.make_train_step(tr)
-    batches = data.TrainBatches(TOKENS, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed)
+    tr = trainer.make_trainer(cfg, mesh)
+    state = trainer.init_state(tr)
+    step = trainer.make_train_step(tr)
+    batches = loader.TrainBatches(TOKENS, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed)
     losses = []
     for s in range(steps):
         no_stop = jax.device_put(np.zeros(mesh.size, np.float32), sharding.per_device(mesh))

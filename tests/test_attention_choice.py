@@ -8,10 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from gptjax import attention
-from gptjax.attention import Choice, choose
 from gptjax.config import ConfigError, ModelConfig
-from gptjax.model import KVCache, init_model
+from gptjax.model import attention
+from gptjax.model.attention import Choice, choose
+from gptjax.model.gpt import KVCache, init_model
 
 GPU = dict(platform="gpu", device_kind="NVIDIA H100 80GB HBM3")
 FLASHABLE = ModelConfig(vocab_size=97, max_seq_len=16, d_model=64, n_layers=2, n_heads=4, d_ff=96,

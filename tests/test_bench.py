@@ -9,8 +9,10 @@ import yaml
 from helpers import TINY_RUN, reference
 from helpers import gptjax_cli as gptjax
 
-from gptjax import bench, counting
-from gptjax.config import ConfigError, TrainConfig, from_dict, load_train_config
+from gptjax.config import ConfigError, TrainConfig, from_dict
+from gptjax.config_files import load_train_config
+from gptjax.model import counting
+from gptjax.tools import bench
 
 NANOGPT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "nanogpt"
 FAST = dict(repeats=2, steps=2, warmup=1, depths=(1, 2), prompt=4, new_tokens=4, gen_batch=(1, 2), data_batches=5)

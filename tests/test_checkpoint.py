@@ -7,16 +7,18 @@ import jax
 import numpy as np
 import pytest
 
-from gptjax import checkpoint, sharding, train
-from gptjax.checkpoint_io import CheckpointError
 from gptjax.config import DataConfig, MeshConfig, ModelConfig, TrainConfig
+from gptjax.runtime import sharding
+from gptjax.store import checkpoint, manifest
+from gptjax.store.tensor_files import CheckpointError
+from gptjax.training import trainer
 
 CFG = TrainConfig(model=ModelConfig(vocab_size=64, max_seq_len=8, d_model=32, n_layers=2, n_heads=4, d_ff=64),
                   data=DataConfig(batch_size=8, tokenizer="char"), keep_last=5)
 
 
-def trainer(mesh_cfg, n):
-    return train.make_trainer(CFG, sharding.make_mesh(mesh_cfg, jax.devices()[:n]))
+def trainer_on(mesh_cfg, n):
+    return trainer.make_trainer(CFG, sharding.make_mesh(mesh_cfg, jax.devices()[:n]))
 
 
 def bumped(state, delta):
@@ -27,8 +29,8 @@ def bumped(state, delta):
 @pytest.fixture
 def saved(tmp_path):
     """Steps 1 and 2 written from an 8-device 2x2x2 mesh; returns (directory, host params by step)."""
-    tr = trainer(MeshConfig(data=2, fsdp=2, tensor=2), 8)
-    state = train.init_state(tr)
+    tr = trainer_on(MeshConfig(data=2, fsdp=2, tensor=2), 8)
+    state = trainer.init_state(tr)
     ckpts = checkpoint.Checkpoints(tmp_path / "ckpt", keep_last=5, keep_every=None)
     expected = {}
     for step in (1, 2):
@@ -40,7 +42,7 @@ def saved(tmp_path):
 
 
 def restore(directory, mesh_cfg=MeshConfig(data=1), n=1):
-    tr = trainer(mesh_cfg, n)
+    tr = trainer_on(mesh_cfg, n)
     ckpts = checkpoint.Checkpoints(directory, keep_last=5, keep_every=None)
     try:
         return ckpts.restore(tr.abstract_state)
@@ -72,7 +74,7 @@ def _data_files(step_dir: pathlib.Path):
 def test_every_committed_step_has_a_manifest(saved):
     directory, _ = saved
     for step in (1, 2):
-        assert checkpoint.verify(directory / str(step)) is None
+        assert manifest.verify(directory / str(step)) is None
 
 
 def test_flipped_byte_falls_back_to_the_previous_step(saved, capsys):
@@ -118,7 +120,7 @@ def test_symlink_inside_a_checkpoint_is_refused(saved, tmp_path, capsys):
 def test_no_loadable_checkpoint_is_an_error_not_a_fresh_start(saved):
     directory, _ = saved
     for step in (1, 2):
-        (directory / str(step) / checkpoint.MANIFEST).unlink()
+        (directory / str(step) / manifest.MANIFEST).unlink()
     with pytest.raises(CheckpointError, match="refusing to start from step 0"):
         restore(directory)
     assert sorted(p.name for p in directory.iterdir() if p.is_dir()) == ["1.unusable", "2.unusable"]
@@ -129,8 +131,8 @@ def test_empty_directory_means_no_checkpoint(tmp_path):
 
 
 def test_keep_last_n_plus_every_k(tmp_path):
-    tr = trainer(MeshConfig(data=1), 1)
-    state = train.init_state(tr)
+    tr = trainer_on(MeshConfig(data=1), 1)
+    state = trainer.init_state(tr)
     ckpts = checkpoint.Checkpoints(tmp_path / "ckpt", keep_last=2, keep_every=4)
     for step in range(1, 11):
         ckpts.save(step, state, {"step": step})
@@ -138,3 +140,20 @@ def test_keep_last_n_plus_every_k(tmp_path):
     kept = checkpoint.Checkpoints(tmp_path / "ckpt", keep_last=2, keep_every=4)
     assert kept.all_steps() == [4, 8, 9, 10]
     kept.close()
+
+
+def test_an_upload_waiting_for_a_save_that_failed_stops_when_the_failure_is_known(tmp_path, monkeypatch):
+    # Orbax never creates the directory of a save that failed (a full disk): the s3 mirror's upload
+    # of that step must not wait for it forever, or the run hangs instead of reporting the failure.
+    import threading
+
+    from gptjax.store.mirror import Mirror
+
+    monkeypatch.setenv("GPTJAX_CACHE_DIR", str(tmp_path / "cache"))
+    mirror = Mirror(tmp_path / "remote", 3, None, read_only=False)
+    mirror.upload_when_committed(7)  # step 7's local save never commits
+    waiting = threading.Thread(target=mirror.wait, kwargs={"abandoned": [7]}, daemon=True)
+    waiting.start()
+    waiting.join(timeout=30)
+    assert not waiting.is_alive(), "Mirror.wait hung on the upload of a step whose save failed"
+    assert mirror.committed_steps() == []

@@ -6,7 +6,7 @@ import pytest
 
 from gptjax import cli, init_model, save_pretrained
 from gptjax.config import ModelConfig
-from gptjax.pretrained import from_pretrained
+from gptjax.interop.pretrained import from_pretrained
 
 
 def test_params_prints_exact_counts(capsys):

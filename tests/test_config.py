@@ -9,7 +9,8 @@ import yaml
 from helpers import TINY_RUN
 
 from gptjax import config
-from gptjax.config import ConfigError, load_train_config
+from gptjax.config import ConfigError
+from gptjax.config_files import load_train_config
 
 BASE = {**TINY_RUN, "steps": 6}
 

@@ -11,8 +11,10 @@ import pytest
 import yaml
 from helpers import metrics, reference, save_hf_gpt2
 
-from gptjax import data, init_from, run
-from gptjax.config import ConfigError, load_train_config
+from gptjax.config import ConfigError
+from gptjax.config_files import load_train_config
+from gptjax.data import loader
+from gptjax.training import loop, warm_start
 
 pytestmark = pytest.mark.xdist_group("finetune")
 
@@ -49,7 +51,7 @@ def test_init_from_takes_model_and_tokenizer_from_the_checkpoint(tmp_path, hf_di
     assert (cfg.model.d_model, cfg.model.n_layers, cfg.model.vocab_size, cfg.model.max_seq_len) == (
         hf_config["n_embd"], hf_config["n_layer"], hf_config["vocab_size"], hf_config["n_positions"])
     assert cfg.data.tokenizer == "init_from"
-    tokenizer = data.make_tokenizer(cfg.data, cfg.init_from)
+    tokenizer = loader.make_tokenizer(cfg.data, cfg.init_from)
     transformers = reference("transformers")
     theirs = transformers.AutoTokenizer.from_pretrained(hf_dir)
     assert tokenizer.encode(FINETUNE_TEXT[:2000]) == theirs(FINETUNE_TEXT[:2000])["input_ids"]
@@ -59,10 +61,10 @@ def test_init_from_takes_model_and_tokenizer_from_the_checkpoint(tmp_path, hf_di
 def test_first_step_loss_equals_transformers(tmp_path, hf_dir, text_file):
     torch, transformers = reference("torch"), reference("transformers")
     cfg = finetune_config(tmp_path, hf_dir, text_file)
-    run.train_run(cfg, tmp_path / "run", progress=False)
+    loop.train_run(cfg, tmp_path / "run", progress=False)
     ours = metrics(tmp_path / "run")[0]["loss"]
-    tokens = data.load_tokens(cfg.data, cfg.init_from)
-    rows = data.TrainBatches(tokens.train, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed).at(0)
+    tokens = loader.load_tokens(cfg.data, cfg.init_from)
+    rows = loader.TrainBatches(tokens.train, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed).at(0)
     model = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
     with torch.no_grad():
         theirs = float(model(torch.tensor(rows, dtype=torch.long), labels=torch.tensor(rows, dtype=torch.long)).loss)
@@ -83,7 +85,7 @@ def test_init_from_refuses_shape_changes_before_reading_weights(tmp_path, hf_dir
     # A config built in code is checked by the run itself, before anything is written.
     bad = cfg.__class__(**{**cfg.__dict__, "model": cfg.model.replace(n_layers=3)})
     with pytest.raises(ConfigError, match=r"model\.n_layers = 3"):
-        run.train_run(bad, tmp_path / "never", progress=False)
+        loop.train_run(bad, tmp_path / "never", progress=False)
     assert not (tmp_path / "never").exists()
 
 
@@ -91,25 +93,25 @@ def test_padded_vocabulary_loads_the_same_function(tmp_path, hf_dir, text_file):
     """Padding rows are added on load; the loss of the first step cannot change."""
     a = finetune_config(tmp_path, hf_dir, text_file)
     b = finetune_config(tmp_path, hf_dir, text_file, "model.vocab_pad_multiple=64")
-    run.train_run(a, tmp_path / "a", progress=False)
-    run.train_run(b, tmp_path / "b", progress=False)
+    loop.train_run(a, tmp_path / "a", progress=False)
+    loop.train_run(b, tmp_path / "b", progress=False)
     assert metrics(tmp_path / "b")[0]["loss"] == pytest.approx(metrics(tmp_path / "a")[0]["loss"], rel=1e-6)
     # ... and a run directory continues as init_from of another run, rows repadded back to none.
     c = finetune_config(tmp_path, tmp_path / "b", text_file, "model.vocab_pad_multiple=1")
-    run.train_run(c, tmp_path / "c", progress=False)
+    loop.train_run(c, tmp_path / "c", progress=False)
     assert metrics(tmp_path / "c")[0]["loss"] < metrics(tmp_path / "b")[0]["loss"]
 
 
 def test_fine_tuned_run_exports_to_transformers_and_improves_held_out_loss(tmp_path, hf_dir, text_file):
     torch, transformers = reference("torch"), reference("transformers")
-    from gptjax import pretrained
+    from gptjax.interop import pretrained
 
     cfg = finetune_config(tmp_path, hf_dir, text_file, steps=30)
-    run.train_run(cfg, tmp_path / "run", progress=False)
+    loop.train_run(cfg, tmp_path / "run", progress=False)
     pretrained.convert(tmp_path / "run", tmp_path / "export", to="hf")
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "export")
     held_out = README[24000:]
-    ours = data.make_tokenizer(cfg.data, cfg.init_from)
+    ours = loader.make_tokenizer(cfg.data, cfg.init_from)
     assert tok(held_out)["input_ids"] == ours.encode(held_out)
     ids = torch.tensor([ours.encode(held_out)[:64]])
 
@@ -125,7 +127,8 @@ def test_sharded_load_never_puts_a_whole_parameter_on_one_device(tmp_path, monke
     """pythia-70m (282 MB of float32 parameters) fine-tunes on 8 devices with fsdp, each device
     allowed a quarter of the model: every device receives only its shard of each parameter."""
     torch, transformers = reference("torch"), reference("transformers")
-    from gptjax import hf, presets
+    from gptjax import presets
+    from gptjax.interop import hf
 
     cfg_hf = hf.config_to_hf(presets.get_preset("pythia-70m"))
     torch.manual_seed(0)
@@ -135,7 +138,7 @@ def test_sharded_load_never_puts_a_whole_parameter_on_one_device(tmp_path, monke
     total = 4 * 70_426_624
     budget = total // 4
     handed: dict[int, int] = {}
-    real_put = init_from._put
+    real_put = warm_start._put
 
     def spying_put(host, sh):
         arr = real_put(host, sh)
@@ -143,10 +146,10 @@ def test_sharded_load_never_puts_a_whole_parameter_on_one_device(tmp_path, monke
             handed[shard.device.id] = handed.get(shard.device.id, 0) + shard.data.nbytes
         return arr
 
-    monkeypatch.setattr(init_from, "_put", spying_put)
+    monkeypatch.setattr(warm_start, "_put", spying_put)
     cfg = finetune_config(tmp_path, tmp_path / "pythia", text, "data.tokenizer=gpt2", "mesh.data=1",
                           "mesh.fsdp=8", "data.seq_len=16")
-    run.train_run(cfg, tmp_path / "run", progress=False)
+    loop.train_run(cfg, tmp_path / "run", progress=False)
     assert sorted(handed) == list(range(8))
     assert max(handed.values()) <= budget, handed
     assert sum(handed.values()) == pytest.approx(total, rel=0.01)  # every byte arrived, once
@@ -160,29 +163,32 @@ LORA = ["finetune.lora.rank=4", "finetune.lora.alpha=8"]
 def lora_run(tmp_path_factory, hf_dir, text_file):
     d = tmp_path_factory.mktemp("lora")
     cfg = finetune_config(d, hf_dir, text_file, *LORA, "optim.lr=1e-2", steps=20)
-    run.train_run(cfg, d / "run", progress=False)
+    loop.train_run(cfg, d / "run", progress=False)
     return cfg, d / "run"
 
 
 def test_lora_trains_adapters_only_from_the_base_model(tmp_path, lora_run, hf_dir, text_file):
-    from gptjax import checkpoint, rundir, sharding, train
+    from gptjax.interop import runs
+    from gptjax.runtime import sharding
+    from gptjax.store import checkpoint
+    from gptjax.training import trainer
 
     cfg, run_dir = lora_run
     rows = metrics(run_dir)
     # B starts at zero: the first step is the base model's loss exactly (full fine-tuning's first step).
     full = finetune_config(tmp_path, hf_dir, text_file)
-    run.train_run(full, tmp_path / "full", progress=False)
+    loop.train_run(full, tmp_path / "full", progress=False)
     assert rows[0]["loss"] == pytest.approx(metrics(tmp_path / "full")[0]["loss"], rel=1e-6)
     # The base is a random model with a frozen tied head: adapters can lower its loss only a little.
     assert np.mean([r["loss"] for r in rows[-5:]]) < rows[0]["loss"] - 0.05
     # The checkpoint and the optimizer hold adapters only: nothing of the base's size.
-    tr = train.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
+    tr = trainer.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
     ckpts = checkpoint.Checkpoints(run_dir / "checkpoints", 10, None, read_only=True)
     try:
         state, meta = ckpts.restore(tr.abstract_state)
     finally:
         ckpts.close()
-    assert meta["base_fingerprint"] == init_from.fingerprint(str(hf_dir))
+    assert meta["base_fingerprint"] == warm_start.fingerprint(str(hf_dir))
     n_adapters = sum(x.size for x in jax.tree.leaves(state["params"]))
     n_base = sum(x.size for x in jax.tree.leaves(tr.abstract_frozen))
     # 2 layers x (q, k, v, o: 48 x 4 + 4 x 48; up, down: 48 x 4 + 4 x 192 and its mirror).
@@ -191,9 +197,9 @@ def test_lora_trains_adapters_only_from_the_base_model(tmp_path, lora_run, hf_di
     largest_adapter = max(x.size for x in jax.tree.leaves(state["params"]))
     assert max(x.size for x in jax.tree.leaves(state["opt_state"])) <= largest_adapter
     # Reading the run merges the adapters into the base.
-    model, _, _ = rundir.load_model(run_dir)
+    model, _, _ = runs.load_model(run_dir)
     kernel = np.asarray(model.blocks.attn.q.kernel[...])
-    from gptjax import hf as hf_lib
+    from gptjax.interop import hf as hf_lib
 
     base = hf_lib.load_hf(hf_dir).blocks.attn.q.kernel[...]
     assert not np.allclose(kernel, base)
@@ -204,16 +210,16 @@ def test_lora_exports_merged_and_as_peft_adapters_with_equal_logits(tmp_path, lo
     torch, transformers, peft = reference("torch"), reference("transformers"), reference("peft")
     from helpers import gptjax_cli
 
-    from gptjax import rundir
+    from gptjax.interop import runs
 
     _, run_dir = lora_run
     gptjax_cli("convert", run_dir, tmp_path / "merged", "--to", "hf", "--merge-lora")
     gptjax_cli("convert", run_dir, tmp_path / "adapters", "--to", "hf", "--peft")
     assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == ["adapter_config.json",
                                                                          "adapter_model.safetensors"]
-    ids = np.asarray(data.make_tokenizer(load_train_config(str(run_dir / "config.yaml")).data,
+    ids = np.asarray(loader.make_tokenizer(load_train_config(str(run_dir / "config.yaml")).data,
                                          str(hf_dir)).encode(README[24000:25000])[:48])[None]
-    model, _, _ = rundir.load_model(run_dir)
+    model, _, _ = runs.load_model(run_dir)
     ours = np.asarray(model.logits(ids))[..., :model.cfg.vocab_size]
     with torch.no_grad():
         merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
@@ -232,7 +238,7 @@ def test_peft_export_refuses_full_fine_tuning_runs(tmp_path, hf_dir, text_file):
     from helpers import gptjax_cli
 
     cfg = finetune_config(tmp_path, hf_dir, text_file)
-    run.train_run(cfg, tmp_path / "run", progress=False)
+    loop.train_run(cfg, tmp_path / "run", progress=False)
     out = gptjax_cli("convert", tmp_path / "run", tmp_path / "x", "--to", "hf", "--peft", check=False)
     assert out.returncode == 2 and "not a LoRA run" in out.stderr, out.stderr
     assert not (tmp_path / "x").exists()
@@ -242,7 +248,7 @@ def test_sft_first_step_loss_equals_transformers_on_response_tokens(tmp_path, hf
     """Packed supervised rows through gptjax against each example alone through transformers,
     with the prompt's labels set to -100 (the way transformers users mask prompts)."""
     torch, transformers = reference("torch"), reference("transformers")
-    from gptjax import sft
+    from gptjax.finetune import sft
 
     words = README[6000:24000].split()
     rng = np.random.default_rng(0)
@@ -251,9 +257,9 @@ def test_sft_first_step_loss_equals_transformers_on_response_tokens(tmp_path, hf
     (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     cfg = finetune_config(tmp_path, hf_dir, tmp_path / "unused.txt", "data.text_files=[]",
                           f"data.sft_files=[{tmp_path / 'sft.jsonl'}]", "data.seq_len=64")
-    run.train_run(cfg, tmp_path / "run", progress=False)
+    loop.train_run(cfg, tmp_path / "run", progress=False)
     ours = metrics(tmp_path / "run")[0]["loss"]
-    tokenizer = data.make_tokenizer(cfg.data, cfg.init_from)
+    tokenizer = loader.make_tokenizer(cfg.data, cfg.init_from)
     rows = sft.Batches(sft.load(cfg.data, tokenizer, 64).train, cfg.data.batch_size, cfg.seed).at(0)
     assert rows["segments"].max() > 1  # packed
     model = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
@@ -274,16 +280,16 @@ def test_sft_first_step_loss_equals_transformers_on_response_tokens(tmp_path, hf
 
 def test_init_from_a_gptjax_directory_starts_from_the_same_weights(tmp_path, hf_dir, text_file):
     """HF -> gptjax directory (weights and tokenizer.json): fine-tuning from either is the same."""
-    from gptjax import pretrained
+    from gptjax.interop import pretrained
 
     pretrained.convert(hf_dir, tmp_path / "native", to="gptjax")
     assert (tmp_path / "native" / "tokenizer.json").is_file()
     a = finetune_config(tmp_path, hf_dir, text_file)
     b = finetune_config(tmp_path, tmp_path / "native", text_file)
-    assert data.make_tokenizer(b.data, b.init_from).encode(FINETUNE_TEXT[:500]) == \
-        data.make_tokenizer(a.data, a.init_from).encode(FINETUNE_TEXT[:500])
-    run.train_run(a, tmp_path / "a", progress=False)
-    run.train_run(b, tmp_path / "b", progress=False)
+    assert loader.make_tokenizer(b.data, b.init_from).encode(FINETUNE_TEXT[:500]) == \
+        loader.make_tokenizer(a.data, a.init_from).encode(FINETUNE_TEXT[:500])
+    loop.train_run(a, tmp_path / "a", progress=False)
+    loop.train_run(b, tmp_path / "b", progress=False)
     assert metrics(tmp_path / "b")[0]["loss"] == metrics(tmp_path / "a")[0]["loss"]
 
 
@@ -292,9 +298,10 @@ def test_lora_with_dropout_attaches_adapters_beside_their_layers(hf_dir):
     is dropped, and dropout changes it only through the adapters."""
     from flax import nnx
 
-    from gptjax import hf as hf_lib
-    from gptjax import lora, sharding
     from gptjax.config import LoraConfig
+    from gptjax.finetune import lora
+    from gptjax.interop import hf as hf_lib
+    from gptjax.runtime import sharding
 
     base = hf_lib.load_hf(hf_dir)
     graphdef, state = nnx.split(base)
@@ -321,6 +328,6 @@ def test_lora_with_dropout_attaches_adapters_beside_their_layers(hf_dir):
 def test_lora_dropout_trains(tmp_path, hf_dir, text_file):
     cfg = finetune_config(tmp_path, hf_dir, text_file, *LORA, "finetune.lora.dropout=0.1", "optim.lr=1e-2",
                           steps=10)
-    run.train_run(cfg, tmp_path / "run", progress=False)
+    loop.train_run(cfg, tmp_path / "run", progress=False)
     rows = metrics(tmp_path / "run")
     assert all(np.isfinite(r["loss"]) for r in rows) and rows[-1]["loss"] < rows[0]["loss"]

@@ -10,7 +10,7 @@ from helpers import reference
 
 from gptjax import generation as gen
 from gptjax.config import ModelConfig
-from gptjax.model import init_model
+from gptjax.model.gpt import init_model
 
 TOL = 1e-5  # float32, relative to the largest logit
 CASES = {
@@ -82,7 +82,7 @@ def test_no_repeat_ngram_and_repetition_penalty_and_eos():
 
 
 def test_stop_strings_cut_after_their_first_occurrence():
-    from gptjax.tokenizer import CharTokenizer
+    from gptjax.data.tokenizer import CharTokenizer
 
     tok = CharTokenizer("".join(chr(32 + i) for i in range(97)))
     model = model_for("learned")
@@ -104,8 +104,8 @@ def test_bad_options_are_refused():
 
 
 def test_sharded_generation_equals_one_device():
-    from gptjax import sharding
     from gptjax.config import MeshConfig
+    from gptjax.runtime import sharding
 
     model = model_for("rotary-neox-partial")
     one = gen.generate(model, [[1, 2, 3], [4, 5]], 10, eos_token_id=None)
@@ -164,7 +164,7 @@ def test_sample_slides_past_a_learned_context_as_the_main_job_does():
     # `bash scripts/main.sh` samples 200 tokens from a 64-position model.
     from gptjax import generation
     from gptjax.config import ModelConfig
-    from gptjax.model import init_model
+    from gptjax.model.gpt import init_model
 
     model = init_model(ModelConfig(vocab_size=65, max_seq_len=64, d_model=32, n_layers=2, n_heads=2))
     out = generation.sample(model, [0], 200, temperature=0.8, top_k=20, seed=1)

@@ -6,7 +6,7 @@ import types
 import jax
 import pytest
 
-from gptjax import hardware
+from gptjax.runtime import hardware
 
 
 @pytest.mark.parametrize("kind, dtype, name, peak", [

@@ -4,9 +4,9 @@ bits per byte over the bytes the scored tokens spell, and which results go into 
 import numpy as np
 import pytest
 
-from gptjax import heldout
-from gptjax import tokenizer as tok_lib
+from gptjax.data import tokenizer as tok_lib
 from gptjax.errors import DataError
+from gptjax.training import heldout
 
 
 @pytest.mark.parametrize("seq_len", [1, 4, 7, 32])

@@ -20,11 +20,12 @@ import safetensors.numpy
 from flax import nnx
 from helpers import reference  # noqa: E402
 
-from gptjax import checkpoint_io, hf, pretrained
-from gptjax import positions as pos_lib
-from gptjax.checkpoint_io import CheckpointError
 from gptjax.config import ConfigError, ModelConfig
-from gptjax.model import abstract_model, init_model
+from gptjax.interop import hf, native, pretrained
+from gptjax.model import positions as pos_lib
+from gptjax.model.gpt import abstract_model, init_model
+from gptjax.store import tensor_files
+from gptjax.store.tensor_files import CheckpointError
 
 torch = reference("torch")  # the optional "hf" extra: references only, gptjax never imports it
 transformers = reference("transformers")
@@ -228,8 +229,8 @@ def test_vocab_padding_on_import(gpt2, tmp_path):
 
 def test_sharded_index_loading(gpt2, tmp_path):
     directory = _save_hf(gpt2.torch_model, tmp_path / "sharded", max_shard_size="20KB")
-    assert (directory / checkpoint_io.INDEX_FILE).exists() and not (directory / checkpoint_io.SINGLE_FILE).exists()
-    assert len(set(json.loads((directory / checkpoint_io.INDEX_FILE).read_text())["weight_map"].values())) > 1
+    assert (directory / tensor_files.INDEX_FILE).exists() and not (directory / tensor_files.SINGLE_FILE).exists()
+    assert len(set(json.loads((directory / tensor_files.INDEX_FILE).read_text())["weight_map"].values())) > 1
     _assert_params_identical(hf.load_hf(directory), hf.load_hf(gpt2.directory))
 
 
@@ -239,7 +240,7 @@ def test_base_model_checkpoint_without_prefix(tmp_path):
     _randomise(lm)
     lm.config.tie_word_embeddings = True  # a base model has no head, so only a tied one can be rebuilt
     _save_hf(lm.gpt_neox, tmp_path / "base")
-    names = safetensors.numpy.load_file(tmp_path / "base" / checkpoint_io.SINGLE_FILE).keys()
+    names = safetensors.numpy.load_file(tmp_path / "base" / tensor_files.SINGLE_FILE).keys()
     assert not any(n.startswith("gpt_neox.") for n in names)
     model = hf.load_hf(tmp_path / "base")
     np.testing.assert_array_equal(np.asarray(model.embed.table.get_value()),
@@ -247,15 +248,15 @@ def test_base_model_checkpoint_without_prefix(tmp_path):
 
 
 def _rewrite_tensors(directory: pathlib.Path, change) -> None:
-    path = directory / checkpoint_io.SINGLE_FILE
+    path = directory / tensor_files.SINGLE_FILE
     tensors = dict(safetensors.numpy.load_file(path))
     change(tensors)
-    checkpoint_io.write_safetensors(path, tensors)
+    tensor_files.write_safetensors(path, tensors)
 
 
 def _copy_hf(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
     dst.mkdir()
-    for name in (hf.CONFIG_FILE, checkpoint_io.SINGLE_FILE):
+    for name in (hf.CONFIG_FILE, tensor_files.SINGLE_FILE):
         (dst / name).write_bytes((src / name).read_bytes())
     return dst
 
@@ -331,14 +332,14 @@ def _sharded_copy(gpt2: Reference, tmp_path: pathlib.Path) -> pathlib.Path:
     directory = tmp_path / "sharded"
     directory.mkdir()
     (directory / hf.CONFIG_FILE).write_bytes((gpt2.directory / hf.CONFIG_FILE).read_bytes())
-    tensors = safetensors.numpy.load_file(gpt2.directory / checkpoint_io.SINGLE_FILE)
+    tensors = safetensors.numpy.load_file(gpt2.directory / tensor_files.SINGLE_FILE)
     names = sorted(tensors)
     half = len(names) // 2
     shards = {"model-00001-of-00002.safetensors": names[:half], "model-00002-of-00002.safetensors": names[half:]}
     for shard, shard_names in shards.items():
-        checkpoint_io.write_safetensors(directory / shard, {n: tensors[n] for n in shard_names})
+        tensor_files.write_safetensors(directory / shard, {n: tensors[n] for n in shard_names})
     weight_map = {n: s for s, shard_names in shards.items() for n in shard_names}
-    (directory / checkpoint_io.INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (directory / tensor_files.INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return directory
 
 
@@ -349,14 +350,14 @@ def test_hand_written_index_loads(gpt2, tmp_path):
 @pytest.mark.parametrize("bad_name", ["../outside.safetensors", "/tmp/outside.safetensors", "sub/../x.safetensors"])
 def test_escaping_shard_names_are_refused(gpt2, tmp_path, bad_name):
     directory = _sharded_copy(gpt2, tmp_path)
-    index = json.loads((directory / checkpoint_io.INDEX_FILE).read_text())
+    index = json.loads((directory / tensor_files.INDEX_FILE).read_text())
     index["weight_map"]["transformer.wte.weight"] = bad_name
-    (directory / checkpoint_io.INDEX_FILE).write_text(json.dumps(index))
+    (directory / tensor_files.INDEX_FILE).write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match=f"file name '{bad_name}' is refused"):
         hf.load_hf(directory)
 
 
-@pytest.mark.parametrize("linked", [hf.CONFIG_FILE, checkpoint_io.INDEX_FILE, "model-00001-of-00002.safetensors"])
+@pytest.mark.parametrize("linked", [hf.CONFIG_FILE, tensor_files.INDEX_FILE, "model-00001-of-00002.safetensors"])
 def test_symlinks_are_refused(gpt2, tmp_path, linked):
     directory = _sharded_copy(gpt2, tmp_path)
     target = tmp_path / ("real-" + linked)
@@ -367,8 +368,8 @@ def test_symlinks_are_refused(gpt2, tmp_path, linked):
 
 
 def test_symlink_inside_native_directory_is_refused(tmp_path):
-    directory = pretrained.save_pretrained(init_model(_tiny_config()), tmp_path / "native")
-    some_file = next(p for p in (directory / pretrained.PARAMS_DIR).rglob("*") if p.is_file())
+    directory = native.save_pretrained(init_model(_tiny_config()), tmp_path / "native")
+    some_file = next(p for p in (directory / native.PARAMS_DIR).rglob("*") if p.is_file())
     os.rename(some_file, tmp_path / "elsewhere")
     os.symlink(tmp_path / "elsewhere", some_file)
     with pytest.raises(CheckpointError, match="is a symbolic link"):
@@ -394,7 +395,7 @@ def test_unrepresentable_options_are_refused_before_weights(name, change, field,
         hf.config_from_hf(hf_config)
     # The weights file is garbage: the config must be refused before anything reads it.
     (tmp_path / hf.CONFIG_FILE).write_text(json.dumps(hf_config))
-    (tmp_path / checkpoint_io.SINGLE_FILE).write_bytes(b"not a safetensors file")
+    (tmp_path / tensor_files.SINGLE_FILE).write_bytes(b"not a safetensors file")
     with pytest.raises(ConfigError, match=field):
         hf.load_hf(tmp_path)
 
@@ -446,14 +447,14 @@ def test_load_overrides_are_limited(gpt2):
 
 def test_save_pretrained_round_trip_is_bit_identical(tmp_path):
     model = init_model(_tiny_config(vocab_pad_multiple=8, tie_embeddings=False, head_bias=True), seed=3)
-    directory = pretrained.save_pretrained(model, tmp_path / "native")
-    assert sorted(p.name for p in directory.iterdir()) == [pretrained.NATIVE_CONFIG, pretrained.PARAMS_DIR]
+    directory = native.save_pretrained(model, tmp_path / "native")
+    assert sorted(p.name for p in directory.iterdir()) == [native.NATIVE_CONFIG, native.PARAMS_DIR]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary directory left behind"
     back = pretrained.from_pretrained(directory)
     assert back.cfg == model.cfg
     _assert_params_identical(model, back)
     with pytest.raises(FileExistsError, match="already exists"):
-        pretrained.save_pretrained(model, directory)
+        native.save_pretrained(model, directory)
 
 
 def test_from_pretrained_says_what_it_looked_for(tmp_path):
@@ -463,7 +464,7 @@ def test_from_pretrained_says_what_it_looked_for(tmp_path):
 
 def test_convert_both_directions(gpt2, tmp_path):
     native = pretrained.convert(gpt2.directory, tmp_path / "native", to="gptjax")
-    assert (native / pretrained.NATIVE_CONFIG).exists()
+    assert (native / native.NATIVE_CONFIG).exists()
     _assert_params_identical(pretrained.from_pretrained(native), hf.load_hf(gpt2.directory))
     back = pretrained.convert(native, tmp_path / "hf", to="hf")
     _check_nontrivial(gpt2.logits)

@@ -21,8 +21,12 @@ import yaml
 from helpers import TINY_RUN, losses, wait_until
 from helpers import gptjax_cli as gptjax
 
-from gptjax import checkpoint, cli, sharding, train
-from gptjax.config import MeshConfig, load_train_config
+from gptjax import cli
+from gptjax.config import MeshConfig
+from gptjax.config_files import load_train_config
+from gptjax.runtime import sharding
+from gptjax.store import checkpoint, manifest
+from gptjax.training import trainer
 
 TINY = {**TINY_RUN, "steps": 8, "eval_every": 4, "checkpoint_every": 4, "sample_tokens": 10}
 ONE_PROCESS_8_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
@@ -72,7 +76,7 @@ def test_a_process_that_compiles_much_later_than_its_peer_still_meets_it(config_
 
 def _restore_params(run_dir, mesh_cfg, n_devices):
     cfg = load_train_config(str(run_dir / "config.yaml"))
-    tr = train.make_trainer(cfg, sharding.make_mesh(mesh_cfg, jax.devices()[:n_devices]))
+    tr = trainer.make_trainer(cfg, sharding.make_mesh(mesh_cfg, jax.devices()[:n_devices]))
     ckpts = checkpoint.Checkpoints(run_dir / "checkpoints", 10, None, read_only=True)
     try:
         state, meta = ckpts.restore(tr.abstract_state)
@@ -247,7 +251,7 @@ def test_sigterm_to_one_process_stops_every_process_at_the_same_step(config_file
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     step = int(err.split("saved step ")[1].split(",")[0])
-    assert checkpoint.verify(run_dir / "checkpoints" / str(step)) is None
+    assert manifest.verify(run_dir / "checkpoints" / str(step)) is None
 
 
 @slurm_group

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gptjax import attention, positions
 from gptjax.config import ConfigError, ModelConfig
-from gptjax.model import abstract_model, init_model
+from gptjax.model import attention, positions
+from gptjax.model.gpt import abstract_model, init_model
 
 # Awkward sizes on purpose: 5 heads, width 40, vocabulary 97, sequence 12.
 TINY = ModelConfig(vocab_size=97, max_seq_len=16, d_model=40, n_layers=2, n_heads=5, d_ff=72)

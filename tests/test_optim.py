@@ -10,7 +10,6 @@ import pytest
 from flax import nnx
 from helpers import TOKENS, run_steps
 
-from gptjax import optim, sharding, train
 from gptjax.config import (
     ConfigError,
     DataConfig,
@@ -19,7 +18,9 @@ from gptjax.config import (
     OptimConfig,
     TrainConfig,
 )
-from gptjax.model import abstract_model, init_model
+from gptjax.model.gpt import abstract_model, init_model
+from gptjax.runtime import sharding
+from gptjax.training import optim, trainer
 
 BASE = OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=100, decay_steps=2000)
 
@@ -125,7 +126,7 @@ def test_loss_over_a_padded_vocabulary_is_exact():
     rows = jnp.asarray(TOKENS[:34].reshape(2, 17).astype(np.int32))
     padded = model.logits(rows[:, :-1])
     assert padded.shape[-1] == 128
-    _, ce = train.token_losses(padded, rows[:, 1:], 0.0)
+    _, ce = trainer.token_losses(padded, rows[:, 1:], 0.0)
     expected = optax.softmax_cross_entropy_with_integer_labels(padded[..., :65], rows[:, 1:])
     np.testing.assert_allclose(ce, expected, rtol=1e-6)
 
@@ -138,7 +139,7 @@ def test_accumulation_must_divide_the_batch():
 def test_micro_batch_must_divide_the_data_parallel_size():
     cfg = dataclasses.replace(CFG, optim=dataclasses.replace(CFG.optim, grad_accum=4))
     with pytest.raises(ConfigError, match="micro-batch"):
-        train.make_trainer(cfg, sharding.make_mesh(MeshConfig(data=8)))
+        trainer.make_trainer(cfg, sharding.make_mesh(MeshConfig(data=8)))
 
 
 def test_skipped_update_keeps_the_logged_rate_the_applied_one():
@@ -148,11 +149,11 @@ def test_skipped_update_keeps_the_logged_rate_the_applied_one():
     cfg = dataclasses.replace(CFG, nan_policy="skip", faults=dataclasses.replace(CFG.faults, nan_at_step=3),
                               optim=dataclasses.replace(CFG.optim, warmup_steps=10))
     mesh = sharding.make_mesh(MeshConfig(data=1), jax.devices()[:1])
-    tr = train.make_trainer(cfg, mesh)
-    state, step = train.init_state(tr), train.make_train_step(tr)
-    from gptjax import data
+    tr = trainer.make_trainer(cfg, mesh)
+    state, step = trainer.init_state(tr), trainer.make_train_step(tr)
+    from gptjax.data import loader
 
-    batches = data.TrainBatches(TOKENS, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed)
+    batches = loader.TrainBatches(TOKENS, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed)
     no_stop = jax.device_put(np.zeros(1, np.float32), sharding.per_device(mesh))
     schedule = optim.schedule(cfg.optim, cfg.steps)
     for s in range(5):

@@ -7,8 +7,9 @@ import pytest
 import yaml
 from helpers import gptjax_cli as gptjax
 
-from gptjax import counting, plan
 from gptjax.config import ConfigError, TrainConfig, from_dict
+from gptjax.model import counting
+from gptjax.tools import plan
 
 MODEL = {"vocab_size": 512, "max_seq_len": 64, "d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 256}
 
@@ -140,14 +141,15 @@ def test_compile_step_compiles_instead_of_reading_the_persistent_cache(empty_per
     nor written, although jax decided to use it at the process's first compile."""
     import os
 
-    from gptjax import sharding, train
+    from gptjax.runtime import sharding
+    from gptjax.training import trainer
 
     cache_dir = empty_persistent_cache
     cfg = config({"data": 8}, vocab_size=509, d_model=40, n_heads=5, d_ff=152)
-    tr = train.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
+    tr = trainer.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
     before = set(os.listdir(cache_dir))
     plan.compile_step(tr)
     assert set(os.listdir(cache_dir)) == before
     # The same compile with the cache on writes an entry: the check above can fail.
-    train.make_train_step(tr).lower(tr.abstract_state, tr.abstract_frozen, *plan.abstract_inputs(tr)).compile()
+    trainer.make_train_step(tr).lower(tr.abstract_state, tr.abstract_frozen, *plan.abstract_inputs(tr)).compile()
     assert set(os.listdir(cache_dir)) != before

@@ -8,7 +8,7 @@ import pytest
 from helpers import reference
 
 from gptjax.config import ConfigError, ModelConfig
-from gptjax.counting import Counts, flops_per_token, format_table, param_counts
+from gptjax.model.counting import Counts, flops_per_token, format_table, param_counts
 from gptjax.presets import PRESETS, get_preset
 
 # --- (a) Hugging Face parity ------------------------------------------------------------------

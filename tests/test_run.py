@@ -13,9 +13,12 @@ import yaml
 from helpers import TINY_RUN, metrics
 from helpers import gptjax_cli as gptjax
 
-from gptjax import checkpoint, run, rundir
-from gptjax.config import ConfigError, load_train_config
-from gptjax.rundir import RunDir
+from gptjax.config import ConfigError
+from gptjax.config_files import load_train_config
+from gptjax.interop import runs
+from gptjax.store import checkpoint
+from gptjax.store.rundir import RunDir
+from gptjax.training import loop
 
 TINY = {**TINY_RUN, "steps": 20, "eval_every": 10, "checkpoint_every": 5, "sample_tokens": 20}
 
@@ -29,9 +32,10 @@ def config_file(tmp_path):
 
 def final_params(run_dir, step):
     cfg = RunDir(run_dir).read_config()
-    from gptjax import sharding, train
+    from gptjax.runtime import sharding
+    from gptjax.training import trainer
 
-    tr = train.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
+    tr = trainer.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
     ckpts = checkpoint.Checkpoints(run_dir / "checkpoints", 10, None, read_only=True)
     try:
         state, meta = ckpts.restore(tr.abstract_state, step=step)
@@ -104,28 +108,28 @@ def test_training_loop_never_blocks_on_the_device(tmp_path, cpu_transfer_guard):
     # saves opt in.
     cfg = _in_process_cfg(tmp_path, steps=6, eval_every=3, checkpoint_every=3)
     with jax.transfer_guard_device_to_host("disallow"):
-        result = run.train_run(cfg, tmp_path / "run", progress=False)
+        result = loop.train_run(cfg, tmp_path / "run", progress=False)
     assert result.final_step == 6 and result.val_loss is not None
 
 
 def test_nan_on_a_checkpoint_step_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = _in_process_cfg(tmp_path, faults={"nan_at_step": 10})
-    with pytest.raises(run.RunStopped, match="non-finite loss at step 10.*last good checkpoint is step 5"):
-        run.train_run(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(loop.RunStopped, match="non-finite loss at step 10.*last good checkpoint is step 5"):
+        loop.train_run(cfg, tmp_path / "run", progress=False)
     ckpts = checkpoint.Checkpoints(tmp_path / "run" / "checkpoints", 10, None, read_only=True)
     assert ckpts.all_steps() == [5]
     ckpts.close()
-    model, _, _ = rundir.load_model(tmp_path / "run")
+    model, _, _ = runs.load_model(tmp_path / "run")
     assert np.isfinite(np.asarray(model(jnp.zeros((1, 4), jnp.int32)))).all()
 
 
 def test_nan_skip_policy_drops_the_update_inside_the_step(tmp_path):
     cfg = _in_process_cfg(tmp_path, faults={"nan_at_step": 10}, nan_policy="skip")
-    result = run.train_run(cfg, tmp_path / "run", progress=False)
+    result = loop.train_run(cfg, tmp_path / "run", progress=False)
     assert result.final_step == 20
     rows = metrics(tmp_path / "run")
     assert math.isnan(rows[9]["loss"]) and all(math.isfinite(r["loss"]) for r in rows if r["step"] != 10)
-    model, _, _ = rundir.load_model(tmp_path / "run")
+    model, _, _ = runs.load_model(tmp_path / "run")
     assert np.isfinite(np.asarray(model(jnp.zeros((1, 4), jnp.int32)))).all()
 
 
@@ -144,25 +148,26 @@ def test_sample_and_from_pretrained_read_a_run_directory(full_run):
 
 
 def test_a_resume_with_another_batch_size_counts_what_ran_and_sees_each_example_once(tmp_path, monkeypatch):
-    from gptjax import counting, data
+    from gptjax.data import loader
+    from gptjax.model import counting
 
     seen = {}
-    original = data.TrainBatches.at
+    original = loader.TrainBatches.at
 
     def recording(self, first):
         rows = original(self, first)
         seen[first] = rows
         return rows
 
-    monkeypatch.setattr(data.TrainBatches, "at", recording)
+    monkeypatch.setattr(loader.TrainBatches, "at", recording)
     common = {"eval_every": 100, "checkpoint_every": 4, "sample_tokens": 0}
-    run.train_run(_in_process_cfg(tmp_path, steps=4, **common), tmp_path / "run", progress=False)
+    loop.train_run(_in_process_cfg(tmp_path, steps=4, **common), tmp_path / "run", progress=False)
     resumed = _in_process_cfg(tmp_path, steps=7, **common, data={**TINY["data"], "batch_size": 16})
-    result = run.train_run(resumed, tmp_path / "run", progress=False)
+    result = loop.train_run(resumed, tmp_path / "run", progress=False)
     interrupted, seen = dict(seen), {}
     assert sorted(interrupted) == [0, 8, 16, 24, 32, 48, 64]  # the data position is the example reached
     # An uninterrupted run over the same 80 examples (10 steps of 8) sees exactly those rows.
-    run.train_run(_in_process_cfg(tmp_path, steps=10, **common), tmp_path / "reference", progress=False)
+    loop.train_run(_in_process_cfg(tmp_path, steps=10, **common), tmp_path / "reference", progress=False)
     np.testing.assert_array_equal(np.concatenate([interrupted[k] for k in sorted(interrupted)]),
                                   np.concatenate([seen[k] for k in sorted(seen)]))
     out = json.loads((tmp_path / "run" / "result.json").read_text())
@@ -175,32 +180,32 @@ def test_a_resume_with_another_batch_size_counts_what_ran_and_sees_each_example_
 
 def test_the_disk_full_fault_refuses_a_large_filesystem_before_anything_is_written(tmp_path, monkeypatch):
     # The chaos harness runs it on a small tmpfs (tests/faults); a user's disk is never filled.
-    monkeypatch.setattr(run, "FILL_LIMIT", 0)
+    monkeypatch.setattr(loop, "FILL_LIMIT", 0)
     cfg = _in_process_cfg(tmp_path, faults={"fill_disk_at_step": 2})
     with pytest.raises(ConfigError, match=r"faults.fill_disk_at_step: .* MiB free; .* at most 0 MiB"):
-        run.train_run(cfg, tmp_path / "run", progress=False)
+        loop.train_run(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 
 def test_a_resume_with_another_sequence_length_is_refused(tmp_path):
-    run.train_run(_in_process_cfg(tmp_path, steps=3, checkpoint_every=3, sample_tokens=0), tmp_path / "run",
+    loop.train_run(_in_process_cfg(tmp_path, steps=3, checkpoint_every=3, sample_tokens=0), tmp_path / "run",
                   progress=False)
     shorter = _in_process_cfg(tmp_path, steps=6, data={**TINY["data"], "seq_len": 16})
     with pytest.raises(ConfigError, match=r"data.seq_len: 32 in .*config.yaml, 16 now"):
-        run.train_run(shorter, tmp_path / "run", progress=False)
+        loop.train_run(shorter, tmp_path / "run", progress=False)
 
 
 def test_checkpoints_from_before_the_counts_resume_with_counts_from_their_config():
     cfg = load_train_config(None, ["model.vocab_size=65", "model.max_seq_len=32", "model.d_model=32",
                                    "model.n_layers=2", "model.n_heads=4", "data.batch_size=8"])
     meta = {"step": 5, "config": cfg.to_dict()}
-    position = run.Progress.restored(meta)
-    from gptjax import counting
+    position = loop.Progress.restored(meta)
+    from gptjax.model import counting
 
     assert (position.step, position.examples, position.tokens) == (5, 40, 40 * 32)
     assert position.flops == 40 * 32 * counting.flops_per_token(cfg.model, 32)
-    assert run.Progress.restored({**meta, "progress": {"step": 5, "examples": 1, "tokens": 2, "flops": 3.0}}) == \
-        run.Progress(5, 1, 2, 3.0)
+    assert loop.Progress.restored({**meta, "progress": {"step": 5, "examples": 1, "tokens": 2, "flops": 3.0}}) == \
+        loop.Progress(5, 1, 2, 3.0)
 
 
 # --- held-out sets and tasks measured during training ---------------------------------------------

@@ -16,8 +16,12 @@ import yaml
 from helpers import TINY_RUN, metrics
 from helpers import gptjax_cli as gptjax
 
-from gptjax import checkpoint, cli, rundir, sharding, train
-from gptjax.rundir import RunDir
+from gptjax import cli
+from gptjax.interop import runs
+from gptjax.runtime import sharding
+from gptjax.store import checkpoint, manifest
+from gptjax.store.rundir import RunDir
+from gptjax.training import resume, trainer
 
 TINY = {**TINY_RUN, "steps": 20, "eval_every": 10, "checkpoint_every": 10, "sample_tokens": 5}
 
@@ -87,20 +91,20 @@ def test_changes_that_invalidate_the_state_are_refused_before_anything_is_writte
 
 def test_changes_that_keep_the_state_valid_are_allowed_and_recorded(run_copy):
     config, run_dir = run_copy
-    changes = RunDir(run_dir).check_resume(_cfg(config, "steps=40", "eval_batch_size=128", "mesh.fsdp=2",
-                                                "optim.lr=1e-3", "model.remat=full", "log_every=2"))
+    changes = resume.check(RunDir(run_dir), _cfg(config, "steps=40", "eval_batch_size=128", "mesh.fsdp=2",
+                                                 "optim.lr=1e-3", "model.remat=full", "log_every=2"))
     assert {c[0] for c in changes} == {"steps", "eval_batch_size", "mesh.fsdp", "optim.lr", "model.remat",
                                        "log_every"}
 
 
 def _cfg(config, *overrides):
-    from gptjax.config import load_train_config
+    from gptjax.config_files import load_train_config
 
     return load_train_config(str(config), list(overrides))
 
 
 def _abstract_state(cfg):
-    return train.make_trainer(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:1])).abstract_state
+    return trainer.make_trainer(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:1])).abstract_state
 
 
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, MemoryError, OSError])
@@ -141,10 +145,10 @@ def test_a_restore_killed_by_sigkill_loses_nothing(run_copy):
     script = textwrap.dedent(f"""
         import os, signal
         import orbax.checkpoint as ocp
-        from gptjax import run
-        from gptjax.config import load_train_config
+        from gptjax.training import loop
+        from gptjax.config_files import load_train_config
         ocp.CheckpointManager.restore = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
-        run.train_run(load_train_config({str(config)!r}, ["steps=30"]), {str(run_dir)!r}, progress=False)
+        loop.train_run(load_train_config({str(config)!r}, ["steps=30"]), {str(run_dir)!r}, progress=False)
     """)
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
@@ -156,8 +160,8 @@ def test_a_restore_killed_by_sigkill_loses_nothing(run_copy):
 def test_inspection_writes_nothing_even_past_a_damaged_checkpoint(run_copy, tmp_path):
     config, run_dir = run_copy
     # Damage step 20: inspection must skip it (loudly) and read step 10, renaming nothing.
-    manifest = run_dir / "checkpoints" / "20" / checkpoint.MANIFEST
-    manifest.write_text(manifest.read_text().replace('"', "'", 2))
+    damaged = run_dir / "checkpoints" / "20" / manifest.MANIFEST
+    damaged.write_text(damaged.read_text().replace('"', "'", 2))
     before = snapshot(run_dir)
     out = gptjax("sample", run_dir, "--prompt", "A", "--max-new-tokens", "4", "--temperature", "0")
     assert "checkpoint step 20 is unusable" in out.stderr and "skipping it (read-only)" in out.stderr
@@ -165,7 +169,7 @@ def test_inspection_writes_nothing_even_past_a_damaged_checkpoint(run_copy, tmp_
     text = tmp_path / "text.txt"
     text.write_text((pathlib.Path(os.environ["GPTJAX_DATA_DIR"]) / "tinyshakespeare.txt").read_text()[:300])
     gptjax("eval", run_dir, "--task", "perplexity", "--data", text, "--no-progress")
-    model, _, step = rundir.load_model(run_dir)
+    model, _, step = runs.load_model(run_dir)
     assert step == 10
     import gptjax as package
 
@@ -178,5 +182,5 @@ def test_inspection_never_reads_the_optimizer_state(run_copy):
     # Without its optimizer state a checkpoint cannot resume, but its parameters still load.
     for step in ("10", "20"):
         shutil.rmtree(run_dir / "checkpoints" / step / "train")
-    model, _, step = rundir.load_model(run_dir)
+    model, _, step = runs.load_model(run_dir)
     assert step == 20 and model.cfg.d_model == 32

@@ -63,7 +63,7 @@ def test_random_search_is_seeded_and_within_its_bounds(tmp_path, base):
 
 
 def test_isoflop_budgets_become_steps(tmp_path, base):
-    from gptjax import counting
+    from gptjax.model import counting
 
     sizes = [{"model.d_model": 32, "model.n_heads": 4}, {"model.d_model": 64, "model.n_heads": 4}]
     runs = spec.expand(spec.load_sweep(_sweep_file(tmp_path, base, isoflop={"budgets": [1e11, 4e11], "sizes": sizes,
@@ -196,7 +196,7 @@ def test_optuna_search_with_two_workers_and_pruning(tmp_path, base):
 
 
 def test_mup_coordinates_stay_flat_across_widths_and_standard_ones_grow(base):
-    from gptjax.config import load_train_config
+    from gptjax.config_files import load_train_config
     from gptjax.sweeps import mup
 
     cfg = load_train_config(base, ["model.n_layers=2", "model.n_heads=2", "model.d_model=32", "model.d_ff=null",

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from gptjax import data, textdata
-from gptjax import tokenizer as tok_lib
 from gptjax.config import DataConfig
+from gptjax.data import loader, text_files
+from gptjax.data import tokenizer as tok_lib
 from gptjax.errors import DataError
 
 
@@ -35,8 +35,8 @@ def cfg_for(directory, **changes):
 
 def test_documents_are_encoded_whole_and_joined_by_end_of_text(corpus, gpt2, monkeypatch):
     directory, documents = corpus
-    monkeypatch.setattr(textdata, "BLOCK_CHARS", 4096)  # long documents arrive in many blocks
-    tokens = data.load_tokens(cfg_for(directory, encode_processes=1))
+    monkeypatch.setattr(text_files, "BLOCK_CHARS", 4096)  # long documents arrive in many blocks
+    tokens = loader.load_tokens(cfg_for(directory, encode_processes=1))
     expected = np.concatenate([np.r_[gpt2.encode(d), gpt2.eot_id] for d in documents])
     got = np.concatenate([tokens.train, tokens.val])
     np.testing.assert_array_equal(got, expected)
@@ -47,10 +47,10 @@ def test_documents_are_encoded_whole_and_joined_by_end_of_text(corpus, gpt2, mon
 
 def test_two_processes_write_the_same_bytes_as_one(corpus, monkeypatch, tmp_path):
     directory, _ = corpus
-    monkeypatch.setattr(textdata, "BLOCK_CHARS", 8192)
-    one = data.load_tokens(cfg_for(directory, encode_processes=1))
+    monkeypatch.setattr(text_files, "BLOCK_CHARS", 8192)
+    one = loader.load_tokens(cfg_for(directory, encode_processes=1))
     monkeypatch.setenv("GPTJAX_CACHE_DIR", str(tmp_path / "other-cache"))
-    two = data.load_tokens(cfg_for(directory, encode_processes=2))
+    two = loader.load_tokens(cfg_for(directory, encode_processes=2))
     assert one.directory != two.directory or one.directory.parent != two.directory.parent
     for split in ("train.bin", "val.bin"):
         assert (one.directory / split).read_bytes() == (two.directory / split).read_bytes()
@@ -58,26 +58,26 @@ def test_two_processes_write_the_same_bytes_as_one(corpus, monkeypatch, tmp_path
 
 def test_cache_is_keyed_by_content_tokenizer_and_split(corpus, gpt2):
     directory, _ = corpus
-    first = data.load_tokens(cfg_for(directory, encode_processes=1)).directory
-    assert data.load_tokens(cfg_for(directory, encode_processes=1)).directory == first
-    assert data.load_tokens(cfg_for(directory, encode_processes=1, val_fraction=0.2)).directory != first
-    assert data.load_tokens(cfg_for(directory, encode_processes=1, tokenizer="char")).directory != first
+    first = loader.load_tokens(cfg_for(directory, encode_processes=1)).directory
+    assert loader.load_tokens(cfg_for(directory, encode_processes=1)).directory == first
+    assert loader.load_tokens(cfg_for(directory, encode_processes=1, val_fraction=0.2)).directory != first
+    assert loader.load_tokens(cfg_for(directory, encode_processes=1, tokenizer="char")).directory != first
     with open(directory / "b.txt", "a") as f:
         f.write("one more line\n")
-    assert data.load_tokens(cfg_for(directory, encode_processes=1)).directory != first
+    assert loader.load_tokens(cfg_for(directory, encode_processes=1)).directory != first
 
 
 def test_explicit_validation_files(corpus, gpt2, tmp_path):
     directory, documents = corpus
     (tmp_path / "val.txt").write_text("To be, or not to be.\n")
-    tokens = data.load_tokens(cfg_for(directory, encode_processes=1, val_files=(str(tmp_path / "val.txt"),)))
+    tokens = loader.load_tokens(cfg_for(directory, encode_processes=1, val_files=(str(tmp_path / "val.txt"),)))
     np.testing.assert_array_equal(tokens.val, gpt2.encode("To be, or not to be.\n") + [gpt2.eot_id])
     assert tokens.train.size == sum(len(gpt2.encode(d)) + 1 for d in documents)
 
 
 def test_characters_of_text_files(corpus):
     directory, documents = corpus
-    tokens = data.load_tokens(cfg_for(directory, encode_processes=1, tokenizer="char"))
+    tokens = loader.load_tokens(cfg_for(directory, encode_processes=1, tokenizer="char"))
     assert tokens.tokenizer.vocab_size == len(set("".join(documents)))
     # No end-of-text id exists for characters: documents are simply concatenated.
     assert tokens.tokenizer.decode(np.concatenate([tokens.train, tokens.val]).tolist()) == "".join(documents)
@@ -91,25 +91,25 @@ def test_characters_of_text_files(corpus):
 def test_bad_jsonl_names_file_line_and_field(tmp_path, content, field, match):
     (tmp_path / "bad.jsonl").write_text(content)
     with pytest.raises(DataError, match=match):
-        data.load_tokens(DataConfig(text_files=(str(tmp_path / "bad.jsonl"),), text_field=field, encode_processes=1))
+        loader.load_tokens(DataConfig(text_files=(str(tmp_path / "bad.jsonl"),), text_field=field, encode_processes=1))
 
 
 def test_bad_paths_and_bytes(tmp_path):
     with pytest.raises(DataError, match=r"data\.text_files: '.*nothing-\*\.txt' matches no file"):
-        data.load_tokens(DataConfig(text_files=(str(tmp_path / "nothing-*.txt"),)))
+        loader.load_tokens(DataConfig(text_files=(str(tmp_path / "nothing-*.txt"),)))
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"latin1\.txt: not UTF-8 text"):
-        data.load_tokens(DataConfig(text_files=(str(tmp_path / "latin1.txt"),), encode_processes=1))
+        loader.load_tokens(DataConfig(text_files=(str(tmp_path / "latin1.txt"),), encode_processes=1))
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(DataError, match="the train split is empty"):
-        data.load_tokens(DataConfig(text_files=(str(tmp_path / "empty.txt"),), encode_processes=1))
+        loader.load_tokens(DataConfig(text_files=(str(tmp_path / "empty.txt"),), encode_processes=1))
 
 
 def test_safe_cuts_keep_bpe_exact(gpt2, shared_dir, monkeypatch, tmp_path):
     text = (shared_dir / "data" / "tinyshakespeare.txt").read_text()[:100000]
-    monkeypatch.setattr(textdata, "BLOCK_CHARS", 1000)
+    monkeypatch.setattr(text_files, "BLOCK_CHARS", 1000)
     (tmp_path / "t.txt").write_text(text)
-    blocks = list(textdata.pieces([tmp_path / "t.txt"], "text"))
+    blocks = list(text_files.pieces([tmp_path / "t.txt"], "text"))
     assert len(blocks) > 50 and "".join(t for t, _ in blocks) == text
     ids = [i for t, _ in blocks for i in gpt2.encode(t)]
     assert ids == gpt2.encode(text)

@@ -9,7 +9,7 @@ import json
 import pytest
 import tiktoken.load
 
-from gptjax.tokenizer import (
+from gptjax.data.tokenizer import (
     RANK_FILE_URLS,
     CharTokenizer,
     MissingEncodingError,
@@ -173,7 +173,7 @@ def test_tiktoken_exports_as_a_tokenizer_json_that_encodes_identically(shared_di
     own tiktoken converter (a reference no one here wrote) agrees id for id."""
     import tokenizers
 
-    from gptjax.tokenizer import hf_tokenizer_json
+    from gptjax.data.tokenizer import hf_tokenizer_json
 
     tok = TiktokenTokenizer("gpt2")
     ours = tokenizers.Tokenizer.from_str(hf_tokenizer_json(tok))
@@ -193,7 +193,7 @@ def test_tiktoken_exports_as_a_tokenizer_json_that_encodes_identically(shared_di
 def test_characters_export_as_a_tokenizer_json():
     import tokenizers
 
-    from gptjax.tokenizer import hf_tokenizer_json
+    from gptjax.data.tokenizer import hf_tokenizer_json
 
     tok = CharTokenizer.from_text("abc \n\tÅ🤖")
     hf = tokenizers.Tokenizer.from_str(hf_tokenizer_json(tok))

@@ -11,7 +11,7 @@ import yaml
 from helpers import TINY_RUN, reference
 from helpers import gptjax_cli as gptjax
 
-from gptjax import tracking
+from gptjax.training import tracking
 
 TINY = {**TINY_RUN, "steps": 4, "eval_every": 4, "checkpoint_every": 2, "sample_tokens": 0}
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from helpers import run_steps
 
-from gptjax import sharding, train
 from gptjax.config import (
     ConfigError,
     DataConfig,
@@ -16,6 +15,8 @@ from gptjax.config import (
     OptimConfig,
     TrainConfig,
 )
+from gptjax.runtime import sharding
+from gptjax.training import trainer
 
 # Sizes divide every mesh below (heads 4, width 64, MLP 128) except the 65-character vocabulary,
 # which must fall back to replication on fsdp=8 and tensor=2 without breaking anything.
@@ -90,7 +91,7 @@ def test_dimensions_that_do_not_divide_are_replicated_with_a_notice(caplog):
     cfg = TrainConfig(model=MODEL.replace(n_heads=5, d_model=40, d_ff=72),
                       data=DataConfig(batch_size=8, tokenizer="char"), steps=2)
     sharding._noticed.clear()
-    with caplog.at_level(logging.WARNING, logger="gptjax.sharding"):
+    with caplog.at_level(logging.WARNING, logger="gptjax.runtime.sharding"):
         state, losses = run_steps(cfg, MeshConfig(data=1, fsdp=2, tensor=2), 4, steps=2)
     assert np.isfinite(losses).all()
     assert any("heads=5 does not divide mesh axis tensor=2" in r.message for r in caplog.records)
@@ -101,7 +102,7 @@ def test_dimensions_that_do_not_divide_are_replicated_with_a_notice(caplog):
 def test_batch_not_divisible_by_data_parallel_size_fails_before_compiling():
     cfg = dataclasses.replace(CFG, data=DataConfig(batch_size=12, tokenizer="char"))
     with pytest.raises(ConfigError, match=r"data.batch_size.*= 12.*not divisible.*data-parallel size 8"):
-        train.make_trainer(cfg, sharding.make_mesh(MeshConfig(data=8)))
+        trainer.make_trainer(cfg, sharding.make_mesh(MeshConfig(data=8)))
 
 
 def test_mesh_shape_errors_name_the_sizes():

@@ -9,15 +9,17 @@ import pytest
 from helpers import TINY_RUN
 from helpers import gptjax_cli as gptjax
 
-from gptjax import plan, sharding, train, xla
 from gptjax.config import ConfigError, TrainConfig, from_dict
+from gptjax.runtime import sharding, xla
+from gptjax.tools import plan
+from gptjax.training import trainer
 
 
 def _compiled_step_text(options):
     cfg = from_dict(TrainConfig, TINY_RUN)
     mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
-    tr = train.make_trainer(cfg, mesh)
-    lowered = train.make_train_step(tr).lower(tr.abstract_state, None, *plan.abstract_inputs(tr))
+    tr = trainer.make_trainer(cfg, mesh)
+    lowered = trainer.make_train_step(tr).lower(tr.abstract_state, None, *plan.abstract_inputs(tr))
     return lowered.compile(compiler_options=options).as_text() if options is not None else lowered.compile().as_text()
 
 

@@ -14,8 +14,9 @@ import time
 import jax
 import yaml
 
-from gptjax import init_from, run, sharding, train
-from gptjax.config import load_train_config
+from gptjax.config_files import load_train_config
+from gptjax.runtime import sharding
+from gptjax.training import loop, trainer, warm_start
 
 HERE = pathlib.Path(__file__).parent
 
@@ -29,18 +30,18 @@ def finetune_config(pre_dir, overrides=()):
 
 def val_loss_before(cfg):
     """The pretrained model's loss on the fine-tuning validation split (what fine-tuning starts from)."""
-    from gptjax import data
+    from gptjax.data import loader
 
-    tokens = data.load_tokens(cfg.data, cfg.init_from)
+    tokens = loader.load_tokens(cfg.data, cfg.init_from)
     mesh = sharding.make_mesh(cfg.mesh)
-    tr = train.make_trainer(cfg, mesh)
-    params = init_from.load_params(cfg, mesh, tr.state_shardings["params"])
-    return run.evaluate(cfg, tr, params, tokens.val)
+    tr = trainer.make_trainer(cfg, mesh)
+    params = warm_start.load_params(cfg, mesh, tr.state_shardings["params"])
+    return loop.evaluate(cfg, tr, params, tokens.val)
 
 
 def timed(cfg, run_dir):
     t0 = time.perf_counter()
-    result = run.train_run(cfg, run_dir, progress=False)
+    result = loop.train_run(cfg, run_dir, progress=False)
     return result.val_loss, time.perf_counter() - t0
 
 
@@ -54,7 +55,7 @@ def main(out: str) -> None:
     rows = {"pretrain (Gutenberg)": {"val_loss": pre_val, "wall_s": pre_wall}}
     for name, cfg in (("full", full), ("lora", lora)):
         val, wall = timed(cfg, out / name)
-        tr = train.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
+        tr = trainer.make_trainer(cfg, sharding.make_mesh(cfg.mesh))
         trainable = sum(a.size for a in jax.tree.leaves(tr.abstract_state["params"]))
         total = sum(a.size for a in jax.tree.leaves(tr.abstract_frozen if tr.abstract_frozen else
                                                     tr.abstract_state["params"]))

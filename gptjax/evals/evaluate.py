@@ -20,8 +20,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from gptjax import storage
 from gptjax.evals import code, scorer, tasks
+from gptjax.store import paths
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def _version(pkg: str) -> str | None:
 
 
 def write_report(path: str, data: dict[str, Any]) -> None:
-    storage.write_text(storage.as_path(path), json.dumps(data, indent=2, default=str) + "\n")
+    paths.write_text(paths.as_path(path), json.dumps(data, indent=2, default=str) + "\n")
 
 
 def table(data: dict[str, Any]) -> str:

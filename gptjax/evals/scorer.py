@@ -13,8 +13,6 @@ tokens are what follows the context's own encoding; an empty context is the end-
 
 from __future__ import annotations
 
-from gptjax.evals import EvalError
-
 import functools
 import logging
 import math
@@ -26,9 +24,10 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from gptjax import xla
 from gptjax.errors import Interrupted
-from gptjax.model import GPT
+from gptjax.evals import EvalError
+from gptjax.model.gpt import GPT
+from gptjax.runtime import xla
 
 log = logging.getLogger(__name__)
 

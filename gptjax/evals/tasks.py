@@ -13,8 +13,6 @@ Every reader takes one local file in the layout its dataset is published in (see
 
 from __future__ import annotations
 
-from gptjax.evals import EvalError
-
 import collections
 import csv
 import dataclasses
@@ -29,6 +27,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
+
+from gptjax.evals import EvalError
 
 # lm-eval's TaskConfig defaults; none of the tasks below overrides them.
 TARGET_DELIMITER = " "

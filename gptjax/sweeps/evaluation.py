@@ -16,9 +16,12 @@ import sys
 import jax
 from flax import nnx
 
-from gptjax import heldout, rundir, sharding, storage, train
 from gptjax.config import ConfigError, EvalConfig, EvalTask, MeshConfig
+from gptjax.interop import runs
+from gptjax.runtime import sharding
+from gptjax.store import paths, rundir
 from gptjax.sweeps.runner import RESULT, read_result, statuses
+from gptjax.training import heldout, trainer
 
 
 def eval_sweep(directory: str, sets: dict[str, str], tasks: tuple[EvalTask, ...], *, force: bool = False,
@@ -43,7 +46,7 @@ def eval_sweep(directory: str, sets: dict[str, str], tasks: tuple[EvalTask, ...]
         for name in names:
             metrics = {k.split("/")[2]: v for k, v in measured.items() if k.split("/")[1] == name}
             evals[name] = {"step": step, **metrics, "added_by": "gptjax sweep eval"}
-        storage.write_text(storage.as_path(entry["run_dir"]) / RESULT,
+        paths.write_text(paths.as_path(entry["run_dir"]) / RESULT,
                            json.dumps({**result, "evals": evals}, indent=1, default=str))
         done["measured"].append(entry["name"])
         say(f"{entry['name']}: " + ", ".join(f"{k} {v:.4f}" for k, v in measured.items()))
@@ -53,10 +56,10 @@ def eval_sweep(directory: str, sets: dict[str, str], tasks: tuple[EvalTask, ...]
 def measure_run(run_dir: str, wanted: EvalConfig) -> tuple[dict[str, float], int]:
     """({eval/NAME/METRIC: value}, step) of a run's newest checkpoint, opened read-only."""
     cfg = rundir.RunDir(run_dir, read_only=True).read_config()
-    model, tokenizer, step = rundir.load_model(run_dir)  # LoRA adapters come merged into their base
+    model, tokenizer, step = runs.load_model(run_dir)  # LoRA adapters come merged into their base
     one = MeshConfig(data=1, fsdp=1, tensor=1)
     cfg = dataclasses.replace(cfg, eval=wanted, mesh=one, finetune=dataclasses.replace(cfg.finetune, lora=None))
-    tr = train.make_trainer(cfg, sharding.make_mesh(one, jax.devices()[:1]))
+    tr = trainer.make_trainer(cfg, sharding.make_mesh(one, jax.devices()[:1]))
     params = nnx.to_pure_dict(nnx.state(model))
     measured = heldout.HeldOut(cfg, tr, None, tokenizer).measure(params, None, tasks=True, interrupted=lambda: False)
     return measured, step
@@ -64,7 +67,7 @@ def measure_run(run_dir: str, wanted: EvalConfig) -> tuple[dict[str, float], int
 
 def main(directory: str, sets: list[str], tasks: list[str], force: bool) -> int:
     """The command line's side: --set NAME=FILE and --task TASK=FILE[,shots=K,limit=N,fewshot=F]."""
-    from gptjax.config import resolve_path
+    from gptjax.config_files import resolve_path
 
     parsed_sets = {}
     for text in sets:
@@ -80,7 +83,7 @@ def main(directory: str, sets: list[str], tasks: list[str], force: bool) -> int:
 
 
 def _task(text: str) -> EvalTask:
-    from gptjax.config import resolve_path
+    from gptjax.config_files import resolve_path
 
     head, *options = text.split(",")
     task, sep, path = head.partition("=")

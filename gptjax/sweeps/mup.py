@@ -18,9 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gptjax import data, sharding, train
-from gptjax.attention import GLOBAL_WINDOW
 from gptjax.config import TrainConfig
+from gptjax.data import loader
+from gptjax.model.attention import GLOBAL_WINDOW
+from gptjax.runtime import sharding
+from gptjax.training import trainer
 
 
 def _at_width(cfg: TrainConfig, width: int, parametrization: str) -> TrainConfig:
@@ -53,9 +55,9 @@ def coord_check(cfg: TrainConfig, widths: list[int], steps: int, parametrization
     for width in widths:
         wcfg = _at_width(cfg, width, parametrization)
         mesh = sharding.make_mesh(wcfg.mesh, jax.devices()[:1])
-        tr = train.make_trainer(wcfg, mesh)
-        state, step = train.init_state(tr), train.make_train_step(tr)
-        batches = data.TrainBatches(tokens, wcfg.resolved_seq_len, wcfg.data.batch_size, wcfg.seed)
+        tr = trainer.make_trainer(wcfg, mesh)
+        state, step = trainer.init_state(tr), trainer.make_train_step(tr)
+        batches = loader.TrainBatches(tokens, wcfg.resolved_seq_len, wcfg.data.batch_size, wcfg.seed)
         # A fixed batch the model never trains on (example 10,000 batches in).
         probe = jnp.asarray(batches.at(10_000 * wcfg.data.batch_size)[:, :-1])
         no_stop = jax.device_put(np.zeros(1, np.float32), sharding.per_device(mesh))
@@ -106,7 +108,7 @@ def plot(results: dict[str, dict], path: str, steps: list[int]) -> None:
 
 def run(cfg: TrainConfig, widths: list[int], steps: int, png: str | None) -> dict:
     """Both parametrizations at every width; the growth of each coordinate at the last step."""
-    tokens = data.load_tokens(cfg.data).train
+    tokens = loader.load_tokens(cfg.data).train
     results = {p: coord_check(cfg, widths, steps, p, tokens) for p in ("standard", "mup")}
     keys = list(results["standard"][widths[0]][0])
     summary = {"widths": widths, "steps": steps,

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gptjax import storage
 from gptjax.config import ConfigError
+from gptjax.store import paths
 from gptjax.sweeps import fit as fit_lib
 from gptjax.sweeps.runner import read_manifest, read_result, statuses, statuses_unchecked
 
@@ -83,8 +83,8 @@ def analyze(directory: str, *, holdout_largest: int = 1, bootstrap: int = 100, s
 
     matplotlib.use("Agg")
     df, warnings = collect(directory)
-    out = storage.as_path(directory)
-    storage.write_text(out / "results.csv", df.drop(columns=["run_dir"]).to_csv(index=False))
+    out = paths.as_path(directory)
+    paths.write_text(out / "results.csv", df.drop(columns=["run_dir"]).to_csv(index=False))
     column = metric_column(metric)
     done = _finished(df, column)
     summary: dict[str, Any] = {"runs": len(df), "finished": int((df["status"] == "finished").sum()),
@@ -120,10 +120,10 @@ def analyze(directory: str, *, holdout_largest: int = 1, bootstrap: int = 100, s
         if draw(df, done, summary, path):
             summary["plots"].append(name)
             drawn.append(path)
-            if storage.is_remote(out):
-                storage.copy_file(path, out / name)
-    storage.write_text(out / "report.md", report_markdown(directory, df, summary))
-    storage.write_text(out / "analysis.json", json.dumps(summary, indent=1, default=_json_default))
+            if paths.is_remote(out):
+                paths.copy_file(path, out / name)
+    paths.write_text(out / "report.md", report_markdown(directory, df, summary))
+    paths.write_text(out / "analysis.json", json.dumps(summary, indent=1, default=_json_default))
     _track(directory, df, summary, drawn)
     return summary
 
@@ -162,14 +162,14 @@ def _agreement(fits: dict, warnings: list[str]) -> dict | None:
 
 def _track(directory: str, df: pd.DataFrame, summary: dict, plots: list[str]) -> None:
     """The analysis goes to W&B too when the sweep's runs log there."""
-    from gptjax.rundir import RunDir
+    from gptjax.store.rundir import RunDir
 
     for run_dir in df["run_dir"]:
         rd = RunDir(run_dir, read_only=True)
         if rd.has_config():
             wcfg = rd.read_config().logging.wandb
             if wcfg is not None:
-                from gptjax import tracking
+                from gptjax.training import tracking
 
                 tracking.log_analysis(directory, wcfg, read_manifest(directory).get("name", "sweep"), summary, plots)
             return
@@ -182,7 +182,7 @@ def _json_default(o):
 
 
 def _local_dir(out) -> str:
-    if not storage.is_remote(out):
+    if not paths.is_remote(out):
         return os.fspath(out)
     import tempfile
 
@@ -357,7 +357,7 @@ def _plot_curves(df, done, summary, path) -> bool:
     fig, ax = plt.subplots(figsize=(6, 4.2))
     drawn = 0
     for _, row in df.iterrows():
-        metrics = storage.as_path(row["run_dir"]) / "metrics.jsonl"
+        metrics = paths.as_path(row["run_dir"]) / "metrics.jsonl"
         if not metrics.exists():
             continue
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]

@@ -33,9 +33,9 @@ from typing import Any
 import tqdm
 import yaml
 
-from gptjax import storage
 from gptjax.config import ConfigError, trained_changes
-from gptjax.rundir import RunDir
+from gptjax.store import paths
+from gptjax.store.rundir import RunDir
 from gptjax.sweeps.spec import Run, SweepConfig, expand, load_sweep
 
 MANIFEST = "sweep.json"
@@ -58,7 +58,7 @@ def run_dir_of(directory: str, run: Run | str) -> str:
 
 
 def read_result(run_dir: str) -> dict | None:
-    path = storage.as_path(run_dir) / RESULT
+    path = paths.as_path(run_dir) / RESULT
     if not path.exists():
         return None
     try:
@@ -75,7 +75,7 @@ def status_of(run_dir: str) -> tuple[str, str | None]:
             return "finished", None
         if result.get("status") in ("diverged", "failed"):
             return "failed", result.get("error") or result.get("status")
-    checkpoints = storage.as_path(run_dir) / "checkpoints"
+    checkpoints = paths.as_path(run_dir) / "checkpoints"
     if checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir()):
         return "interrupted", None
     return "pending", None
@@ -124,10 +124,10 @@ def stale_text(stale: list[RunState], limit: int = 6) -> str:
 
 def write_manifest(directory: str, sweep: SweepConfig, runs: list[Run]) -> None:
     """sweep.json: every run of the sweep as it is run now."""
-    root = storage.as_path(directory)
+    root = paths.as_path(directory)
     entries = [{"name": r.name, "run_dir": run_dir_of(directory, r), "overrides": list(r.overrides),
                 "point": r.point, "seed": r.seed, "budget": r.budget} for r in runs]
-    storage.write_text(root / MANIFEST, json.dumps({"name": sweep.name, "base": sweep.base, "runs": entries},
+    paths.write_text(root / MANIFEST, json.dumps({"name": sweep.name, "base": sweep.base, "runs": entries},
                                                    indent=1, default=str))
 
 
@@ -138,26 +138,26 @@ def spec_text(sweep: SweepConfig) -> str:
 def write_spec(directory: str, sweep: SweepConfig, archive: str | None) -> str | None:
     """sweep.yaml, the spec of the runs in `directory`. A different one already there is kept
     under `archive` (superseded/<time>/), never overwritten unseen; returns what was done."""
-    path = storage.as_path(directory) / SPEC
+    path = paths.as_path(directory) / SPEC
     text = spec_text(sweep)
     if path.exists():
         old = path.read_text()
         if old == text:
             return None
-        storage.write_text(storage.as_path(archive) / SPEC, old)
-        storage.write_text(path, text)
+        paths.write_text(paths.as_path(archive) / SPEC, old)
+        paths.write_text(path, text)
         return f"{path} now holds this sweep file's spec; the previous one is kept in {archive}/{SPEC}"
-    storage.write_text(path, text)
+    paths.write_text(path, text)
     return None
 
 
 def read_spec(directory: str) -> SweepConfig | None:
-    path = storage.as_path(directory) / SPEC
+    path = paths.as_path(directory) / SPEC
     return load_sweep(path) if path.exists() else None
 
 
 def read_manifest(directory: str) -> dict:
-    path = storage.as_path(directory) / MANIFEST
+    path = paths.as_path(directory) / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"{directory} is not a sweep directory: it has no {MANIFEST} (run `gptjax sweep run` "
                                 "first)")
@@ -207,11 +207,11 @@ def to_run(runs: list[Run], directory: str, retry_failed: bool) -> list[Run]:
 def supersede(directory: str, stale: list[RunState], archive: str) -> None:
     """Move stale run directories (and their logs) under `archive`: kept, never deleted."""
     for s in stale:
-        if storage.exists(s.run_dir):
-            storage.move_tree(s.run_dir, f"{archive}/{s.run.name}")
-        log = storage.as_path(directory) / "logs" / f"{s.run.name}.log"
+        if paths.exists(s.run_dir):
+            paths.move_tree(s.run_dir, f"{archive}/{s.run.name}")
+        log = paths.as_path(directory) / "logs" / f"{s.run.name}.log"
         if log.exists():
-            storage.move_tree(log, f"{archive}/logs/{s.run.name}.log")
+            paths.move_tree(log, f"{archive}/logs/{s.run.name}.log")
 
 
 def archive_dir(directory: str) -> str:
@@ -256,7 +256,7 @@ def run_local(sweep: SweepConfig, runs: list[Run], directory: str, *, jobs: int 
     shares = device_shares(jobs)
     queue, active, failed = list(runs), {}, 0
     bar = tqdm.tqdm(total=len(runs), unit="run", disable=not progress, dynamic_ncols=True)
-    logs = storage.as_path(directory) / "logs"
+    logs = paths.as_path(directory) / "logs"
     while queue or active:
         while queue and len(active) < jobs:
             share = next(i for i in range(jobs) if i not in active.values())
@@ -274,7 +274,7 @@ def run_local(sweep: SweepConfig, runs: list[Run], directory: str, *, jobs: int 
 
 def _start(sweep: SweepConfig, run: Run, directory: str, share: dict, logs) -> subprocess.Popen:
     run_dir = run_dir_of(directory, run)
-    log_path = f"{os.fspath(logs)}/{run.name}.log" if not storage.is_remote(logs) else os.devnull
+    log_path = f"{os.fspath(logs)}/{run.name}.log" if not paths.is_remote(logs) else os.devnull
     if log_path != os.devnull:
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
     log = open(log_path, "a")
@@ -294,7 +294,7 @@ def _finish(proc: subprocess.Popen) -> int:
         return 0 if status_of(run_dir)[0] == "finished" else 1
     if read_result(run_dir) is None or read_result(run_dir).get("status") == "finished":
         tail = _tail(log_path)
-        storage.write_text(storage.as_path(run_dir) / RESULT, json.dumps(
+        paths.write_text(paths.as_path(run_dir) / RESULT, json.dumps(
             {"status": "failed", "exit_code": proc.returncode, "error": tail or f"exit code {proc.returncode}"},
             indent=1))
     return 1

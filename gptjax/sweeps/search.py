@@ -18,15 +18,16 @@ import os
 import subprocess
 import sys
 
-from gptjax import storage
-from gptjax.config import ConfigError, load_train_config
+from gptjax.config import ConfigError
+from gptjax.config_files import load_train_config
+from gptjax.store import paths
 from gptjax.sweeps.spec import Distribution, SweepConfig, _as_override
 
 
 def storage_url(sweep: SweepConfig, directory: str) -> str:
     if sweep.search.storage:
         return sweep.search.storage
-    if storage.is_remote(directory):
+    if paths.is_remote(directory):
         raise ConfigError(f"search.storage must be set for a sweep directory on object storage ({directory}): SQLite "
                           "needs a local file; give an RDB URL or journal:/shared/path")
     return f"sqlite:///{os.path.abspath(directory)}/optuna.db"
@@ -48,7 +49,7 @@ def create_study(sweep: SweepConfig, directory: str):
 
     if sweep.search is None:
         raise ConfigError(f"sweep {sweep.name} has no 'search' section (params, trials, ...)")
-    if not storage.is_remote(directory):
+    if not paths.is_remote(directory):
         os.makedirs(directory, exist_ok=True)
     search = sweep.search
     sampler = optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=search.startup_trials)
@@ -70,7 +71,7 @@ def objective(sweep: SweepConfig, directory: str):
     """One trial: a training run with the suggested values, pruned from its eval losses."""
     import optuna
 
-    from gptjax import run
+    from gptjax.training import loop
 
     def trial_fn(trial):
         values = {**sweep.overrides, **{k: _suggest(trial, k, d) for k, d in sweep.search.params.items()},
@@ -81,11 +82,11 @@ def objective(sweep: SweepConfig, directory: str):
         def report(step: int, val_loss: float) -> None:
             trial.report(val_loss, step)
             if trial.should_prune():
-                storage.write_text(storage.as_path(run_dir) / "result.json",
+                paths.write_text(paths.as_path(run_dir) / "result.json",
                                    json.dumps({"status": "pruned", "step": step, "val_loss": val_loss}))
                 raise optuna.TrialPruned(f"pruned at step {step} (val_loss {val_loss:.4f})")
 
-        result = run.train_run(cfg, run_dir, progress=False, on_eval=report)
+        result = loop.train_run(cfg, run_dir, progress=False, on_eval=report)
         return result.val_loss
 
     return trial_fn

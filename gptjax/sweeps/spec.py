@@ -29,8 +29,9 @@ from typing import Any, Literal
 
 import yaml
 
-from gptjax import storage
-from gptjax.config import ConfigError, TrainConfig, from_dict, load_train_config, resolve_path, resolve_paths
+from gptjax.config import ConfigError, TrainConfig, from_dict
+from gptjax.config_files import load_train_config, resolve_path, resolve_paths
+from gptjax.store import paths
 
 DistributionKind = Literal["uniform", "log_uniform", "int_uniform", "choice"]
 
@@ -83,7 +84,7 @@ class Search:
 
     trials: int = 20
     params: dict[str, Distribution] = dataclasses.field(default_factory=dict)
-    storage: str | None = None  # None: sqlite:///<sweep dir>/optuna.db; any RDB URL; or a journal file path
+    paths: str | None = None  # None: sqlite:///<sweep dir>/optuna.db; any RDB URL; or a journal file path
     pruning: bool = True
     startup_trials: int = 4  # trials before pruning starts
     seed: int = 0
@@ -115,15 +116,15 @@ class Run:
 
 def load_sweep(path: str | pathlib.Path) -> SweepConfig:
     """A sweep file, its relative paths (base, data files in overrides, grid, zip and IsoFLOP
-    sizes) resolved against the file's own directory (config.resolve_paths)."""
-    path = storage.as_path(path)
+    sizes) resolved against the file's own directory (config_files.resolve_paths)."""
+    path = paths.as_path(path)
     if not path.exists():
         raise ConfigError(f"sweep file {str(path)!r} does not exist")
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, dict):
         raise ConfigError(f"sweep {path}: expected a mapping (name, base, grid, ...), got {type(data).__name__}")
     data.setdefault("name", path.stem)
-    origin = None if storage.is_remote(path) else pathlib.Path(os.fspath(path)).parent
+    origin = None if paths.is_remote(path) else pathlib.Path(os.fspath(path)).parent
     sweep = from_dict(SweepConfig, _resolved(data, origin, str(path)))
     _check(sweep, path)
     return sweep
@@ -257,7 +258,7 @@ def _heads(sweep: SweepConfig, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _steps_for(cfg: TrainConfig, budget: float) -> int:
-    from gptjax import counting
+    from gptjax.model import counting
 
     tokens = budget / counting.flops_per_token(cfg.model, cfg.resolved_seq_len)
     return int(round(tokens / (cfg.data.batch_size * cfg.resolved_seq_len)))

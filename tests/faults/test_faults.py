@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from gptjax import chaos
+from gptjax.tools import chaos
 
 # Runs one subprocess after another: keep the whole module on one xdist worker.
 pytestmark = pytest.mark.xdist_group("faults")

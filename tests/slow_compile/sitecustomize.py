@@ -9,7 +9,7 @@ import time
 if os.environ.get("GPTJAX_PROCESS_ID") == "1":
     from jax._src.interpreters import pxla
 
-    from gptjax import distributed
+    from gptjax.runtime import distributed
 
     _compile, _wait = pxla.MeshComputation.compile, distributed.wait_for_peers
     _state = {"armed": False}

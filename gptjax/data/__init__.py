@@ -1,0 +1,6 @@
+"""Text to token ids, and token ids to training batches.
+
+tokenizer   char, GPT-2 BPE (tiktoken) and Hugging Face tokenizer.json tokenizers
+text_files  .txt/.jsonl documents to a token file, in parallel and cached
+loader      corpora and token files for a config, and the deterministic resumable batch loader
+"""

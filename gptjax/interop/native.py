@@ -1,0 +1,80 @@
+"""Our native directory format: gptjax_config.json, the parameters (Orbax) and, when the model has
+one, a Hugging Face tokenizer.json."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from gptjax.config import EXECUTION_FIELDS, ModelConfig, from_dict
+from gptjax.interop import hf
+from gptjax.model.gpt import GPT, abstract_model
+from gptjax.store import tensor_files
+from gptjax.store.tensor_files import CheckpointError
+
+NATIVE_CONFIG = "gptjax_config.json"
+PARAMS_DIR = "params"
+TOKENIZER_FILE = "tokenizer.json"  # Hugging Face tokenizers format
+FORMAT_VERSION = 1
+
+
+def save_pretrained(model: GPT, path: str | pathlib.Path, *, overwrite: bool = False) -> pathlib.Path:
+    """Write gptjax_config.json, the parameters (Orbax) and the model's tokenizer, if it has one
+    (as a Hugging Face tokenizer.json), into `path`, which appears whole or not at all."""
+    from gptjax.data.tokenizer import hf_tokenizer_json
+
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    tokenizer = getattr(model, "tokenizer", None)
+    extra = {} if tokenizer is None else {"eot_id": tokenizer.eot_id}
+    with tensor_files.atomic_directory(path, overwrite=overwrite, last=(NATIVE_CONFIG,)) as tmp:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(tmp / PARAMS_DIR, params)
+        checkpointer.wait_until_finished()  # saves are asynchronous; the rename must follow the commit
+        checkpointer.close()
+        if tokenizer is not None:
+            (tmp / TOKENIZER_FILE).write_text(hf_tokenizer_json(tokenizer))
+        tensor_files.write_json(tmp / NATIVE_CONFIG, {"format_version": FORMAT_VERSION,
+                                                       "model": model.cfg.to_dict(), **extra})
+    return path
+
+
+def load_native(path: str | pathlib.Path, **overrides: Any) -> GPT:
+    """A GPT from a directory written by save_pretrained; `overrides` may set EXECUTION_FIELDS."""
+    directory = pathlib.Path(path)
+    cfg = hf.with_overrides(native_config(directory), overrides, EXECUTION_FIELDS)
+    tensor_files.refuse_links(directory)
+    graphdef, state = nnx.split(abstract_model(cfg))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), nnx.to_pure_dict(state))
+    checkpointer = ocp.StandardCheckpointer()
+    restored = checkpointer.restore((directory / PARAMS_DIR).absolute(), target)
+    checkpointer.close()
+    nnx.replace_by_pure_dict(state, restored)
+    return nnx.merge(graphdef, state)
+
+
+def native_config(directory: pathlib.Path) -> ModelConfig:
+    data = tensor_files.read_json(directory, NATIVE_CONFIG)
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{directory / NATIVE_CONFIG}: format_version = {version!r}; this gptjax "
+                              f"reads version {FORMAT_VERSION}")
+    return from_dict(ModelConfig, data["model"])
+
+
+def directory_tokenizer(directory: pathlib.Path):
+    """The directory's Hugging Face tokenizer.json, if it has one, with the checkpoint's end-of-text
+    id (config.json's eos_token_id, or the gptjax config's record of it)."""
+    from gptjax.data.tokenizer import HFTokenizer
+
+    if not (directory / TOKENIZER_FILE).is_file():
+        return None
+    if (directory / hf.CONFIG_FILE).is_file():
+        eos = tensor_files.read_json(directory, hf.CONFIG_FILE).get("eos_token_id")
+    else:
+        eos = tensor_files.read_json(directory, NATIVE_CONFIG).get("eot_id")
+    return HFTokenizer.from_directory(directory, eos if isinstance(eos, int) else None)

@@ -1,0 +1,466 @@
+"""The training loop: resume, and the cadence of logging, eval, checkpoints and signals.
+
+The loop never waits on the device: step t is dispatched before step t-1's metrics are read,
+and nothing else leaves the device except at eval and checkpoint steps. The run directory's
+layout and I/O live in rundir.py; checkpoints in checkpoint.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+
+import jax
+import numpy as np
+import tqdm
+from flax import nnx
+
+from gptjax import generation
+from gptjax.config import ConfigError, EvalConfig, TrainConfig, fingerprint
+from gptjax.data import loader
+from gptjax.errors import Interrupted, RunStopped
+from gptjax.finetune import sft
+from gptjax.model import attention, counting
+from gptjax.runtime import distributed, hardware, sharding
+from gptjax.store.rundir import RunDir
+from gptjax.store.tensor_files import CheckpointError
+from gptjax.training import heldout, resume, tracking, trainer, warm_start
+from gptjax.training.signals import StopFlag
+
+log = logging.getLogger("gptjax")
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands: steps taken and what they consumed, summed over the steps actually
+    taken with the batch in force for each (a resume with another batch size counts as it ran).
+    `examples` is also the data position: the next batch starts at that example."""
+
+    step: int = 0
+    examples: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+
+    def advance(self, batch: int, seq_len: int, flops_per_token: float) -> None:
+        self.step += 1
+        self.examples += batch
+        self.tokens += batch * seq_len
+        self.flops += batch * seq_len * flops_per_token
+
+    @classmethod
+    def restored(cls, meta: dict) -> Progress:
+        """From a checkpoint's meta. Checkpoints written before these counts were kept are taken to
+        have run at the batch size of the config they were saved with."""
+        if "progress" in meta:
+            return cls(**meta["progress"])
+        from gptjax.config import ModelConfig, from_dict
+
+        step, saved = int(meta["step"]), meta["config"]
+        batch, seq = saved["data"]["batch_size"], saved["data"]["seq_len"] or saved["model"]["max_seq_len"]
+        per_token = counting.flops_per_token(from_dict(ModelConfig, saved["model"]), seq)
+        return cls(step, step * batch, step * batch * seq, float(step * batch * seq * per_token))
+
+
+@dataclasses.dataclass
+class RunResult:
+    progress: Progress
+    resumed_from: int | None
+    last_loss: float | None = None
+    val_loss: float | None = None
+    val_step: int | None = None  # the step val_loss was measured at
+    stopped: str | None = None  # None: ran to the end; else why it stopped
+    checkpoint_step: int | None = None  # the newest checkpoint when the run ended
+
+    @property
+    def final_step(self) -> int:
+        return self.progress.step
+
+
+class Feeds:
+    """Host-to-device placement of this process's rows of the global batch and stop flags."""
+
+    def __init__(self, tr: trainer.Trainer):
+        self.tr, self.batch_size = tr, tr.cfg.data.batch_size
+        self.rows = sharding.local_rows(tr.batch_sharding, self.batch_size)
+        self.flag_sharding = sharding.per_device(tr.mesh)
+        self.flag_rows = sharding.local_rows(self.flag_sharding, tr.mesh.size)
+
+    def batch(self, local):
+        """A token array, or supervised rows (a dict of arrays, sft.py)."""
+        return jax.tree.map(lambda x: sharding.global_array(x, self.rows, self.tr.batch_sharding, self.batch_size),
+                            local)
+
+    def stop_flags(self, stopping: bool) -> jax.Array:
+        local = np.full(len(self.flag_rows), 1.0 if stopping else 0.0, np.float32)
+        return sharding.global_array(local, self.flag_rows, self.flag_sharding, self.tr.mesh.size)
+
+
+def evaluate(cfg: TrainConfig, tr, params, split, frozen=None) -> float:
+    """Mean token loss over the whole validation split `split` (what each evaluation logs as val_loss)."""
+    measured = heldout.HeldOut(dataclasses.replace(cfg, eval=EvalConfig()), tr, split, None)
+    return measured.measure(params, frozen, tasks=False, interrupted=lambda: False)["val_loss"]
+
+
+def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None) -> RunResult:
+    """Train (or resume) `cfg` in `run_dir`. Every input check, the comparison with the config
+    the run was started with included, happens before anything is written or compiled.
+
+    `on_eval(step, val_loss)` is called after each evaluation (hyperparameter search reports
+    there; an exception it raises, such as a pruned trial, ends the run; its checkpoints stay).
+    `progress`: a bar on a terminal; plain lines every log_every steps otherwise and with False."""
+    rd = RunDir(run_dir)
+    changes = resume.check(rd, cfg)
+    if cfg.faults.fill_disk_at_step is not None:
+        _fillable(run_dir)
+    if cfg.init_from is not None:
+        warm_start.check(cfg)
+    if cfg.data.sft_files:
+        tokens = _sft_data(cfg)
+    else:
+        tokens = loader.load_tokens(cfg.data, cfg.init_from)
+        loader.check_vocab(tokens, cfg.model.vocab_size)
+        loader.check_lengths(tokens, cfg.resolved_seq_len)
+    rd.check_tokenizer(tokens.tokenizer)
+    mesh = sharding.make_mesh(cfg.mesh)
+    tr = trainer.make_trainer(cfg, mesh)
+    measured = heldout.HeldOut(cfg, tr, tokens.val, tokens.tokenizer)  # eval files read and checked here
+    if tr.abstract_frozen is not None:
+        n_train, n_base = (sum(a.size for a in jax.tree.leaves(t)) for t in (tr.abstract_state["params"],
+                                                                            tr.abstract_frozen))
+        _say(f"LoRA: {n_train:,} trainable parameters beside {n_base:,} frozen ({n_train / n_base:.2%})")
+    wandb_cfg = cfg.logging.wandb if jax.process_index() == 0 else None
+    if wandb_cfg is not None:
+        tracking.require_wandb()
+    ckpts = rd.checkpoints(cfg)
+    tracker = None
+    try:
+        restored = ckpts.restore(tr.abstract_state)
+        wall_before = 0.0
+        base = warm_start.fingerprint(cfg.init_from) if cfg.finetune.lora is not None else None
+        if restored is not None and base is not None and restored[1].get("base_fingerprint") != base:
+            raise CheckpointError(f"{rd}: its LoRA adapters were trained on a base with fingerprint "
+                                  f"{restored[1].get('base_fingerprint')}, but init_from = {cfg.init_from!r} now "
+                                  f"has {base}; point init_from at the original base")
+        frozen = None
+        if base is not None:  # the frozen base: loaded at every start, never checkpointed
+            frozen = warm_start.load_params(cfg, mesh, tr.frozen_shardings)
+        pending_eval = None
+        if restored is not None:
+            state, meta = restored
+            position = Progress.restored(meta)
+            wall_before = float(meta.get("wall_time_s", 0.0))
+            pending_eval = meta.get("pending_eval")
+            _say(f"resumed from step {position.step}")
+            if changes:
+                _say("config changes recorded in config.{}.yaml: {}".format(
+                    position.step, ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes)))
+        elif cfg.init_from is not None and frozen is None:
+            params = warm_start.load_params(cfg, mesh, tr.state_shardings["params"])
+            state, position = trainer.state_from_params(tr, params), Progress()
+            _say(f"initialised from {cfg.init_from}")
+        else:
+            state, position = trainer.init_state(tr), Progress()
+        rd.record_start(cfg, tokens.tokenizer, position.step, changes)
+        # An interrupted evaluation's row is written when it is measured again, and only then.
+        rd.truncate_metrics(position.step - (pending_eval is not None))
+        counts = counting.param_counts(cfg.model, cfg.resolved_seq_len)
+        for line in tracking.startup_summary(cfg, counts, jax.device_count(), sharding.platform(mesh),
+                                             dict(mesh.shape), position):
+            _say(line)
+        if wandb_cfg is not None:
+            tracker = tracking.Wandb(cfg, run_dir, wandb_cfg)
+        clock = _Clock(wall_before)
+        result = RunResult(position, position.step if restored is not None else None)
+        try:
+            _loop(cfg, tr, state, frozen, base, tokens, measured, pending_eval, rd, ckpts, progress, on_eval, clock,
+                  result, tracker)
+        except RunStopped as e:
+            _finish(cfg, rd, clock, result, tracker, "diverged", error=str(e))
+            raise
+        _finish(cfg, rd, clock, result, tracker, "stopped" if result.stopped else "finished")
+        return result
+    finally:
+        ckpts.close()
+        if tracker is not None:
+            tracker.close()  # a run ended by anything else (a pruned trial, an interrupt) still ends its W&B run
+
+
+def _sft_data(cfg: TrainConfig) -> sft.SFTData:
+    tokenizer = loader.make_tokenizer(cfg.data, cfg.init_from)
+    if tokenizer is None:
+        raise loader.DataError("data.sft_files are encoded with a tokenizer of the model: data.tokenizer = 'char' "
+                             "builds a vocabulary from a corpus; use init_from's (the default with init_from) or "
+                             "name one")
+    out = sft.load(cfg.data, tokenizer, cfg.resolved_seq_len)
+    top = max(int(out.train["tokens"].max()), int(out.val["tokens"].max()))
+    if top >= cfg.model.vocab_size:
+        raise loader.DataError(f"data.sft_files: token id {top} is beyond model.vocab_size = {cfg.model.vocab_size}")
+    return out
+
+
+def _kill_now(name: str = "SIGKILL") -> None:
+    os.kill(os.getpid(), getattr(signal, name))
+
+
+DISK_FILLER = "disk_filler"
+FILL_LIMIT = 256 * 2**20
+
+
+def _fillable(run_dir: str) -> int:
+    """The free bytes faults.fill_disk_at_step would fill, refused above FILL_LIMIT: the fault is
+    for a small filesystem (the chaos harness's tmpfs), never a user's disk."""
+    path = os.path.abspath(run_dir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    if free > FILL_LIMIT:
+        raise ConfigError(f"faults.fill_disk_at_step: {path} has {free / 2**20:.0f} MiB free; the fault fills only a "
+                          f"filesystem with at most {FILL_LIMIT // 2**20} MiB free (mount a small tmpfs there)")
+    return free
+
+
+def fill_disk(run_dir: str, leave: int = 64 * 1024) -> None:
+    """Fill the run directory's filesystem (the file DISK_FILLER in it) until `leave` bytes are
+    free: room for the metrics, not for a checkpoint."""
+    chunk = b"\0" * (64 * 1024)
+    with open(os.path.join(run_dir, DISK_FILLER), "wb", buffering=0) as f:
+        try:
+            for _ in range(max(0, _fillable(run_dir) - leave) // len(chunk)):
+                f.write(chunk)
+        except OSError:  # full already: tmpfs counts whole pages
+            pass
+
+
+class _Clock:
+    """Wall time of the run over all its starts (checkpoints carry the time before this one)."""
+
+    def __init__(self, before: float):
+        self.before, self.t0 = before, time.time()
+
+    def total(self) -> float:
+        return self.before + time.time() - self.t0
+
+
+def _finish(cfg: TrainConfig, rd: RunDir, clock: _Clock, result: RunResult, tracker, status: str,
+            error: str | None = None) -> None:
+    summary = _write_result(cfg, rd, clock, result, status, error)
+    if tracker is not None:
+        tracker.finish(summary, ["result.json", "config.yaml"])
+
+
+def _write_result(cfg: TrainConfig, rd: RunDir, clock: _Clock, result: RunResult, status: str,
+                  error: str | None = None) -> dict:
+    """result.json: what a sweep collects from every run (see sweeps/report.py). tokens and flops
+    are the sums over the steps actually taken (Progress), not steps x today's batch."""
+    rows = rd.read_metrics()
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    counts = counting.param_counts(cfg.model, cfg.resolved_seq_len)
+    p, wall = result.progress, clock.total()
+    summary = {
+        "status": status, "error": error, "final_val_loss": vals[-1] if vals else None,
+        "best_val_loss": min(vals) if vals else None, "final_train_loss": rows[-1]["loss"] if rows else None,
+        "steps": p.step, "examples": p.examples, "tokens": p.tokens, "params": counts.total,
+        "non_embedding_params": counts.non_embedding, "flops_per_token": counts.flops_per_token, "flops": p.flops,
+        "evals": heldout.evals_of(rows), "wall_time_s": wall, "tokens_per_sec": p.tokens / wall if wall > 0 else None,
+        "seed": cfg.seed, "fingerprint": fingerprint(cfg)}
+    rd.write_json("result.json", summary)
+    return summary
+
+
+def _loop(cfg, tr, state, frozen, base, tokens, measured, pending_eval, rd, ckpts, progress, on_eval, clock,
+          result, tracker) -> None:
+    step_fn = trainer.make_train_step(tr)
+    feeds = Feeds(tr)
+    position = result.progress
+    start, remaining = position.step, cfg.steps - position.step
+    seq_len = cfg.resolved_seq_len
+    if isinstance(tokens, sft.SFTData):
+        batches = sft.Batches(tokens.train, cfg.data.batch_size, cfg.seed, feeds.rows)
+    else:
+        batches = loader.TrainBatches(tokens.train, seq_len, cfg.data.batch_size, cfg.seed, feeds.rows)
+    flops = counting.flops_per_token(cfg.model, seq_len)
+    peak_info = hardware.peak_flops(cfg.peak_flops, cfg.model.compute_dtype)
+    # The train step's attention path, recorded; an explicit cudnn that cannot run is refused here.
+    attn = attention.choose_here(cfg.model, aligned=not isinstance(tokens, sft.SFTData),
+                                 needs_dropout=cfg.model.attn_dropout > 0.0)
+    rd.record_execution(peak_flops=peak_info.to_dict(), attention={"impl": attn.impl, "reason": attn.reason})
+    peak = peak_info.per_device * jax.device_count()
+    tokens_per_step = cfg.data.batch_size * seq_len
+    faults = cfg.faults
+    metrics_log = rd.metrics_log(tracker)
+    leader = jax.process_index() == 0
+    bar_wanted = progress and leader and sys.stderr.isatty()
+    bar = tqdm.tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True, disable=not bar_wanted)
+    lines = tracking.ProgressLines(cfg.steps, cfg.log_every, enabled=leader and not bar_wanted)
+    pending = None  # (step number, device metrics) of the step whose results are not read yet
+    mark = None  # wall time at which the last read step was known complete
+    stop_requested = False  # agreed by all processes: read from the step's metrics
+
+    def read(pending):
+        """Fetch a finished step's metrics (the one allowed device-to-host transfer per step)."""
+        nonlocal mark, stop_requested
+        number, device_metrics = pending
+        with jax.transfer_guard_device_to_host("allow"):
+            m = jax.device_get(device_metrics)
+        stop_requested = stop_requested or bool(m["stop"])
+        now = time.perf_counter()
+        elapsed, mark = now - mark, now
+        tps = tokens_per_step / elapsed
+        row = {"step": number, "loss": float(m["loss"]), "lr": float(m["lr"]),
+               "grad_norm": float(m["grad_norm"]), "tokens_per_sec": tps, "mfu": flops * tps / peak,
+               "tokens_seen": position.tokens - (position.step - number) * tokens_per_step}
+        lines.step(row, elapsed)
+        if not m["finite"]:
+            if cfg.nan_policy == "stop":
+                raise RunStopped(f"non-finite loss at step {number} (loss={row['loss']}, grad_norm="
+                                 f"{row['grad_norm']}); stopping. The last good checkpoint is step "
+                                 f"{ckpts.latest_step()}.")
+            _say(f"non-finite loss at step {number}: update skipped (nan_policy=skip)")
+        return row
+
+    def emit(row, force=False):
+        result.last_loss = row["loss"]
+        if force or row["step"] % cfg.log_every == 0:
+            metrics_log.write(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_sec']:.0f}", refresh=False)
+
+    def evaluate_into(row, stop) -> None:
+        """The evaluation of row's step into row; raises errors.Interrupted on a stop signal."""
+        number = row["step"]
+        kill = faults.kills(number, "eval")
+        row.update(measured.measure(state["params"], frozen, tasks=measured.tasks_due(number),
+                                    interrupted=heldout.stop_check(stop),
+                                    on_batch=(lambda i: _kill_now(faults.kill_signal)) if kill else None))
+        result.val_loss, result.val_step = row["val_loss"], number
+        if leader:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k == "val_loss" or k.startswith("eval/"))
+            (bar.write if bar_wanted else _say)(f"step {number}: loss {row['loss']:.4f}, {shown}")
+        emit(row, force=True)
+        if on_eval is not None:
+            with jax.transfer_guard_device_to_host("allow"):
+                on_eval(number, row["val_loss"])
+
+    def save(number, pending_row=None):
+        if faults.fill_disk_at_step == number and leader:
+            fill_disk(rd.path)
+        with jax.transfer_guard_device_to_host("allow"):  # Orbax copies to host
+            ckpts.save(number, state, _meta(cfg, position, clock.total(), base, pending_row))
+        metrics_log.flush()
+
+    distributed.wait_for_peers("gptjax-train-loop")  # every process starts the loop together
+    try:
+        with StopFlag() as stop, jax.transfer_guard_device_to_host("disallow"):
+            if pending_eval is not None and pending_eval["step"] == start:
+                # A stop signal interrupted this checkpoint's evaluation: measure it now, whole.
+                try:
+                    evaluate_into(dict(pending_eval["row"]), stop)
+                except Interrupted:
+                    result.stopped = f"stopped by {stop.name or 'a signal on another process'} during the " \
+                                     f"evaluation of step {start} (it runs again on resume)"
+                    _say(result.stopped)
+                    remaining = 0
+            for rows in batches.iterate(position.examples, remaining):
+                number = position.step + 1
+                args = (state, frozen, feeds.batch(rows), feeds.stop_flags(stop.signal is not None))
+                if mark is None:
+                    distributed.compile_together(step_fn, *args, name="gptjax-train-step-compiled")
+                state, device_metrics = step_fn(*args)
+                position.advance(cfg.data.batch_size, seq_len, flops)
+                if faults.kills(number, "step"):
+                    _kill_now(faults.kill_signal)  # the step is in flight, its metrics unread
+                if mark is None:
+                    mark = time.perf_counter()  # compiled and dispatched: time from here
+                if pending is not None:
+                    emit(read(pending))
+                pending = (number, device_metrics)
+                bar.update(1)
+                is_last = number == cfg.steps
+                eval_now = number % cfg.eval_every == 0 or is_last or measured.tasks_due(number)
+                save_now = number % cfg.checkpoint_every == 0 or is_last or stop_requested
+                if not (eval_now or save_now):
+                    continue
+                row = read(pending)  # this step's metrics: a NaN must stop us before saving
+                pending = None
+                if eval_now:
+                    try:
+                        evaluate_into(row, stop)
+                    except Interrupted:
+                        # Saved with the step's own metrics; the resumed run evaluates it whole.
+                        save(number, pending_row=row)
+                        name = stop.name or "a signal on another process"
+                        result.stopped = f"stopped by {name} during the evaluation of step {number}"
+                        _say(f"received {name} during the evaluation of step {number}: saved step {number}, exiting "
+                             "(the evaluation runs again on resume)")
+                        break
+                else:
+                    emit(row)
+                save_now = save_now or stop_requested  # a signal may arrive during eval
+                if save_now:
+                    save(number)
+                    if faults.kills(number, "save"):
+                        _kill_now(faults.kill_signal)  # the save is still in flight
+                mark = time.perf_counter()  # eval and saving are not training throughput
+                if stop_requested:
+                    name = stop.name or "a signal on another process"
+                    result.stopped = f"stopped by {name}"
+                    _say(f"received {name}: saved step {number}, exiting")
+                    break
+            if pending is not None:
+                emit(read(pending))
+        ckpts.wait()
+    except RunStopped as e:
+        result.stopped = str(e)
+        _say(str(e))
+        raise
+    finally:
+        bar.close()
+        metrics_log.close()
+        result.checkpoint_step = ckpts.latest_step()
+    if result.stopped is None and cfg.sample_tokens > 0:
+        with jax.transfer_guard_device_to_host("allow"):  # after the loop: not a training stall
+            params = state["params"] if frozen is None else jax.jit(tr.full_params)(state["params"], frozen)
+            params = _host_params(params)
+            if leader:
+                _write_sample(cfg, tr, params, tokens.tokenizer, rd, position.step)
+
+
+def _meta(cfg: TrainConfig, position: Progress, wall_time_s: float, base: str | None = None,
+          pending_row: dict | None = None) -> dict:
+    # The data position (the next example) and the accounting are the run's own; the dropout RNG is
+    # a function of (seed, step). A pending evaluation is one a stop signal interrupted.
+    meta = {"step": position.step, "wall_time_s": wall_time_s, "progress": dataclasses.asdict(position),
+            "data": {"seed": cfg.seed, "next_step": position.step, "next_example": position.examples},
+            "rng": {"dropout_key": f"fold_in(key({cfg.seed}), step)"}, "config": cfg.to_dict()}
+    if base is not None:  # LoRA checkpoints hold adapters only: name the base they belong to
+        meta["base_fingerprint"] = base
+    if pending_row is not None:
+        meta["pending_eval"] = {"step": position.step, "row": pending_row}
+    return meta
+
+
+def _host_params(params):
+    """Parameters as host arrays; with several processes each holds only shards, so gather
+    (a collective: every process must call this)."""
+    if jax.process_count() == 1:
+        return jax.device_get(params)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(params, tiled=True)
+
+
+def _write_sample(cfg, tr, params, tokenizer, rd: RunDir, step) -> None:
+    model = nnx.merge(tr.graphdef, params)
+    prompt = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n")
+    ids = generation.sample(model, prompt, cfg.sample_tokens, temperature=0.8, top_k=200, seed=cfg.seed)
+    rd.write_sample(step, tokenizer.decode(ids))
+
+
+def _say(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
+    log.info(message)

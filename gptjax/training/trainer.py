@@ -1,0 +1,227 @@
+"""Pure, jitted train and eval steps and the sharded train state.
+
+The state is a plain pytree {"step", "params", "opt_state"} of pure-dict parameters, so Optax,
+Orbax and shardings see ordinary arrays; the model is rebuilt inside the step with nnx.merge.
+Dropout keys are fold_in(seed, step): a pure function of the step, so resume needs no RNG state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from gptjax.config import TrainConfig
+from gptjax.finetune import lora
+from gptjax.model.gpt import GPT, abstract_model
+from gptjax.runtime import sharding, xla
+from gptjax.training import optim
+
+State = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """Everything compiled for one config on one mesh: shardings, the optimizer, the steps."""
+
+    cfg: TrainConfig
+    mesh: Mesh
+    graphdef: Any
+    tx: optax.GradientTransformation
+    lr_schedule: optax.Schedule
+    abstract_state: State  # ShapeDtypeStructs carrying the target shardings
+    state_shardings: State
+    # LoRA: the state's params are the adapters; the base model's parameters are frozen, passed
+    # to every step beside the state (never in the optimizer or the checkpoints). None otherwise.
+    frozen_shardings: dict | None = None
+    abstract_frozen: dict | None = None
+
+    def full_params(self, params: dict, frozen: dict | None) -> dict:
+        """The model's parameters: the state's own, or the base with the adapters merged in."""
+        lora_cfg = self.cfg.finetune.lora
+        return params if lora_cfg is None else lora.merge(frozen, params, lora_cfg)
+
+    @property
+    def batch_sharding(self):
+        return sharding.batch_sharding(self.mesh)
+
+
+def make_trainer(cfg: TrainConfig, mesh: Mesh) -> Trainer:
+    """Abstract evaluation only: shapes and shardings of the state, nothing allocated."""
+    sharding.check_batch(cfg.data.batch_size // cfg.optim.grad_accum, mesh,
+                         "data.batch_size / optim.grad_accum (the micro-batch)")
+    sharding.check_batch(cfg.eval_batch_size, mesh, "eval_batch_size")
+    abstract_model = nnx.eval_shape(lambda: GPT(cfg.model, rngs=nnx.Rngs(params=cfg.seed)))
+    graphdef, params_state = nnx.split(abstract_model)
+    shapes = nnx.to_pure_dict(params_state)
+    tx = optim.build(cfg.optim, cfg.model.width_mult)
+    axes = sharding.logical_axes(abstract_model)
+    param_sh = sharding.param_shardings(axes, shapes, mesh)
+    frozen_sh = abstract_frozen = None
+    if cfg.finetune.lora is not None:
+        frozen_sh = param_sh
+        abstract_frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                       shapes, param_sh)
+        shapes, adapter_axes = lora.adapter_layout(cfg.finetune.lora, shapes, axes)
+        param_sh = sharding.param_shardings(adapter_axes, shapes, mesh)
+    opt_shapes = jax.eval_shape(tx.init, shapes)
+    state_sh = {"step": sharding.replicated(mesh), "params": param_sh,
+                "opt_state": sharding.opt_state_shardings(tx, opt_shapes, shapes, param_sh, mesh)}
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": shapes,
+                             "opt_state": opt_shapes}, state_sh)
+    return Trainer(cfg, mesh, graphdef, tx, optim.schedule(cfg.optim, cfg.steps), abstract, state_sh, frozen_sh,
+                   abstract_frozen)
+
+
+def state_layout(cfg: TrainConfig) -> tuple[str, list[tuple]]:
+    """The state's tree structure, shapes and dtypes: what a checkpoint must match, whatever
+    the mesh (evaluated abstractly, nothing allocated)."""
+    model = abstract_model(cfg.model)
+    shapes = nnx.to_pure_dict(nnx.split(model)[1])
+    if cfg.finetune.lora is not None:
+        shapes, _ = lora.adapter_layout(cfg.finetune.lora, shapes, sharding.logical_axes(model))
+    state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": shapes,
+             "opt_state": jax.eval_shape(optim.build(cfg.optim, cfg.model.width_mult).init, shapes)}
+    leaves, treedef = jax.tree.flatten(state)
+    return str(treedef), [(tuple(a.shape), str(a.dtype)) for a in leaves]
+
+
+def init_state(tr: Trainer) -> State:
+    """Initialise directly into the target shardings (no single-device copy ever exists)."""
+    cfg = tr.cfg
+
+    def init():
+        if cfg.finetune.lora is not None:
+            params = lora.init_adapters(cfg.finetune.lora, tr.abstract_state["params"], cfg.seed)
+        else:
+            params = nnx.to_pure_dict(nnx.state(GPT(cfg.model, rngs=nnx.Rngs(params=cfg.seed)), nnx.Param))
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tr.tx.init(params)}
+
+    return jax.jit(init, out_shardings=tr.state_shardings)()
+
+
+def state_from_params(tr: Trainer, params: dict) -> State:
+    """A step-0 state around given parameters (init_from), already in their target shardings."""
+
+    def init(params):
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tr.tx.init(params)}
+
+    return jax.jit(init, in_shardings=(tr.state_shardings["params"],), out_shardings=tr.state_shardings,
+                   donate_argnums=0)(params)
+
+
+def token_losses(logits_BxTxV, targets_BxT, z_loss: float):
+    """Per-token cross-entropy (+ z-loss) in float32; padded vocabulary entries hold the float32
+    minimum, so they add exactly nothing to the normaliser."""
+    lse = jax.nn.logsumexp(logits_BxTxV, axis=-1)
+    picked = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+    ce = lse - picked
+    return ce + z_loss * jnp.square(lse) if z_loss else ce, ce
+
+
+def make_train_step(tr: Trainer):
+    cfg, graphdef = tr.cfg, tr.graphdef
+    accum = cfg.optim.grad_accum
+    lora_cfg = cfg.finetune.lora
+    lora_dropout = lora_cfg is not None and lora_cfg.dropout > 0
+    dropout = cfg.model.embed_dropout or cfg.model.attn_dropout or cfg.model.resid_dropout or lora_dropout
+
+    def loss_fn(params, frozen, rows, key, poison):
+        if lora_dropout:  # adapters beside their layers, their inputs dropped out
+            model = nnx.merge(graphdef, frozen)
+            lora.attach(model, params, lora_cfg, key)
+        else:
+            model = nnx.merge(graphdef, tr.full_params(params, frozen))
+        total, ce, weights = _row_losses(model, rows, key, cfg.optim.z_loss)
+        if not isinstance(rows, dict):  # every target counts
+            return jnp.mean(total) * poison, jnp.mean(ce) * poison
+        n = jnp.maximum(jnp.sum(weights), 1.0)  # the mean over trained targets
+        return jnp.sum(total * weights) / n * poison, jnp.sum(ce * weights) / n * poison
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def micro(carry, xs):
+        rows, key = xs
+        (_, ce), grads = grad_fn(carry["params"], carry["frozen"], rows, key, carry["poison"])
+        acc = jax.tree.map(jnp.add, carry["grads"], grads)
+        return {**carry, "grads": acc, "ce": carry["ce"] + ce}, None
+
+    def step(state, frozen, rows_BxT1, stop_D):
+        with sharding.activations_on(tr.mesh):  # at trace time: the residual stream stays batch-split
+            return _step(state, frozen, rows_BxT1, stop_D)
+
+    def _step(state, frozen, rows_BxT1, stop_D):
+        key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"]) if dropout else None
+        micro_rows = jax.tree.map(
+            lambda x: sharding.micro_batches(x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), tr.mesh), rows_BxT1)
+        keys = jax.random.split(key, accum) if key is not None else None
+        zeros = jax.tree.map(jnp.zeros_like, state["params"])
+        carry = {"params": state["params"], "frozen": frozen, "grads": zeros, "ce": jnp.zeros(()),
+                 "poison": _poison(cfg, state)}
+        carry, _ = jax.lax.scan(micro, carry, (micro_rows, keys))
+        grads = jax.tree.map(lambda g: g / accum, carry["grads"])
+        loss = carry["ce"] / accum
+        grad_norm = optax.tree.norm(grads)
+        lr = tr.lr_schedule(state["step"])
+        opt_state = optim.with_learning_rate(state["opt_state"], lr)
+        updates, opt_state = tr.tx.update(grads, opt_state, state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if cfg.nan_policy == "skip":
+            # Decided on the device: the host reads metrics a step late and cannot veto in time.
+            params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                             (params, opt_state), (state["params"], state["opt_state"]))
+        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+        # stop_D holds, per device, whether its process heard a signal: the max travels with the
+        # metrics, so every process learns of a stop at the same step without an extra sync.
+        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "lr": lr,
+                   "stop": jnp.max(stop_D) > 0}
+        return new_state, metrics
+
+    return xla.jit(step, mesh=tr.mesh, in_shardings=(tr.state_shardings, tr.frozen_shardings, tr.batch_sharding,
+                                                     sharding.per_device(tr.mesh)),
+                   out_shardings=(tr.state_shardings, sharding.replicated(tr.mesh)), donate_argnums=0)
+
+
+def _row_losses(model: GPT, rows, key, z_loss: float):
+    """(loss with z-loss, cross-entropy, weights) per target token. `rows` is a token array
+    [B, T+1] (every target counts) or supervised rows (sft.py: tokens, weights, segments,
+    positions), whose weights pick the trained targets and whose segments keep packed examples
+    apart."""
+    if isinstance(rows, dict):
+        logits = model.logits(rows["tokens"][:, :-1], rows["positions"][:, :-1], key=key,
+                              segments_BxT=rows["segments"][:, :-1])
+        total, ce = token_losses(logits, rows["tokens"][:, 1:], z_loss)
+        return total, ce, rows["weights"]
+    logits = model.logits(rows[:, :-1], key=key)
+    total, ce = token_losses(logits, rows[:, 1:], z_loss)
+    return total, ce, jnp.ones_like(ce)
+
+
+def _poison(cfg: TrainConfig, state: State) -> jax.Array:
+    """1.0, or NaN on the step chosen by faults.nan_at_step (fault-injection tests)."""
+    if cfg.faults.nan_at_step is None:
+        return jnp.ones(())
+    return jnp.where(state["step"] + 1 == cfg.faults.nan_at_step, jnp.nan, 1.0)
+
+
+def make_eval_step(tr: Trainer):
+    """(sum of token losses, token count) over one batch; `weights_BxT` picks the targets that
+    count (0: padding, or a target an earlier window scored already)."""
+    graphdef = tr.graphdef
+
+    def step(params, frozen, rows_BxT1, weights_BxT):
+        with sharding.activations_on(tr.mesh):
+            _, ce, w = _row_losses(nnx.merge(graphdef, tr.full_params(params, frozen)), rows_BxT1, None, 0.0)
+        w = w * weights_BxT
+        return jnp.sum(ce * w), jnp.sum(w)
+
+    return xla.jit(step, mesh=tr.mesh, in_shardings=(tr.state_shardings["params"], tr.frozen_shardings,
+                                                     tr.batch_sharding, tr.batch_sharding),
+                   out_shardings=sharding.replicated(tr.mesh))

@@ -1,0 +1,113 @@
+"""The package's structure, read from the source: imports run one way (no circle, function-local
+imports included), config.py is a leaf, store/ needs no trainer or model, and launchers import no
+JAX at import time."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "gptjax"
+LAUNCH = PACKAGE.parent / "launch"
+
+
+def _module_name(path: pathlib.Path) -> str:
+    if path.is_relative_to(LAUNCH):
+        parts = ("gptjax", "launch", *path.relative_to(LAUNCH).with_suffix("").parts)
+    else:
+        parts = ("gptjax", *path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the gptjax modules it imports anywhere in its source (functions included)."""
+    files = {_module_name(p): p for root in (PACKAGE, LAUNCH) for p in root.rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and \
+                    node.module.split(".")[0] == "gptjax":
+                for alias in node.names:  # `from gptjax.store import paths` names a module
+                    sub = f"{node.module}.{alias.name}"
+                    targets.add(sub if sub in files else node.module)
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name in files}
+        graph[name] = {t for t in targets if t != name and t in files}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_graph_sees_every_kind_of_import():
+    # The rules below mean something only if the graph reads top-level, function-local and
+    # `from gptjax import x` imports, and module-in-package names.
+    graph = import_graph()
+    assert "gptjax.presets" in graph["gptjax.config_files"]  # function-local
+    assert "gptjax.store.paths" in graph["gptjax.store.checkpoint"]  # from gptjax.store import paths
+    assert "gptjax.config" in graph["gptjax.presets"]  # from gptjax.config import ...
+    assert "gptjax.launch.common" in graph["gptjax.launch.local"]
+
+
+def test_no_import_circle():
+    assert cycles(import_graph()) == []
+
+
+def test_cycles_finds_a_circle_and_nothing_else():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert cycles(graph) == [["a", "b", "c"]]
+
+
+def test_config_is_a_leaf():
+    assert import_graph()["gptjax.config"] == set()
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("gptjax.store", ("gptjax.training", "gptjax.model", "gptjax.interop", "gptjax.finetune")),
+    ("gptjax.runtime", ("gptjax.training", "gptjax.model", "gptjax.interop", "gptjax.finetune")),
+    # The model still reads runtime.sharding while tracing (activation constraints); issue 19's
+    # next step passes those in, and then runtime joins this list.
+    ("gptjax.model", ("gptjax.training", "gptjax.store", "gptjax.interop", "gptjax.finetune")),
+])
+def test_lower_layers_import_nothing_above_them(package, forbidden):
+    graph = import_graph()
+    upward = [f"{a} -> {b}" for a in sorted(graph) if a == package or a.startswith(package + ".")
+              for b in sorted(graph[a]) if b.startswith(forbidden)]
+    assert upward == []
+
+
+def test_launchers_import_no_jax():
+    code = "import sys, gptjax.launch; print(sorted(m for m in ('jax', 'orbax.checkpoint', 'flax') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
