@@ -3,6 +3,7 @@
 import dataclasses
 import logging
 
+import jax
 import numpy as np
 import pytest
 from helpers import run_steps
@@ -10,6 +11,7 @@ from helpers import run_steps
 from gptjax.config import (
     ConfigError,
     DataConfig,
+    FaultConfig,
     MeshConfig,
     ModelConfig,
     OptimConfig,
@@ -110,3 +112,20 @@ def test_mesh_shape_errors_name_the_sizes():
         sharding.make_mesh(MeshConfig(data=3, fsdp=2, tensor=2))
     with pytest.raises(ConfigError, match="not divisible by 3"):
         sharding.make_mesh(MeshConfig(data=-1, fsdp=3))
+
+
+def _step_text(cfg):
+    from gptjax.tools import plan
+
+    tr = trainer.make_trainer(cfg, sharding.make_mesh(MeshConfig(data=1), jax.devices()[:1]))
+    return trainer.make_train_step(tr).lower(tr.abstract_state, tr.abstract_frozen, *plan.abstract_inputs(tr)).as_text()
+
+
+def test_a_fault_hook_is_traced_only_when_configured():
+    # faults.nan_at_step multiplies the losses by NaN on its step: without it the step must hold
+    # no trace of the hook (the compiled program users run is the one without faults). The hook
+    # scales the token losses, so it shows as multiplies the step without it does not have.
+    def multiplies(cfg):
+        return _step_text(cfg).count("stablehlo.multiply")
+
+    assert multiplies(CFG) < multiplies(dataclasses.replace(CFG, faults=FaultConfig(nan_at_step=3)))

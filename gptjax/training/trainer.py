@@ -139,10 +139,12 @@ def make_train_step(tr: Trainer):
         else:
             model = nnx.merge(graphdef, tr.full_params(params, frozen))
         total, ce, weights = _row_losses(model, rows, key, cfg.optim.z_loss)
+        if poison is not None:  # faults.nan_at_step; nothing is traced without it
+            total, ce = total * poison, ce * poison
         if not isinstance(rows, dict):  # every target counts
-            return jnp.mean(total) * poison, jnp.mean(ce) * poison
+            return jnp.mean(total), jnp.mean(ce)
         n = jnp.maximum(jnp.sum(weights), 1.0)  # the mean over trained targets
-        return jnp.sum(total * weights) / n * poison, jnp.sum(ce * weights) / n * poison
+        return jnp.sum(total * weights) / n, jnp.sum(ce * weights) / n
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -204,10 +206,11 @@ def _row_losses(model: GPT, rows, key, z_loss: float):
     return total, ce, jnp.ones_like(ce)
 
 
-def _poison(cfg: TrainConfig, state: State) -> jax.Array:
-    """1.0, or NaN on the step chosen by faults.nan_at_step (fault-injection tests)."""
+def _poison(cfg: TrainConfig, state: State) -> jax.Array | None:
+    """None, or (faults.nan_at_step, for fault-injection tests) NaN on that step and 1.0 before
+    and after it."""
     if cfg.faults.nan_at_step is None:
-        return jnp.ones(())
+        return None
     return jnp.where(state["step"] + 1 == cfg.faults.nan_at_step, jnp.nan, 1.0)
 
 
