@@ -1,7 +1,7 @@
 """Frozen, typed model configuration: every option is a field, every default visible here.
 
 Variants are `Literal` fields; they are dispatched in exactly one place each (layers.py,
-positions.py, attention.py, model.py). Derived values are properties, never stored.
+positions.py, attention.py, gpt.py). Derived values are properties, never stored.
 """
 
 from __future__ import annotations
@@ -442,7 +442,7 @@ Task = Literal["classification", "entailment", "similarity", "multiple_choice"]
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
     lora: LoraConfig | None = None  # None: full fine-tuning (every parameter trains)
-    # GPT-1's task fine-tuning (gptjax finetune; gpt1.py): the task, its JSONL files, and λ of
+    # GPT-1's task fine-tuning (gptjax finetune; finetune/task_heads.py): the task, its JSONL files, and λ of
     # L3 = L2 (task) + λ · L1 (language modelling on the task's own inputs).
     task: Task | None = None
     train_file: str | None = None

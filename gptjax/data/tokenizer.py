@@ -285,7 +285,7 @@ class HFTokenizer:
     def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
         # The library's encode_batch runs on its own thread pool (all cores); on one thread it is
         # slower than encoding one text at a time (measured 4.7 s against 2.8 s for 7.6 MB), which
-        # is what each worker process of textdata.py does.
+        # is what each worker process of text_files.py does.
         if num_threads <= 1:
             return [self.encode(t) for t in texts]
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]

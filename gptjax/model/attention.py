@@ -1,6 +1,6 @@
 """Causal self-attention: dense or banded (local) per layer, MHA/GQA/MQA, rotary or ALiBi.
 
-Shape legend (shared with model.py): B batch, T query positions, S key positions, D d_model,
+Shape legend (shared with gpt.py): B batch, T query positions, S key positions, D d_model,
 N query heads, K key/value heads, G = N/K query heads per key head, H head width.
 """
 

@@ -1,4 +1,4 @@
-"""The run directory: its layout and all its file I/O, local or on gs:// / s3:// (storage.py).
+"""The run directory: its layout and all its file I/O, local or on gs:// / s3:// (paths.py).
 
     config.yaml          the resolved config the run continues with
     config.<step>.yaml   history: the config in force from <step> on, one per (re)start that changed it

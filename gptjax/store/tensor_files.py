@@ -1,7 +1,7 @@
 """File-level checkpoint I/O: safetensors directories read without trusting their file names,
 and output directories that appear whole or not at all.
 
-Nothing here knows about models; hf.py and pretrained.py decide what the tensors mean.
+Nothing here knows about models; interop/ (hf.py, native.py) decides what the tensors mean.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Memory plans: the sharded train step compiled ahead of time, per-device memory before submitting.
 
-The step is the one training runs (train.make_train_step), lowered against abstract inputs that
+The step is the one training runs (trainer.make_train_step), lowered against abstract inputs that
 carry the target shardings and compiled for the mesh's devices, so nothing is allocated. Which
 devices: those of a TPU topology (`tpu_devices("v5e:2x4")`, through libtpu, which compiles for
 TPUs on any machine: the plan is then the real TPU compiler's), or fake CPU devices of the

@@ -2,7 +2,7 @@
 
 The loop never waits on the device: step t is dispatched before step t-1's metrics are read,
 and nothing else leaves the device except at eval and checkpoint steps. The run directory's
-layout and I/O live in rundir.py; checkpoints in checkpoint.py.
+layout and I/O live in store/rundir.py; checkpoints in store/checkpoint.py.
 """
 
 from __future__ import annotations
