@@ -275,8 +275,8 @@ def _add_eval(sub) -> None:
     s.add_argument("--samples", type=int, default=d.samples, help="humaneval: completions per problem")
     s.add_argument("--k", type=int, action="append", help="humaneval: pass@k to report (repeatable; default 1)")
     s.add_argument("--temperature", type=float, help="humaneval: default 0 for one sample, 0.8 for more")
-    s.add_argument("--top-p", type=float, default=d.top_p)
-    s.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    s.add_argument("--top-p", type=float, default=d.top_p, help="humaneval: nucleus sampling's probability mass")
+    s.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="humaneval: tokens per completion")
     s.add_argument("--allow-code-execution", action="store_true",
                    help="humaneval: run the generated programs (in a sandbox that is not a security boundary)")
     s.add_argument("--timeout", type=float, default=d.timeout_s, help="humaneval: seconds per program")
@@ -396,30 +396,30 @@ def _add_sweep(sub) -> None:
     r.add_argument("--retry-failed", action="store_true", help="run failed runs again too")
     r.add_argument("--rerun-changed", action="store_true", help="runs trained with settings the sweep file no longer "
                    "describes (stale) move to DIR/superseded/ and train anew; without it such runs stop the command")
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars; plain lines")
     r.set_defaults(func=_sweep_run, launcher_flags=[])
     t = verbs.add_parser("status", help="counts of finished, failed, interrupted, pending and stale runs")
-    t.add_argument("dir")
+    t.add_argument("dir", help="a sweep directory")
     t.add_argument("sweep", nargs="?", help="compare the runs with this sweep file (default: DIR/sweep.yaml)")
     t.set_defaults(func=_sweep_status)
     a = verbs.add_parser("analyze", help="results.csv, fitted laws with their warnings, ablation statistics, plots, "
                          "report.md")
-    a.add_argument("dir")
+    a.add_argument("dir", help="a sweep directory")
     a.add_argument("--holdout-largest", type=int, default=1, help="extrapolation check: fit without the K largest")
-    a.add_argument("--bootstrap", type=int, default=100)
+    a.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for the fits' intervals")
     a.add_argument("--metric", default="val_loss", help="what the laws fit: val_loss (default), best_val_loss or any "
                    "recorded eval metric such as eval/gutenberg/bpb")
     a.add_argument("--force", action="store_true", help="fit approach 3 even with fewer than 3 points per parameter")
     a.set_defaults(func=_sweep_analyze)
     f = verbs.add_parser("fit", help="fit a scaling law to a CSV (params, tokens or flops, loss)")
-    f.add_argument("csv")
+    f.add_argument("csv", help="a CSV with params, tokens or flops, and loss columns (results.csv of analyze)")
     f.add_argument("--law", choices=["chinchilla", "power"], default="chinchilla",
                    help="chinchilla: L(N, D) on every row; power: L(N) on the best row per size (as analyze)")
-    f.add_argument("--exclude-worst", type=int, default=0)
-    f.add_argument("--bootstrap", type=int, default=0)
-    f.add_argument("--holdout-largest", type=int, default=0)
+    f.add_argument("--exclude-worst", type=int, default=0, help="refit without the K points of largest residual")
+    f.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for intervals (0: none)")
+    f.add_argument("--holdout-largest", type=int, default=0, help="extrapolation check: fit without the K largest")
     f.add_argument("--json", action="store_true", help="one JSON object (with `warnings` and `diagnostics`)")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
     f.add_argument("--metric", default="loss", help="the CSV column fitted as the loss (default: loss)")
     f.add_argument("--force", action="store_true", help="fit approach 3 even with fewer than 3 points per parameter")
     f.set_defaults(func=_sweep_fit)
@@ -433,24 +433,26 @@ def _add_sweep(sub) -> None:
     e.add_argument("--force", action="store_true", help="measure again runs that have the metric already")
     e.set_defaults(func=_sweep_eval)
     q = verbs.add_parser("search", help="Optuna search (TPE, pruning) over a sweep file's 'search' section")
-    q.add_argument("sweep")
+    q.add_argument("sweep", help="a sweep file with a 'search' section")
     q.add_argument("--run-dir", help="sweep directory (default: runs/sweeps/<name>)")
     q.add_argument("--workers", type=int, default=1, help="workers sharing the study")
-    q.add_argument("--launcher", choices=["local", "slurm", "tpu", "k8s"], default="local")
+    q.add_argument("--launcher", choices=["local", "slurm", "tpu", "k8s"], default="local", help="where the workers run")
     q.set_defaults(func=_sweep_search, launcher_flags=[])
     c = verbs.add_parser("coord-check", help="μP coordinate check: activation scales against width, both parametrizations")
     c.add_argument("config", help="a YAML file or preset (its depth, head size, optimizer and data are used)")
     c.add_argument("overrides", nargs="*", help="section.field=value")
-    c.add_argument("--widths", default="64,128,256,512")
-    c.add_argument("--steps", type=int, default=10)
-    c.add_argument("--png", default="coord_check.png")
+    c.add_argument("--widths", default="64,128,256,512", help="d_model values, comma-separated")
+    c.add_argument("--steps", type=int, default=10, help="training steps per width")
+    c.add_argument("--png", default="coord_check.png", help="where the plot goes")
     c.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
     c.set_defaults(func=_sweep_coord_check)
-    w = verbs.add_parser("search-worker", help="one worker of a search whose study exists (what search starts)")
-    w.add_argument("sweep")
-    w.add_argument("--run-dir", required=True)
+    # Internal (what `sweep search` starts): no help, so it stays out of the listing.
+    w = verbs.add_parser("search-worker", description="one worker of a search whose study exists")
+    w.add_argument("sweep", help="the search's sweep file")
+    w.add_argument("--run-dir", required=True, help="the search's sweep directory")
     w.add_argument("--trials", type=int, default=0, help="at most this many trials (default: the study's total)")
     w.set_defaults(func=_sweep_search_worker)
+    verbs.metavar = "{" + ",".join(name for name in verbs.choices if name != "search-worker") + "}"
 
 
 def _chaos(args) -> int:
@@ -490,6 +492,7 @@ def _xla_profile_option(s) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gptjax", description=__doc__)
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("params", help="parameter counts and training FLOPs/token of presets")
@@ -517,13 +520,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("finetune", help="GPT-1's task fine-tuning: a linear head on the extract token, with the "
                        "auxiliary language-model loss (finetune.aux_lm_weight)")
     s.add_argument("model", help="a run directory, a gptjax or a Hugging Face directory (init_from)")
-    s.add_argument("--task", required=True, choices=["classification", "entailment", "similarity", "multiple_choice"])
+    s.add_argument("--task", required=True, choices=["classification", "entailment", "similarity", "multiple_choice"],
+                   help="the task's input layout and head")
     s.add_argument("--train", required=True, help="JSONL training examples")
     s.add_argument("--eval", help="JSONL examples scored at the end into RUN_DIR/eval.json")
     s.add_argument("--run-dir", required=True, help="run directory (resumes if it has checkpoints)")
     s.add_argument("--config", help="a YAML file with other sections (optim, data, mesh, ...); default: their defaults")
     s.add_argument("overrides", nargs="*", help="section.field=value, e.g. finetune.aux_lm_weight=0 steps=300")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     _xla_profile_option(s)
     s.set_defaults(func=_finetune)
 
@@ -576,15 +580,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", action="append", default=[], help="text to continue (repeat for a batch; "
                    "default: end-of-text or a newline)")
     s.add_argument("--prompt-ids", action="append", default=[], help="token ids to continue, comma-separated")
-    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate per prompt")
     s.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
-    s.add_argument("--top-k", type=int, default=None)
-    s.add_argument("--top-p", type=float, default=None)
-    s.add_argument("--repetition-penalty", type=float, default=1.0)
-    s.add_argument("--no-repeat-ngram-size", type=int, default=0)
-    s.add_argument("--num-return-sequences", type=int, default=1)
+    s.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (default: all)")
+    s.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of tokens with this "
+                   "probability (default: all)")
+    s.add_argument("--repetition-penalty", type=float, default=1.0, help="divide the logits of tokens already seen "
+                   "(Keskar et al.; 1 is none)")
+    s.add_argument("--no-repeat-ngram-size", type=int, default=0, help="never repeat an n-gram of this size (0: off)")
+    s.add_argument("--num-return-sequences", type=int, default=1, help="samples per prompt")
     s.add_argument("--stop", action="append", default=[], help="stop after this string (repeatable)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="sampling seed")
     s.add_argument("--no-stream", action="store_true", help="print when done instead of token by token")
     s.set_defaults(func=_sample)
 
@@ -595,14 +601,43 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("chaos", help="fault injection: break a small job at random points, resume, check nothing was lost")
     s.add_argument("--workdir", default="runs/chaos", help="where the runs go (default: runs/chaos)")
     s.add_argument("--long", action="store_true", help="add --kills random SIGKILLs and --terms random SIGTERMs")
-    s.add_argument("--kills", type=int, default=20)
-    s.add_argument("--terms", type=int, default=10)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--kills", type=int, default=20, help="--long: random SIGKILLs")
+    s.add_argument("--terms", type=int, default=10, help="--long: random SIGTERMs")
+    s.add_argument("--seed", type=int, default=0, help="--long: seed of the random moments")
     s.set_defaults(func=_chaos)
 
     _add_launch(sub)
     _add_sweep(sub)
+    for parser in _parsers(p):
+        parser.formatter_class = _Help
     return p
+
+
+class _Help(argparse.HelpFormatter):
+    """Each flag's help ends with its default, unless it has none or says it already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if not action.option_strings or default is None or default is False or default == [] \
+                or default == argparse.SUPPRESS or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _parsers(parser: argparse.ArgumentParser):
+    """`parser` and every subcommand's parser under it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _parsers(child)
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    return f"gptjax {metadata.version('gptjax')}"
 
 
 def _apply_xla_profile(args) -> None:

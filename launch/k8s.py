@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
     p.add_argument("--tpu-chips-per-host", type=int, default=0, help="google.com/tpu per pod")
     p.add_argument("--tpu-accelerator", default=None, help="node selector cloud.google.com/gke-tpu-accelerator")
     p.add_argument("--tpu-topology", default=None, help="node selector cloud.google.com/gke-tpu-topology")
-    p.add_argument("--namespace", default="default")
+    p.add_argument("--namespace", default="default", help="Kubernetes namespace of the JobSet")
     p.add_argument("--name", default="gptjax", help="JobSet name (DNS-1123)")
 
 

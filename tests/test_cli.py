@@ -1,5 +1,7 @@
 """The command line: params table, unknown names, conversion round trip."""
 
+import argparse
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -37,3 +39,35 @@ def test_overrides_must_look_like_assignments(capsys):
         cli.main(["train", "gpt2", "--run-dir", "x", "--bogus"])
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def _options(parser, path=("gptjax",)):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _options(child, (*path, name))
+        elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            yield " ".join(path), action
+
+
+def test_every_flag_says_what_it_does_and_its_default(capsys):
+    missing = [f"{cmd} {a.option_strings or a.dest}" for cmd, a in _options(cli.build_parser()) if not a.help]
+    assert missing == []
+    with pytest.raises(SystemExit):
+        cli.main(["sample", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "0 is greedy (default: 0.8)" in text and "samples per prompt (default: 1)" in text
+    assert "sampling seed (default: 0)" in text  # a default of 0 is a default too
+
+
+def test_version_and_the_internal_verb_stays_out_of_the_listing(capsys):
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"gptjax {metadata.version('gptjax')}"
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "--help"])
+    listing = capsys.readouterr().out
+    assert "search-worker" not in listing and "coord-check" in listing
+    assert cli.build_parser().parse_args(["sweep", "search-worker", "s.yaml", "--run-dir", "d"]).sweep == "s.yaml"
