@@ -1,8 +1,10 @@
 """Shared test helpers: a learnable token stream and a few sharded train steps."""
 
+import hashlib
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import time
@@ -113,3 +115,29 @@ def save_hf_gpt2(directory, text, *, vocab=400, positions=128, width=48, layers=
     transformers.GPT2LMHeadModel(cfg).eval().save_pretrained(directory)
     fast.save_pretrained(directory)
     return pathlib.Path(directory)
+
+
+def snapshot(directory):
+    """Every file under `directory` with its sha256, and every folder: equal snapshots mean
+    nothing was touched."""
+    out = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(root, name), directory) + "/"] = None
+        for name in files:
+            path = os.path.join(root, name)
+            out[os.path.relpath(path, directory)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return out
+
+
+def jsonl(path, rows):
+    """`rows` written to `path` as JSON lines; returns the path."""
+    path = pathlib.Path(path)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -15,11 +15,7 @@ import subprocess
 import sys
 import time
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import free_port
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen, name: str, timeout: float = 60.0) -> None:
@@ -50,7 +46,7 @@ class Servers:
         bin_dir = os.path.dirname(sys.executable)
         # Logs go to files: a pipe nobody reads fills up and blocks the server mid-request.
         self.logs = [open(os.path.join(log_dir, name), "w") for name in ("moto.log", "gcs.log")]
-        self.s3_port, self.gcs_port = _free_port(), _free_port()
+        self.s3_port, self.gcs_port = free_port(), free_port()
         self.procs = [
             subprocess.Popen([os.path.join(bin_dir, "moto_server"), "-H", "127.0.0.1", "-p", str(self.s3_port)],
                              stdout=self.logs[0], stderr=subprocess.STDOUT),

@@ -4,7 +4,6 @@ what is accepted), exit code 2, no traceback, and leaves the run directory exact
 README's "Reliability" section lists the same cases; keep them in step.
 """
 
-import hashlib
 import json
 import os
 import pickle
@@ -12,7 +11,7 @@ import shutil
 
 import pytest
 import yaml
-from helpers import TINY_RUN
+from helpers import TINY_RUN, snapshot
 from helpers import gptjax_cli as gptjax
 
 from gptjax import cli
@@ -20,13 +19,6 @@ from gptjax import cli
 TINY = {**TINY_RUN, "steps": 4, "eval_every": 4, "checkpoint_every": 4, "sample_tokens": 5}
 
 
-def snapshot(directory):
-    out = {}
-    for root, _, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(root, name)
-            out[os.path.relpath(path, directory)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from helpers import reference, save_hf_gpt2
+from helpers import jsonl, reference, save_hf_gpt2
 
 from gptjax import cli
 from gptjax.evals import evaluate, scorer
@@ -122,14 +122,11 @@ MC_ROWS = [
 WORD_ROWS = [{"text": " ".join(TEXT[i * 50:i * 50 + 60].split())} for i in range(1, 9)]
 
 
-def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def _harness_tasks(tmp_path):
     """Three local lm-eval tasks: multiple choice, last word (loglikelihood) and rolling perplexity."""
-    mc, words = _jsonl(tmp_path / "mc.jsonl", MC_ROWS), _jsonl(tmp_path / "words.jsonl", WORD_ROWS)
+    mc, words = jsonl(tmp_path / "mc.jsonl", MC_ROWS), jsonl(tmp_path / "words.jsonl", WORD_ROWS)
 
     def local(name, path, **config):
         return {"task": name, "dataset_path": "json", "test_split": "test",
@@ -186,7 +183,7 @@ def test_harness_model_matches_lm_evals_hf_model_and_gptjax_eval(hf_dir, tmp_pat
 
 
 def test_lambada_reports_accuracy_and_perplexity_from_the_scorer(hf_dir, ours, tmp_path):
-    data = _jsonl(tmp_path / "lambada.jsonl", WORD_ROWS)
+    data = jsonl(tmp_path / "lambada.jsonl", WORD_ROWS)
     out = tmp_path / "lambada.json"
     assert cli.main(["eval", str(hf_dir), "--task", "lambada", "--data", str(data), "--output", str(out),
                      "--no-progress"]) == 0
@@ -199,7 +196,7 @@ def test_lambada_reports_accuracy_and_perplexity_from_the_scorer(hf_dir, ours, t
 
 
 def test_few_shot_prompts_hold_demonstrations_from_the_pool(hf_dir, tmp_path):
-    data, pool = _jsonl(tmp_path / "mc.jsonl", MC_ROWS[:4]), _jsonl(tmp_path / "pool.jsonl", MC_ROWS[4:])
+    data, pool = jsonl(tmp_path / "mc.jsonl", MC_ROWS[:4]), jsonl(tmp_path / "pool.jsonl", MC_ROWS[4:])
     runs = {}
     for shots in (0, 2):
         out = tmp_path / f"{shots}.json"
@@ -212,7 +209,7 @@ def test_few_shot_prompts_hold_demonstrations_from_the_pool(hf_dir, tmp_path):
 
 
 def test_humaneval_runs_generated_code_only_when_allowed(hf_dir, tmp_path, capsys):
-    problems = _jsonl(tmp_path / "he.jsonl", [
+    problems = jsonl(tmp_path / "he.jsonl", [
         {"task_id": f"t/{i}", "prompt": f"def f{i}(x):\n", "test": f"def check(f):\n    assert f(1) == {i}\n",
          "entry_point": f"f{i}"} for i in range(2)])
     args = ["eval", str(hf_dir), "--task", "humaneval", "--data", str(problems), "--max-new-tokens", "8",
@@ -237,7 +234,7 @@ def test_humaneval_runs_generated_code_only_when_allowed(hf_dir, tmp_path, capsy
     (["--task", "mc", "--data", "{mc}", "--batch-size", "0"], "batch_size = 0; expected a positive integer"),
 ], ids=["unknown-task", "no-data", "shots-without-pool", "bad-stride", "missing-file", "bad-line", "batch-size"])
 def test_bad_input_names_what_is_wrong(hf_dir, tmp_path, capsys, args, message):
-    files = {"mc": _jsonl(tmp_path / "mc.jsonl", MC_ROWS), "text": tmp_path / "t.txt",
+    files = {"mc": jsonl(tmp_path / "mc.jsonl", MC_ROWS), "text": tmp_path / "t.txt",
              "missing": tmp_path / "none.txt", "bad": tmp_path / "bad.jsonl"}
     files["text"].write_text(TEXT)
     files["bad"].write_text(json.dumps(MC_ROWS[0]) + "\n{\"context\": \"x\", \"choices\": [], \"label\": 0}\n")
@@ -250,7 +247,7 @@ def test_gptjax_lm_eval_is_the_harness_command_line_with_the_model_registered(hf
     reference("lm_eval")
     import yaml
 
-    data = _jsonl(tmp_path / "mc.jsonl", MC_ROWS)
+    data = jsonl(tmp_path / "mc.jsonl", MC_ROWS)
     tasks_dir = tmp_path / "tasks"
     tasks_dir.mkdir()
     (tasks_dir / "local_mc.yaml").write_text(yaml.safe_dump({

@@ -12,16 +12,10 @@ import pathlib
 
 import numpy as np
 import pytest
-from helpers import reference
+from helpers import jsonl, reference
 
 from gptjax.evals import tasks
 from gptjax.evals.tasks import ChoiceItem, LastWordItem, Request, TaskError
-
-
-def _jsonl(path: pathlib.Path, rows: list) -> pathlib.Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
-
 
 HELLASWAG_ROWS = [
     {
@@ -113,7 +107,7 @@ PRIMER_END = "Q: Where were the 1992 Olympics held?\nA: The 1992 Olympics were h
 
 
 def test_hellaswag_preprocess_and_query(tmp_path):
-    items = tasks.load_task("hellaswag", _jsonl(tmp_path / "hs.jsonl", HELLASWAG_ROWS))
+    items = tasks.load_task("hellaswag", jsonl(tmp_path / "hs.jsonl", HELLASWAG_ROWS))
     assert items[0].context == (
         "Removing ice from car: Then, the man writes over the snow covering the window "
         "of a car, and a woman wearing winter clothes smiles. Then"
@@ -126,7 +120,7 @@ def test_hellaswag_preprocess_and_query(tmp_path):
 
 
 def test_mmlu_prompt_and_description(tmp_path):
-    item = tasks.load_task("mmlu", _jsonl(tmp_path / "mmlu.jsonl", MMLU_ROWS))[0]
+    item = tasks.load_task("mmlu", jsonl(tmp_path / "mmlu.jsonl", MMLU_ROWS))[0]
     description = "The following are multiple choice questions (with answers) about anatomy.\n\n"
     query = "What is the smallest bone?\nA. Stapes\nB. Femur\nC. Ulna\nD. Rib\nAnswer:"
     assert (item.context, item.description, item.group, item.labels) == (query, description, "anatomy", (0,))
@@ -147,21 +141,21 @@ def test_mmlu_original_csv_takes_subject_from_file_name(tmp_path):
 
 
 def test_arc_answer_key_letter_or_digit(tmp_path):
-    items = tasks.load_task("arc_challenge", _jsonl(tmp_path / "arc.jsonl", ARC_ROWS))
+    items = tasks.load_task("arc_challenge", jsonl(tmp_path / "arc.jsonl", ARC_ROWS))
     assert items[0] == ChoiceItem("Question: Which is a gas?\nAnswer:", ("ice", "steam", "rock"), (1,))
     assert items[1].labels == (0,)
     assert tasks.requests_for(items[0])[2] == Request("Question: Which is a gas?\nAnswer:", " rock")
 
 
 def test_piqa_query(tmp_path):
-    items = tasks.load_task("piqa", _jsonl(tmp_path / "piqa.jsonl", PIQA_ROWS))
+    items = tasks.load_task("piqa", jsonl(tmp_path / "piqa.jsonl", PIQA_ROWS))
     assert items[1] == ChoiceItem(
         "Question: Dry wet shoes\nAnswer:", ("Put them in water.", "Stuff them with newspaper."), (1,)
     )
 
 
 def test_truthfulqa_primer_and_labels(tmp_path):
-    path = _jsonl(tmp_path / "tqa.jsonl", TRUTHFULQA_ROWS)
+    path = jsonl(tmp_path / "tqa.jsonl", TRUTHFULQA_ROWS)
     mc1, mc2 = tasks.load_task("truthfulqa_mc1", path), tasks.load_task("truthfulqa_mc2", path)
     assert tasks.TRUTHFULQA_PRIMER.startswith(PRIMER_START) and tasks.TRUTHFULQA_PRIMER.endswith(PRIMER_END)
     assert tasks.TRUTHFULQA_PRIMER.count("\n\nQ: ") == 5
@@ -172,7 +166,7 @@ def test_truthfulqa_primer_and_labels(tmp_path):
 
 
 def test_lambada_splits_on_single_spaces(tmp_path):
-    items = tasks.load_task("lambada_openai", _jsonl(tmp_path / "lambada.jsonl", LAMBADA_ROWS))
+    items = tasks.load_task("lambada_openai", jsonl(tmp_path / "lambada.jsonl", LAMBADA_ROWS))
     assert items[0] == LastWordItem("He handed her the keys and said, drive the", " car")
     # Single-space splitting keeps double spaces, even one left at the end of the context.
     assert items[1] == LastWordItem("She  looked up at the ", " sky")
@@ -185,7 +179,7 @@ def test_generic_mc_and_limit(tmp_path):
         {"context": "Even:", "choices": ["2", "3", "4"], "label": [2, 0]},
         {"context": "x", "choices": ["y"], "label": 0},
     ]
-    items = tasks.load_task("mc", _jsonl(tmp_path / "mc.jsonl", rows), limit=2)
+    items = tasks.load_task("mc", jsonl(tmp_path / "mc.jsonl", rows), limit=2)
     assert [i.labels for i in items] == [(1,), (0, 2)]
 
 
@@ -247,7 +241,7 @@ def test_malformed_line_names_file_line_and_expectation(tmp_path, name, line, ex
     }[name]
     path = tmp_path / f"{name}.jsonl"
     path.write_text(good + "\n" + line + "\n")
-    tasks.load_task(name, _jsonl(tmp_path / "ok.jsonl", [json.loads(good)]))  # the good line alone reads
+    tasks.load_task(name, jsonl(tmp_path / "ok.jsonl", [json.loads(good)]))  # the good line alone reads
     with pytest.raises(TaskError, match=expected):
         tasks.load_task(name, path)
 
@@ -269,7 +263,7 @@ def test_unknown_task_lists_known_and_nearest(tmp_path):
     with pytest.raises(TaskError, match=r"no such file"):
         tasks.load_task("piqa", tmp_path / "missing.jsonl")
     with pytest.raises(TaskError, match=r"limit = 0; expected a positive integer"):
-        tasks.load_task("piqa", _jsonl(tmp_path / "p.jsonl", PIQA_ROWS), limit=0)
+        tasks.load_task("piqa", jsonl(tmp_path / "p.jsonl", PIQA_ROWS), limit=0)
 
 
 def test_items_check_themselves():
@@ -440,7 +434,7 @@ PARITY = [  # (yaml, our task, rows, eval split)
 
 @pytest.mark.parametrize("yaml_name, name, rows, split", PARITY, ids=[p[1] for p in PARITY])
 def test_zero_shot_requests_and_metrics_match_lm_eval(tmp_path, lm_eval_task, yaml_name, name, rows, split):
-    path = _jsonl(tmp_path / f"{name}.jsonl", rows)
+    path = jsonl(tmp_path / f"{name}.jsonl", rows)
     # lm-eval reads every split its YAML names, evaluated or not.
     task = lm_eval_task(yaml_name, {s: path for s in ("train", "validation", "test", "dev")})
     docs = list(task.test_docs() if split == "test" else task.validation_docs())
@@ -464,20 +458,20 @@ def test_one_shot_layout_matches_lm_eval(tmp_path, lm_eval_task, yaml_name, name
     # evaluated doc (HellaSwag) and where it is left out of the pool (ARC, LAMBADA: the pool is
     # the training split, the evaluated doc only ours), one demonstration is possible, so lm-eval's
     # seeded draw and ours must pick the same one.
-    evaluated = _jsonl(tmp_path / "eval.jsonl", rows[1:])
-    train = _jsonl(tmp_path / "train.jsonl", rows if name == "hellaswag" else rows[:1])
+    evaluated = jsonl(tmp_path / "eval.jsonl", rows[1:])
+    train = jsonl(tmp_path / "train.jsonl", rows if name == "hellaswag" else rows[:1])
     # LAMBADA has no training split: lm-eval would draw from the test split, the item itself included.
     overrides = {"training_split": "train"} if name == "lambada_openai" else {}
     task = lm_eval_task(yaml_name, {split: evaluated, "test": evaluated, "train": train}, **overrides)
     docs = list(task.test_docs() if split == "test" else task.validation_docs())
-    pool = tasks.load_task(name, _jsonl(tmp_path / "pool.jsonl", rows))
+    pool = tasks.load_task(name, jsonl(tmp_path / "pool.jsonl", rows))
     items = tasks.build_fewshot(tasks.load_task(name, evaluated), pool, 1, seed=0)
     assert [_their_requests(task, doc, 1) for doc in docs] == [tasks.requests_for(i) for i in items]
 
 
 def test_mmlu_five_shot_first_n_matches_lm_eval(tmp_path, lm_eval_task):
     dev = [{**MMLU_ROWS[i % 3], "question": f"Dev question {i}?"} for i in range(5)]
-    test, dev_path = _jsonl(tmp_path / "test.jsonl", MMLU_ROWS), _jsonl(tmp_path / "dev.jsonl", dev)
+    test, dev_path = jsonl(tmp_path / "test.jsonl", MMLU_ROWS), jsonl(tmp_path / "dev.jsonl", dev)
     task = lm_eval_task("mmlu/default/mmlu_anatomy.yaml", {"test": test, "dev": dev_path})
     items = tasks.build_fewshot(
         tasks.load_task("mmlu", test),

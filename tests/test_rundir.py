@@ -1,6 +1,5 @@
 """A run directory is never damaged: config changes on resume, restore errors, read-only inspection."""
 
-import hashlib
 import os
 import pathlib
 import shutil
@@ -13,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
-from helpers import TINY_RUN, metrics
+from helpers import TINY_RUN, metrics, snapshot
 from helpers import gptjax_cli as gptjax
 
 from gptjax import cli
@@ -26,16 +25,6 @@ from gptjax.training import resume, trainer
 TINY = {**TINY_RUN, "steps": 20, "eval_every": 10, "checkpoint_every": 10, "sample_tokens": 5}
 
 
-def snapshot(directory):
-    """Every file under `directory` with its sha256: equal snapshots mean nothing was touched."""
-    out = {}
-    for root, dirs, files in os.walk(directory):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(root, name), directory) + "/"] = None
-        for name in files:
-            path = os.path.join(root, name)
-            out[os.path.relpath(path, directory)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")
