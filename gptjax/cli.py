@@ -130,10 +130,11 @@ def _data_prepare(args) -> int:
 
     from gptjax.config_files import load_train_config
     from gptjax.data import loader
+    from gptjax.training import warm_start
 
     cfg = load_train_config(args.config, args.overrides)
     t0 = time.perf_counter()
-    tokens = loader.load_tokens(cfg.data, cfg.init_from)
+    tokens = loader.load_tokens(cfg.data, warm_start.checkpoint_tokenizer(cfg))
     meta_file = tokens.directory / "meta.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     rate = f", {meta['mb_per_sec']:.1f} MB/s on {meta['processes']} processes" if meta.get("mb_per_sec") else ""

@@ -51,7 +51,7 @@ def test_init_from_takes_model_and_tokenizer_from_the_checkpoint(tmp_path, hf_di
     assert (cfg.model.d_model, cfg.model.n_layers, cfg.model.vocab_size, cfg.model.max_seq_len) == (
         hf_config["n_embd"], hf_config["n_layer"], hf_config["vocab_size"], hf_config["n_positions"])
     assert cfg.data.tokenizer == "init_from"
-    tokenizer = loader.make_tokenizer(cfg.data, cfg.init_from)
+    tokenizer = loader.make_tokenizer(cfg.data, warm_start.checkpoint_tokenizer(cfg))
     transformers = reference("transformers")
     theirs = transformers.AutoTokenizer.from_pretrained(hf_dir)
     assert tokenizer.encode(FINETUNE_TEXT[:2000]) == theirs(FINETUNE_TEXT[:2000])["input_ids"]
@@ -63,7 +63,7 @@ def test_first_step_loss_equals_transformers(tmp_path, hf_dir, text_file):
     cfg = finetune_config(tmp_path, hf_dir, text_file)
     loop.train_run(cfg, tmp_path / "run", progress=False)
     ours = metrics(tmp_path / "run")[0]["loss"]
-    tokens = loader.load_tokens(cfg.data, cfg.init_from)
+    tokens = loader.load_tokens(cfg.data, warm_start.checkpoint_tokenizer(cfg))
     rows = loader.TrainBatches(tokens.train, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed).at(0)
     model = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
     with torch.no_grad():
@@ -111,7 +111,7 @@ def test_fine_tuned_run_exports_to_transformers_and_improves_held_out_loss(tmp_p
     pretrained.convert(tmp_path / "run", tmp_path / "export", to="hf")
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "export")
     held_out = README[24000:]
-    ours = loader.make_tokenizer(cfg.data, cfg.init_from)
+    ours = loader.make_tokenizer(cfg.data, warm_start.checkpoint_tokenizer(cfg))
     assert tok(held_out)["input_ids"] == ours.encode(held_out)
     ids = torch.tensor([ours.encode(held_out)[:64]])
 
@@ -217,8 +217,9 @@ def test_lora_exports_merged_and_as_peft_adapters_with_equal_logits(tmp_path, lo
     gptjax_cli("convert", run_dir, tmp_path / "adapters", "--to", "hf", "--peft")
     assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == ["adapter_config.json",
                                                                          "adapter_model.safetensors"]
-    ids = np.asarray(loader.make_tokenizer(load_train_config(str(run_dir / "config.yaml")).data,
-                                         str(hf_dir)).encode(README[24000:25000])[:48])[None]
+    run_cfg = load_train_config(str(run_dir / "config.yaml"))
+    ids = np.asarray(loader.make_tokenizer(run_cfg.data, warm_start.checkpoint_tokenizer(run_cfg))
+                     .encode(README[24000:25000])[:48])[None]
     model, _, _ = runs.load_model(run_dir)
     ours = np.asarray(model.logits(ids))[..., :model.cfg.vocab_size]
     with torch.no_grad():
@@ -259,7 +260,7 @@ def test_sft_first_step_loss_equals_transformers_on_response_tokens(tmp_path, hf
                           f"data.sft_files=[{tmp_path / 'sft.jsonl'}]", "data.seq_len=64")
     loop.train_run(cfg, tmp_path / "run", progress=False)
     ours = metrics(tmp_path / "run")[0]["loss"]
-    tokenizer = loader.make_tokenizer(cfg.data, cfg.init_from)
+    tokenizer = loader.make_tokenizer(cfg.data, warm_start.checkpoint_tokenizer(cfg))
     rows = sft.Batches(sft.load(cfg.data, tokenizer, 64).train, cfg.data.batch_size, cfg.seed).at(0)
     assert rows["segments"].max() > 1  # packed
     model = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
@@ -286,8 +287,8 @@ def test_init_from_a_gptjax_directory_starts_from_the_same_weights(tmp_path, hf_
     assert (tmp_path / "native" / "tokenizer.json").is_file()
     a = finetune_config(tmp_path, hf_dir, text_file)
     b = finetune_config(tmp_path, tmp_path / "native", text_file)
-    assert loader.make_tokenizer(b.data, b.init_from).encode(FINETUNE_TEXT[:500]) == \
-        loader.make_tokenizer(a.data, a.init_from).encode(FINETUNE_TEXT[:500])
+    assert loader.make_tokenizer(b.data, warm_start.checkpoint_tokenizer(b)).encode(FINETUNE_TEXT[:500]) == \
+        loader.make_tokenizer(a.data, warm_start.checkpoint_tokenizer(a)).encode(FINETUNE_TEXT[:500])
     loop.train_run(a, tmp_path / "a", progress=False)
     loop.train_run(b, tmp_path / "b", progress=False)
     assert metrics(tmp_path / "b")[0]["loss"] == metrics(tmp_path / "a")[0]["loss"]

@@ -95,6 +95,7 @@ def test_config_is_a_leaf():
 
 @pytest.mark.parametrize("package, forbidden", [
     ("gptjax.store", ("gptjax.training", "gptjax.model", "gptjax.interop", "gptjax.finetune")),
+    ("gptjax.data", ("gptjax.training", "gptjax.model", "gptjax.interop", "gptjax.finetune")),
     ("gptjax.runtime", ("gptjax.training", "gptjax.model", "gptjax.interop", "gptjax.finetune")),
     # The model still reads runtime.sharding while tracing (activation constraints); issue 19's
     # next step passes those in, and then runtime joins this list.

@@ -140,32 +140,28 @@ class Tokens:
     directory: pathlib.Path
 
 
-def make_tokenizer(cfg: DataConfig, init_from: str | None = None) -> tok_lib.Tokenizer | None:
-    """The tokenizer data.tokenizer names; None for characters (their vocabulary is the corpus's)."""
+def make_tokenizer(cfg: DataConfig, checkpoint_tokenizer: tok_lib.Tokenizer | None = None) -> tok_lib.Tokenizer | None:
+    """The tokenizer data.tokenizer names; None for characters (their vocabulary is the corpus's).
+    `checkpoint_tokenizer`: init_from's own, for data.tokenizer = 'init_from'
+    (warm_start.checkpoint_tokenizer reads it)."""
     if cfg.tokenizer == "char":
         return None
     if cfg.tokenizer == "hf":
         return tok_lib.HFTokenizer.from_path(cfg.tokenizer_path)
     if cfg.tokenizer == "init_from":
-        if init_from is None:
+        if checkpoint_tokenizer is None:
             raise DataError("data.tokenizer = 'init_from' needs init_from (the checkpoint whose tokenizer to use); "
                             "set init_from, or name a tokenizer: gpt2, r50k_base, cl100k_base, o200k_base, char, hf")
-        from gptjax.training import warm_start as init_lib
-
-        tokenizer = init_lib.source_tokenizer(init_from)
-        if tokenizer is None:
-            raise DataError(f"init_from = {init_from!r} stores no tokenizer (no tokenizer.json); set data.tokenizer "
-                            "to the one it was trained with (gpt2 for GPT-2's BPE, or hf with data.tokenizer_path)")
-        return tokenizer
+        return checkpoint_tokenizer
     return tok_lib.TiktokenTokenizer(cfg.tokenizer)
 
 
-def load_tokens(cfg: DataConfig, init_from: str | None = None) -> Tokens:
+def load_tokens(cfg: DataConfig, checkpoint_tokenizer: tok_lib.Tokenizer | None = None) -> Tokens:
     """Token files for this data config: a user's nanoGPT directory, text files, or a corpus,
-    encoded once and cached."""
+    encoded once and cached. `checkpoint_tokenizer`: as for make_tokenizer."""
     if cfg.token_dir is not None:
         return _load_nanogpt_dir(pathlib.Path(cfg.token_dir), cfg)
-    tokenizer = make_tokenizer(cfg, init_from)
+    tokenizer = make_tokenizer(cfg, checkpoint_tokenizer)
     if cfg.text_files:
         return _load_text_files(cfg, tokenizer)
     path = corpus_path(cfg.corpus)

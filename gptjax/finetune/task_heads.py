@@ -321,7 +321,7 @@ def finetune_run(cfg: TrainConfig, run_dir, *, progress: bool = True) -> dict:
     rd = RunDir(run_dir)
     changes = resume.check(rd, cfg)
     warm_start.check(cfg)
-    tokenizer = loader.make_tokenizer(cfg.data, cfg.init_from)
+    tokenizer = loader.make_tokenizer(cfg.data, warm_start.checkpoint_tokenizer(cfg))
     if tokenizer is None:
         raise DataError("gptjax finetune encodes text with the model's tokenizer: data.tokenizer = 'char' has no "
                         "vocabulary here; use init_from's (the default) or name one")

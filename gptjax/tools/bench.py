@@ -171,8 +171,9 @@ def measure_generate(cfg: TrainConfig, opts: BenchOptions) -> list[dict]:
 def measure_data(cfg: TrainConfig, opts: BenchOptions) -> dict:
     """Tokens/s of the training batches as the loop reads them (grain, reader threads)."""
     from gptjax.data import loader
+    from gptjax.training import warm_start
 
-    tokens = loader.load_tokens(cfg.data, cfg.init_from)
+    tokens = loader.load_tokens(cfg.data, warm_start.checkpoint_tokenizer(cfg))
     batches = loader.TrainBatches(tokens.train, cfg.resolved_seq_len, cfg.data.batch_size, cfg.seed)
     n = opts.data_batches
     seconds = []

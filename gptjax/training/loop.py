@@ -121,7 +121,7 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
     if cfg.data.sft_files:
         tokens = _sft_data(cfg)
     else:
-        tokens = loader.load_tokens(cfg.data, cfg.init_from)
+        tokens = loader.load_tokens(cfg.data, warm_start.checkpoint_tokenizer(cfg))
         loader.check_vocab(tokens, cfg.model.vocab_size)
         loader.check_lengths(tokens, cfg.resolved_seq_len)
     rd.check_tokenizer(tokens.tokenizer)
@@ -190,7 +190,7 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
 
 
 def _sft_data(cfg: TrainConfig) -> sft.SFTData:
-    tokenizer = loader.make_tokenizer(cfg.data, cfg.init_from)
+    tokenizer = loader.make_tokenizer(cfg.data, warm_start.checkpoint_tokenizer(cfg))
     if tokenizer is None:
         raise loader.DataError("data.sft_files are encoded with a tokenizer of the model: data.tokenizer = 'char' "
                              "builds a vocabulary from a corpus; use init_from's (the default with init_from) or "

@@ -22,6 +22,7 @@ from flax import nnx, traverse_util
 
 from gptjax.config import EXECUTION_FIELDS, ConfigError, ModelConfig, TrainConfig
 from gptjax.data import tokenizer as tok_lib
+from gptjax.data.loader import DataError
 from gptjax.interop import hf, native
 from gptjax.model.gpt import abstract_model
 from gptjax.runtime import sharding
@@ -71,6 +72,18 @@ def source_tokenizer(path: str) -> tok_lib.Tokenizer | None:
 
         return RunDir(path, read_only=True).read_tokenizer()
     return native.directory_tokenizer(pathlib.Path(path))
+
+
+def checkpoint_tokenizer(cfg: TrainConfig) -> tok_lib.Tokenizer | None:
+    """init_from's own tokenizer where data.tokenizer = 'init_from' (None otherwise), for
+    loader.load_tokens and loader.make_tokenizer."""
+    if cfg.data.tokenizer != "init_from" or cfg.init_from is None:
+        return None
+    tokenizer = source_tokenizer(cfg.init_from)
+    if tokenizer is None:
+        raise DataError(f"init_from = {cfg.init_from!r} stores no tokenizer (no tokenizer.json); set data.tokenizer "
+                        "to the one it was trained with (gpt2 for GPT-2's BPE, or hf with data.tokenizer_path)")
+    return tokenizer
 
 
 def resolve(data: dict[str, Any]) -> dict[str, Any]:
