@@ -108,6 +108,13 @@ def test_lower_layers_import_nothing_above_them(package, forbidden):
     assert upward == []
 
 
+def test_the_model_knows_nothing_of_lora():
+    # LoRA is a function of parameters (merge) or a module swap (attach) in finetune/lora.py.
+    mentions = [f"{p.name}:{i}" for p in (PACKAGE / "model").glob("*.py")
+                for i, line in enumerate(p.read_text().splitlines(), 1) if "lora" in line.lower()]
+    assert mentions == []
+
+
 def test_launchers_import_no_jax():
     code = "import sys, gptjax.launch; print(sorted(m for m in ('jax', 'orbax.checkpoint', 'flax') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

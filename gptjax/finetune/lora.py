@@ -17,9 +17,11 @@ import math
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 from jax.sharding import PartitionSpec
 
 from gptjax.config import ConfigError, LoraConfig
+from gptjax.model.layers import Dense, dropout, matmul_2d
 
 # Target name -> (path of its kernel in the parameters, number of input dims of that kernel).
 TARGETS = {
@@ -106,18 +108,38 @@ def attach(model, adapters: dict, cfg: LoraConfig, key: jax.Array) -> None:
     """Give each targeted Dense layer of `model` (the frozen base) its adapter as a separate path
     with dropout on its input, for a training step with finetune.lora.dropout > 0; `key` is the
     step's dropout key. Without dropout, `merge` computes the same function."""
-    from gptjax.model.layers import LoraPath
-
     for i, target in enumerate(cfg.targets):
         path, _ = TARGETS[target]
         group, name = target.split(".")
         ad = adapters[group][name]
-        module = model
-        for attr in path[:-1]:
-            module = getattr(module, attr)
+        parent = model
+        for attr in path[:-2]:
+            parent = getattr(parent, attr)
         layers = ad["a"].shape[0]  # stacked like the blocks: each layer gets its own key
         keys = jax.random.split(jax.random.fold_in(key, 7919 + i), layers)
-        module.lora = LoraPath(ad["a"], ad["b"], keys, cfg.scale, cfg.dropout)
+        setattr(parent, path[-2], LoraDense(getattr(parent, path[-2]), ad["a"], ad["b"], keys, cfg.scale,
+                                            cfg.dropout))
+
+
+class Adapter(nnx.Variable):
+    """A LoRA adapter's arrays, attached to a model for one training step (attach). Not an
+    nnx.Param: checkpoints, exports and parameter shardings never see it."""
+
+
+class LoraDense(nnx.Module):
+    """A frozen Dense layer with its adapter beside it: x·W + b + scale · dropout(x)·A·B."""
+
+    def __init__(self, base: Dense, a, b, key, scale: float, rate: float):
+        self.base = base
+        self.a, self.b, self.key = Adapter(a), Adapter(b), Adapter(key)
+        self.scale, self.rate = scale, rate
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.base(x)
+        x = x.astype(self.base.compute_dtype)
+        a, b = self.a[...].astype(x.dtype), self.b[...].astype(x.dtype)
+        h = matmul_2d(dropout(x, self.rate, self.key[...]), a, len(self.base.in_shape))
+        return y + (self.scale * matmul_2d(h, b, 1)).astype(y.dtype)
 
 
 def counts(adapters_or_shapes: dict, base_shapes: dict) -> tuple[int, int]:

@@ -220,11 +220,12 @@ class Attention(nnx.Module):
         return out if cache is None else (out, (k, v))
 
     def _project(self, x_BxTxD, fuse: bool):
-        """Queries, keys and values; one fused matmul on CPU unless LoRA adapters run beside them.
+        """Queries, keys and values; one fused matmul on CPU when all three are plain Dense layers (a
+        layer that fine-tuning wraps runs on its own).
         Decoding with a cache (`fuse` False) keeps three: it is bound by weight reads, and the
         concatenated kernel would be one more copy of them per token."""
         layers = (self.q, self.k, self.v)
-        if fuse and _device().platform == "cpu" and all(getattr(m, "lora", None) is None for m in layers):
+        if fuse and _device().platform == "cpu" and all(type(m) is Dense for m in layers):
             return dense_group(layers, x_BxTxD)
         return [m(x_BxTxD) for m in layers]
 

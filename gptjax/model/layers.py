@@ -79,8 +79,6 @@ class Dense(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel[...].astype(self.compute_dtype)
         y = matmul_2d(x.astype(self.compute_dtype), k, len(self.in_shape))
-        if getattr(self, "lora", None) is not None:  # attached by lora.attach for one training step
-            y = y + self.lora(x.astype(self.compute_dtype), len(self.in_shape)).astype(y.dtype)
         if self.bias is not None:
             y = add_bias(y, self.bias[...].astype(self.compute_dtype))
         return y
@@ -101,24 +99,6 @@ def dense_group(layers: Sequence[Dense], x: jax.Array) -> list[jax.Array]:
         out = y[..., start:start + width].reshape(y.shape[:-1] + m.out_shape)
         outs.append(out if m.bias is None else add_bias(out, m.bias[...].astype(dtype)))
     return outs
-
-
-class Adapter(nnx.Variable):
-    """A LoRA adapter's arrays, attached to a model for one training step (lora.attach). Not an
-    nnx.Param: checkpoints, exports and parameter shardings never see it."""
-
-
-class LoraPath(nnx.Module):
-    """scale · dropout(x)·A·B beside a Dense layer's x·W: LoRA with dropout on the adapter's input."""
-
-    def __init__(self, a, b, key, scale: float, rate: float):
-        self.a, self.b, self.key = Adapter(a), Adapter(b), Adapter(key)
-        self.scale, self.rate = scale, rate
-
-    def __call__(self, x: jax.Array, n_in: int) -> jax.Array:
-        a, b = self.a[...].astype(x.dtype), self.b[...].astype(x.dtype)
-        h = matmul_2d(dropout(x, self.rate, self.key[...]), a, n_in)
-        return self.scale * matmul_2d(h, b, 1)
 
 
 class Embedding(nnx.Module):
