@@ -73,7 +73,7 @@ def test_weight_decay_is_decoupled_and_scaled_by_the_schedule(name):
     cfg = ModelConfig(vocab_size=64, max_seq_len=8, d_model=32, n_layers=1, n_heads=4)
     params = nnx.to_pure_dict(nnx.state(init_model(cfg), nnx.Param))
     params = jax.tree.map(lambda x: x + 1.0, params)  # make biases non-zero so decay would show
-    tx = optim.build(OptimConfig(name=name, lr=1.0, min_lr=0.0, weight_decay=0.5, grad_clip=None))
+    tx = optim.build(OptimConfig(name=name, lr=1.0, min_lr=0.0, weight_decay=0.5, grad_clip=None), 1.0)
     lr = 0.01
     state = optim.with_learning_rate(tx.init(params), jnp.asarray(lr))
     updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
@@ -163,3 +163,17 @@ def test_skipped_update_keeps_the_logged_rate_the_applied_one():
             assert not bool(m["finite"])
         else:  # the skipped step keeps the previous state, rate included
             assert float(optim.applied_learning_rate(state["opt_state"])) == float(m["lr"])
+
+
+def test_mup_scales_the_hidden_kernels_wherever_the_blocks_sit():
+    # GPT-1's task fine-tuning trains {"model": ..., "head": ...}: μP's 1/width_mult must still reach
+    # the kernels inside the blocks, and nothing else.
+    ones = jnp.ones((2, 2))
+    params = {"model": {"blocks": {"mlp": {"kernel": ones, "bias": ones}}, "embed": {"table": ones}},
+              "head": {"kernel": ones}}
+    tx = optim.build(OptimConfig(lr=1.0, min_lr=0.0, weight_decay=0.0, grad_clip=None), 4.0)
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    hidden = updates["model"]["blocks"]["mlp"]["kernel"]
+    others = (updates["head"]["kernel"], updates["model"]["embed"]["table"], updates["model"]["blocks"]["mlp"]["bias"])
+    for other in others:
+        np.testing.assert_allclose(hidden, other / 4.0, rtol=1e-6)

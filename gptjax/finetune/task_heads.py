@@ -200,7 +200,7 @@ def make_trainer(cfg: TrainConfig, mesh, head: Head) -> TaskTrainer:
                        "bias": jax.ShapeDtypeStruct((head.n_out,), jnp.float32)}}
     param_sh = {"model": sharding.param_shardings(sharding.logical_axes(model), shapes["model"], mesh),
                 "head": {"kernel": sharding.replicated(mesh), "bias": sharding.replicated(mesh)}}
-    tx = optim.build(cfg.optim)
+    tx = optim.build(cfg.optim, cfg.model.width_mult)
     opt_shapes = jax.eval_shape(tx.init, shapes)
     state_sh = {"step": sharding.replicated(mesh), "params": param_sh,
                 "opt_state": sharding.opt_state_shardings(tx, opt_shapes, shapes, param_sh, mesh)}
@@ -218,7 +218,7 @@ def init_state(tr: TaskTrainer) -> dict:
 
     def init(base):
         model = _extend(base, cfg.model.vocab_size, extended_config(cfg), cfg.seed)
-        kernel = 0.02 * jax.random.normal(jax.random.key(cfg.seed + 1), (cfg.model.d_model, tr.head.n_out))
+        kernel = cfg.model.init_std * jax.random.normal(jax.random.key(cfg.seed + 1), (cfg.model.d_model, tr.head.n_out))
         params = {"model": model, "head": {"kernel": kernel, "bias": jnp.zeros((tr.head.n_out,))}}
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tr.tx.init(params)}
 

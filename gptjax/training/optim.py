@@ -55,13 +55,16 @@ def _direction(cfg: OptimConfig) -> list[optax.GradientTransformation]:
 def mup_labels(params: dict) -> dict:
     """μP's matrix-like parameters (both dimensions grow with width: the kernels inside blocks)
     against vector-like ones (embeddings, the output head, biases, norms), as the mup package
-    classifies them by their infinite dimensions."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: "hidden" if str(path[0].key) == "blocks" and str(path[-1].key) == "kernel" else "other",
-        params)
+    classifies them by their infinite dimensions. The blocks may sit inside a larger tree (GPT-1's
+    task fine-tuning: {"model": ..., "head": ...})."""
+    def label(path, _):
+        keys = [str(k.key) for k in path]
+        return "hidden" if "blocks" in keys and keys[-1] == "kernel" else "other"
+
+    return jax.tree_util.tree_map_with_path(label, params)
 
 
-def _chain(cfg: OptimConfig, learning_rate: float, width_mult: float = 1.0) -> optax.GradientTransformation:
+def _chain(cfg: OptimConfig, learning_rate: float, width_mult: float) -> optax.GradientTransformation:
     def mask(params):
         return decay_mask(params, cfg.decay_embeddings)
 
@@ -78,11 +81,11 @@ def _chain(cfg: OptimConfig, learning_rate: float, width_mult: float = 1.0) -> o
     return optax.chain(*parts)
 
 
-def build(cfg: OptimConfig, width_mult: float = 1.0) -> optax.GradientTransformation:
+def build(cfg: OptimConfig, width_mult: float) -> optax.GradientTransformation:
     """The Optax chain, its learning rate a hyperparameter that the train step sets from the
     schedule at the step being taken (`with_learning_rate`), not from the optimizer's own update
     count: a dropped update (nan_policy=skip) then shifts nothing, and the logged rate is the
-    applied one."""
+    applied one. `width_mult`: the model's (ModelConfig.width_mult), which μP scales by."""
     def chain(learning_rate):  # a closure: inject_hyperparams would trace any other argument
         return _chain(cfg, learning_rate, width_mult)
 
