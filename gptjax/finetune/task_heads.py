@@ -204,9 +204,8 @@ def make_trainer(cfg: TrainConfig, mesh, head: Head) -> TaskTrainer:
     opt_shapes = jax.eval_shape(tx.init, shapes)
     state_sh = {"step": sharding.replicated(mesh), "params": param_sh,
                 "opt_state": sharding.opt_state_shardings(tx, opt_shapes, shapes, param_sh, mesh)}
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": shapes, "opt_state": opt_shapes},
-                            state_sh)
+    abstract = sharding.abstract({"step": jax.ShapeDtypeStruct((), jnp.int32), "params": shapes,
+                                  "opt_state": opt_shapes}, state_sh)
     return TaskTrainer(cfg, mesh, graphdef, head, tx, optim.schedule(cfg.optim, cfg.steps), state_sh, abstract)
 
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 from flax import nnx
 
@@ -28,12 +26,12 @@ def load_model(path, mesh=None):
                               "checkpoints hold the model with three added tokens and a task head, not a "
                               f"language model; its scores are in {run_dir.file('eval.json')}")
     if mesh is None:
-        mesh = sharding.make_mesh(dataclasses.replace(cfg.mesh, data=1, fsdp=1, tensor=1), jax.devices()[:1])
+        mesh = sharding.one_device_mesh(cfg.mesh)
     model = abstract_model(cfg.model)
     graphdef, state = nnx.split(model)
     shapes = nnx.to_pure_dict(state)
     shardings = sharding.param_shardings(sharding.logical_axes(model), shapes, mesh)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
+    target = sharding.abstract(shapes, shardings)
     if cfg.finetune.lora is not None:
         target = _lora_target(cfg, model, shapes, mesh)
     ckpts = run_dir.checkpoints(cfg)
@@ -53,7 +51,7 @@ def load_model(path, mesh=None):
 def _lora_target(cfg: TrainConfig, model, shapes: dict, mesh) -> dict:
     adapter_shapes, adapter_axes = lora.adapter_layout(cfg.finetune.lora, shapes, sharding.logical_axes(model))
     adapter_sh = sharding.param_shardings(adapter_axes, adapter_shapes, mesh)
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), adapter_shapes, adapter_sh)
+    return sharding.abstract(adapter_shapes, adapter_sh)
 
 
 def _merged(cfg: TrainConfig, adapters: dict, meta: dict, mesh, shardings: dict) -> dict:
@@ -73,7 +71,7 @@ def load_adapters(path) -> tuple[TrainConfig, dict, int]:
     if cfg.finetune.lora is None:
         raise CheckpointError(f"{run_dir}: not a LoRA run (finetune.lora is unset), so it has no adapters "
                               "to export; convert it without --peft")
-    mesh = sharding.make_mesh(dataclasses.replace(cfg.mesh, data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    mesh = sharding.one_device_mesh(cfg.mesh)
     model = abstract_model(cfg.model)
     target = _lora_target(cfg, model, nnx.to_pure_dict(nnx.state(model)), mesh)
     ckpts = run_dir.checkpoints(cfg)

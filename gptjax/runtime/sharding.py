@@ -59,6 +59,19 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
     return Mesh(np.asarray(devices).reshape(shape), AXES, axis_types=(AxisType.Auto,) * 3)
 
 
+def one_device_mesh(cfg: MeshConfig) -> Mesh:
+    """`cfg`'s mesh (its axis kinds) on this process's first device: inspection and evaluation."""
+    import dataclasses
+
+    return make_mesh(dataclasses.replace(cfg, data=1, fsdp=1, tensor=1), jax.devices()[:1])
+
+
+def abstract(shapes, shardings):
+    """ShapeDtypeStructs of `shapes` placed by `shardings` (the same tree): the target of a sharded
+    initialisation or restore."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
+
+
 def platform(mesh: Mesh) -> str:
     """The platform the mesh's devices are (a TPU topology's, in a plan made on a CPU machine)."""
     return mesh.devices.flat[0].platform

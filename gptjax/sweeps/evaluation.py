@@ -13,7 +13,6 @@ import dataclasses
 import json
 import sys
 
-import jax
 from flax import nnx
 
 from gptjax.config import ConfigError, EvalConfig, EvalTask, MeshConfig
@@ -57,9 +56,9 @@ def measure_run(run_dir: str, wanted: EvalConfig) -> tuple[dict[str, float], int
     """({eval/NAME/METRIC: value}, step) of a run's newest checkpoint, opened read-only."""
     cfg = rundir.RunDir(run_dir, read_only=True).read_config()
     model, tokenizer, step = runs.load_model(run_dir)  # LoRA adapters come merged into their base
-    one = MeshConfig(data=1, fsdp=1, tensor=1)
-    cfg = dataclasses.replace(cfg, eval=wanted, mesh=one, finetune=dataclasses.replace(cfg.finetune, lora=None))
-    tr = trainer.make_trainer(cfg, sharding.make_mesh(one, jax.devices()[:1]))
+    cfg = dataclasses.replace(cfg, eval=wanted, mesh=MeshConfig(data=1, fsdp=1, tensor=1),
+                              finetune=dataclasses.replace(cfg.finetune, lora=None))
+    tr = trainer.make_trainer(cfg, sharding.one_device_mesh(cfg.mesh))
     params = nnx.to_pure_dict(nnx.state(model))
     measured = heldout.HeldOut(cfg, tr, None, tokenizer).measure(params, None, tasks=True, interrupted=lambda: False)
     return measured, step

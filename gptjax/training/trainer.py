@@ -65,16 +65,14 @@ def make_trainer(cfg: TrainConfig, mesh: Mesh) -> Trainer:
     frozen_sh = abstract_frozen = None
     if cfg.finetune.lora is not None:
         frozen_sh = param_sh
-        abstract_frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                       shapes, param_sh)
+        abstract_frozen = sharding.abstract(shapes, param_sh)
         shapes, adapter_axes = lora.adapter_layout(cfg.finetune.lora, shapes, axes)
         param_sh = sharding.param_shardings(adapter_axes, shapes, mesh)
     opt_shapes = jax.eval_shape(tx.init, shapes)
     state_sh = {"step": sharding.replicated(mesh), "params": param_sh,
                 "opt_state": sharding.opt_state_shardings(tx, opt_shapes, shapes, param_sh, mesh)}
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": shapes,
-                             "opt_state": opt_shapes}, state_sh)
+    abstract = sharding.abstract({"step": jax.ShapeDtypeStruct((), jnp.int32), "params": shapes,
+                                  "opt_state": opt_shapes}, state_sh)
     return Trainer(cfg, mesh, graphdef, tx, optim.schedule(cfg.optim, cfg.steps), abstract, state_sh, frozen_sh,
                    abstract_frozen)
 

@@ -184,7 +184,7 @@ def _param_shardings(model_cfg: ModelConfig, mesh) -> dict:
 
 def _abstract(model_cfg: ModelConfig, shardings: dict) -> dict:
     shapes = nnx.to_pure_dict(nnx.state(abstract_model(model_cfg)))
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
+    return sharding.abstract(shapes, shardings)
 
 
 def _restore_run(path: str, target: dict) -> dict:
