@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from gptjax.data import jsonl
 from gptjax.data import tokenizer as tok_lib
 from gptjax.errors import DataError
 from gptjax.store.paths import cache_root
@@ -70,20 +71,13 @@ def pieces(files: Sequence[pathlib.Path], text_field: str) -> Iterator[tuple[str
 
 
 def _jsonl_documents(path: pathlib.Path, field: str) -> Iterator[tuple[str, bool]]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            text = record.get(field) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise DataError(f"{path}:{number}: no string field {field!r} (found {keys}); set data.text_field "
-                                "to the field that holds the text")
-            yield text, True
+    for number, record in jsonl.records(path, DataError):
+        text = record.get(field) if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise DataError(f"{path}:{number}: no string field {field!r} (found {keys}); set data.text_field "
+                            "to the field that holds the text")
+        yield text, True
 
 
 def _text_blocks(path: pathlib.Path) -> Iterator[tuple[str, bool]]:

@@ -18,7 +18,6 @@ import csv
 import dataclasses
 import difflib
 import itertools
-import json
 import math
 import pathlib
 import random
@@ -28,6 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from gptjax.data import jsonl
 from gptjax.evals import EvalError
 
 # lm-eval's TaskConfig defaults; none of the tasks below overrides them.
@@ -113,22 +113,10 @@ def _check_labels(labels: tuple[int, ...], n_choices: int) -> None:
 # Reading files. Row parsers raise TaskError without a location; _rows adds file and line.
 
 
-def _lines(path: pathlib.Path) -> Iterator[tuple[int, str]]:
+def _json_rows(path: pathlib.Path) -> Iterator[tuple[int, Any]]:
     if not path.is_file():
         raise TaskError(f"{path}: no such file; expected a benchmark file exported as described in the README")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():  # a blank line (the usual trailing one) holds no row
-                yield lineno, line
-
-
-def _json_rows(path: pathlib.Path) -> Iterator[tuple[int, Any]]:
-    for lineno, line in _lines(path):
-        try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TaskError(f"{path}:{lineno}: not valid JSON ({e.msg}, column {e.colno}); "
-                            "expected one JSON object per line (JSONL)") from None
+    return jsonl.records(path, TaskError, "one JSON object per line (JSONL)")
 
 
 def _parse_all(path: pathlib.Path, rows: Iterator[tuple[int, Any]], parse: Callable[[Any], Item],

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import pathlib
 import sys
 
 import numpy as np
 
 from gptjax.config import DataConfig
-from gptjax.data import text_files
+from gptjax.data import jsonl, text_files
 from gptjax.errors import DataError
 
 ROLES = ("system", "user", "assistant")
@@ -78,13 +76,7 @@ def render(record: dict, where: str, tokenizer, template: str) -> Example:
 def read(files, tokenizer, template: str) -> list[Example]:
     out = []
     for path in files:
-        for number, line in enumerate(pathlib.Path(path).read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        for number, record in jsonl.records(path, DataError):
             out.append(render(record if isinstance(record, dict) else {}, f"{path}:{number}", tokenizer, template))
     return out
 

@@ -18,7 +18,6 @@ and batch shardings, Optax, Orbax checkpoints with resume, metrics.jsonl; at the
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pathlib
 import sys
@@ -31,7 +30,7 @@ import tqdm
 from flax import nnx
 
 from gptjax.config import TrainConfig
-from gptjax.data import loader
+from gptjax.data import jsonl, loader
 from gptjax.errors import DataError
 from gptjax.model.gpt import abstract_model
 from gptjax.runtime import sharding, xla
@@ -64,13 +63,7 @@ def read_examples(path: str, task: str) -> list[dict]:
     if not file.is_file():
         raise DataError(f"{path}: no such file; give a JSONL file with {', '.join(FIELDS[task])} and label per line")
     out = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+    for number, record in jsonl.records(file, DataError):
         missing = [f for f in (*FIELDS[task], "label") if not isinstance(record, dict) or f not in record]
         if missing:
             raise DataError(f"{path}:{number}: a {task} example needs {', '.join((*FIELDS[task], 'label'))}; "
