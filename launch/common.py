@@ -12,6 +12,7 @@ from gptjax.config_files import load_train_config
 from gptjax.store import paths
 from gptjax.store.provenance import git_commit
 from gptjax.store.rundir import RunDir
+from gptjax.training import resume
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +37,7 @@ def make_jobs(config: str, overrides: list[str], run_dir: str | None) -> list[Jo
     before anything is submitted. Sweeps go through `gptjax sweep run --launcher NAME`."""
     cfg = load_train_config(config, overrides)
     job = Job(config, tuple(overrides), run_dir or f"runs/{cfg.name}")
-    RunDir(job.run_dir).check_resume(cfg)  # a resumed run that cannot continue is refused here
+    resume.check(RunDir(job.run_dir), cfg)  # a resumed run that cannot continue is refused here
     return [job]
 
 

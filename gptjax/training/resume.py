@@ -6,7 +6,6 @@ from typing import Any
 
 from gptjax.config import EXECUTION_FIELDS, TrainConfig, config_changes
 from gptjax.store.rundir import RunDir
-from gptjax.training import trainer
 
 # A resumed run refuses these: they change what the checkpointed parameters and optimizer state
 # mean, even where shapes happen to agree (a residual layout, an activation, the vocabulary).
@@ -37,6 +36,8 @@ def check(rd: RunDir, cfg: TrainConfig) -> list[tuple[str, Any, Any]]:
     if not changes or not rd.has_checkpoints():
         return changes  # no state yet: any config may (re)start it
     refused = [c for c in changes if alters_state(c[0])]
+    from gptjax.training import trainer  # JAX: launchers call this too, and import no JAX up front
+
     if not refused and trainer.state_layout(old) != trainer.state_layout(cfg):
         # Same fields of the model and optimizer kind, different tree: e.g. grad_clip on/off.
         refused = [c for c in changes if c[0].startswith("optim.")]
