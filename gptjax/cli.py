@@ -6,6 +6,8 @@ import argparse
 import pathlib
 import sys
 
+from gptjax.config import SAMPLE
+
 
 def _params(args) -> int:
     from gptjax.model import counting
@@ -190,7 +192,7 @@ def _sample(args) -> int:
         # Longer than the learned context: slide the window (generation.sample), as nanoGPT does.
         try:
             new = generation.sample(model, list(ids), args.max_new_tokens, temperature=args.temperature,
-                                    top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+                                    top_k=args.top_k or None, top_p=args.top_p, seed=args.seed)
         except ValueError as e:  # sampling options out of range
             print(f"gptjax sample: error: {e}", file=sys.stderr)
             return 2
@@ -198,8 +200,9 @@ def _sample(args) -> int:
         return 0
     streamer = _Streamer(tokenizer, prompts[0]) if single and tokenizer is not None and not args.no_stream else None
     try:
-        out = generation.generate(model, prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                  top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+        out = generation.generate(model, prompts, args.max_new_tokens, temperature=args.temperature,
+                                  top_k=args.top_k or None, top_p=args.top_p,
+                                  repetition_penalty=args.repetition_penalty,
                                   no_repeat_ngram_size=args.no_repeat_ngram_size,
                                   num_return_sequences=args.num_return_sequences, stop=args.stop, seed=args.seed,
                                   stream=streamer)
@@ -437,7 +440,8 @@ def _add_sweep(sub) -> None:
     q.add_argument("sweep", help="a sweep file with a 'search' section")
     q.add_argument("--run-dir", help="sweep directory (default: runs/sweeps/<name>)")
     q.add_argument("--workers", type=int, default=1, help="workers sharing the study")
-    q.add_argument("--launcher", choices=["local", "slurm", "tpu", "k8s"], default="local", help="where the workers run")
+    q.add_argument("--launcher", choices=["local", "slurm", "tpu", "k8s"], default="local",
+                   help="where the workers run")
     q.set_defaults(func=_sweep_search, launcher_flags=[])
     c = verbs.add_parser("coord-check", help="μP coordinate check: activation scales against width, both parametrizations")
     c.add_argument("config", help="a YAML file or preset (its depth, head size, optimizer and data are used)")
@@ -582,8 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: end-of-text or a newline)")
     s.add_argument("--prompt-ids", action="append", default=[], help="token ids to continue, comma-separated")
     s.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate per prompt")
-    s.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
-    s.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (default: all)")
+    s.add_argument("--temperature", type=float, default=SAMPLE.temperature, help="0 is greedy")
+    s.add_argument("--top-k", type=int, default=SAMPLE.top_k, help="sample among the k most likely tokens (0: all)")
     s.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of tokens with this "
                    "probability (default: all)")
     s.add_argument("--repetition-penalty", type=float, default=1.0, help="divide the logits of tokens already seen "

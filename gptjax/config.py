@@ -529,6 +529,19 @@ FaultSignal = Literal["SIGKILL", "SIGTERM"]
 
 
 @dataclasses.dataclass(frozen=True)
+class SampleDefaults:
+    """How text is sampled from a trained model when nobody says otherwise: `gptjax sample`,
+    generation.sample and a run's end-of-run sample (nanoGPT's sample.py settings).
+    `gptjax.generate` itself is greedy unless told otherwise, as transformers' generate is."""
+
+    temperature: float = 0.8
+    top_k: int | None = 200
+
+
+SAMPLE = SampleDefaults()
+
+
+@dataclasses.dataclass(frozen=True)
 class FaultConfig:
     """Deliberate failures for fault-injection tests (tests/faults); every field off by default."""
 

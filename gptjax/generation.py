@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import io_callback
 
+from gptjax.config import SAMPLE
 from gptjax.model.attention import EMPTY
 from gptjax.model.gpt import GPT, KVCache, unstacked_layers
 from gptjax.runtime import xla
@@ -264,8 +265,8 @@ def _cut_at_stop(new: list[int], stop: Sequence[str], tokenizer) -> list[int]:
     return new
 
 
-def sample(model: GPT, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0,
-           top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> list[int]:
+def sample(model: GPT, prompt: list[int], max_new_tokens: int, *, temperature: float = SAMPLE.temperature,
+           top_k: int | None = SAMPLE.top_k, top_p: float | None = None, seed: int = 0) -> list[int]:
     """The prompt's continuation (new token ids only), for one prompt. Past a learned-position
     model's context the window slides as in nanoGPT: each round continues the last half-context of
     tokens, so a 64-position model still writes 200 tokens."""

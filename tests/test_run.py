@@ -144,6 +144,15 @@ def test_sample_and_from_pretrained_read_a_run_directory(full_run):
     assert model(jnp.zeros((1, 3), jnp.int32)).shape == (1, 3, 65)
 
 
+def test_gptjax_sample_with_its_defaults_writes_the_end_of_run_sample(full_run):
+    # One set of sampling defaults (config.SAMPLE): the command, with nothing but the length and the
+    # run's seed, continues the same prompt into the same text the run wrote at its end.
+    run_dir, _ = full_run
+    written = (run_dir / "samples" / "step_20.txt").read_text()
+    out = gptjax("sample", run_dir, "--max-new-tokens", TINY["sample_tokens"], "--no-stream").stdout
+    assert out == "\n" + written + "\n"
+
+
 # --- exact accounting ------------------------------------------------------------------------------
 
 

@@ -116,6 +116,7 @@ def test_the_model_knows_nothing_of_lora():
 
 
 def test_launchers_import_no_jax():
-    code = "import sys, gptjax.launch; print(sorted(m for m in ('jax', 'orbax.checkpoint', 'flax') if m in sys.modules))"
+    code = ("import sys, gptjax.launch; "
+            "print(sorted(m for m in ('jax', 'orbax.checkpoint', 'flax') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -456,7 +456,7 @@ def _host_params(params):
 def _write_sample(cfg, tr, params, tokenizer, rd: RunDir, step) -> None:
     model = nnx.merge(tr.graphdef, params)
     prompt = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n")
-    ids = generation.sample(model, prompt, cfg.sample_tokens, temperature=0.8, top_k=200, seed=cfg.seed)
+    ids = generation.sample(model, prompt, cfg.sample_tokens, seed=cfg.seed)  # config.SAMPLE's settings
     rd.write_sample(step, tokenizer.decode(ids))
 
 
