@@ -23,7 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from gptjax.store import paths
-from gptjax.store.manifest import verify, write_manifest
+from gptjax.store.manifest import set_aside, verify, write_manifest
 from gptjax.store.tensor_files import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -181,10 +181,7 @@ class Checkpoints:
             if self.mirror is not None:
                 self.mirror.set_aside(step)
             else:
-                target, n = self.directory / f"{step}.unusable", 1
-                while target.exists():
-                    target, n = self.directory / f"{step}.unusable.{n}", n + 1
-                paths.move_tree(self.directory / str(step), target)
+                set_aside(self.directory, step)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 

@@ -1,5 +1,6 @@
 """A checkpoint step's integrity manifest: the sha256 of every file, written before the commit and
-verified before a restore (checkpoint.py) or an upload (mirror.py)."""
+verified before a restore (checkpoint.py) or an upload (mirror.py); a step that fails it is set
+aside, never deleted."""
 
 from __future__ import annotations
 
@@ -16,6 +17,16 @@ _UNHASHED = {MANIFEST, "commit_success.txt", "_CHECKPOINT_METADATA", COMMIT_MARK
 
 def _hashed(step_dir) -> list[str]:
     return [rel for rel in paths.files(step_dir) if rel.rsplit("/", 1)[-1] not in _UNHASHED]
+
+
+def set_aside(directory, step: int) -> None:
+    """Rename a damaged step to `<step>.unusable` (`.unusable.N` beside earlier ones), kept for
+    inspection."""
+    directory = paths.as_path(directory)
+    target, n = directory / f"{step}.unusable", 1
+    while target.exists():
+        target, n = directory / f"{step}.unusable.{n}", n + 1
+    paths.move_tree(directory / str(step), target)
 
 
 def write_manifest(step_dir) -> None:

@@ -142,11 +142,8 @@ class Mirror:
         return local
 
     def set_aside(self, step: int) -> None:
-        target, n = self.remote / f"{step}.unusable", 1
-        while target.exists():
-            target, n = self.remote / f"{step}.unusable.{n}", n + 1
-        paths.remove_tree(self.remote / str(step) / MARKER)
-        paths.move_tree(self.remote / str(step), target)
+        paths.remove_tree(self.remote / str(step) / MARKER)  # uncommitted first, then renamed
+        manifest.set_aside(self.remote, step)
         paths.remove_tree(self.staging / str(step))
 
     def close(self) -> None:
