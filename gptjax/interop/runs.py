@@ -10,7 +10,7 @@ from gptjax.config import TrainConfig
 from gptjax.finetune import lora
 from gptjax.model.gpt import abstract_model
 from gptjax.runtime import sharding
-from gptjax.store.rundir import CHECKPOINTS, RunDir
+from gptjax.store.rundir import RunDir
 from gptjax.store.tensor_files import CheckpointError
 from gptjax.training import warm_start
 
@@ -34,14 +34,7 @@ def load_model(path, mesh=None):
     target = sharding.abstract(shapes, shardings)
     if cfg.finetune.lora is not None:
         target = _lora_target(cfg, model, shapes, mesh)
-    ckpts = run_dir.checkpoints(cfg)
-    try:
-        restored = ckpts.restore_params(target)
-    finally:
-        ckpts.close()
-    if restored is None:
-        raise CheckpointError(f"{run_dir.file(CHECKPOINTS)} holds no checkpoint yet")
-    params, meta = restored
+    params, meta = run_dir.restore_params(cfg, target)
     if cfg.finetune.lora is not None:  # adapters only: merge them into their base
         params = _merged(cfg, params, meta, mesh, shardings)
     nnx.replace_by_pure_dict(state, params)
@@ -74,11 +67,5 @@ def load_adapters(path) -> tuple[TrainConfig, dict, int]:
     mesh = sharding.one_device_mesh(cfg.mesh)
     model = abstract_model(cfg.model)
     target = _lora_target(cfg, model, nnx.to_pure_dict(nnx.state(model)), mesh)
-    ckpts = run_dir.checkpoints(cfg)
-    try:
-        restored = ckpts.restore_params(target)
-    finally:
-        ckpts.close()
-    if restored is None:
-        raise CheckpointError(f"{run_dir.file(CHECKPOINTS)} holds no checkpoint yet")
-    return cfg, jax.device_get(restored[0]), int(restored[1]["step"])
+    adapters, meta = run_dir.restore_params(cfg, target)
+    return cfg, jax.device_get(adapters), int(meta["step"])

@@ -30,6 +30,7 @@ import yaml
 from gptjax.config import ConfigError, TrainConfig, fingerprint, from_dict
 from gptjax.data import tokenizer as tok_lib
 from gptjax.store import paths, provenance
+from gptjax.store.tensor_files import CheckpointError
 
 if TYPE_CHECKING:
     from gptjax.store import checkpoint
@@ -75,6 +76,18 @@ class RunDir:
         from gptjax.store import checkpoint  # Orbax and JAX: not for launchers, which only record
 
         return checkpoint.Checkpoints(self.file(CHECKPOINTS), cfg.keep_last, cfg.keep_every, read_only=self.read_only)
+
+    def restore_params(self, cfg: TrainConfig, target: dict, what: str = "") -> tuple[dict, dict]:
+        """(parameters, meta) of the newest verified checkpoint, restored into `target`'s shapes
+        and shardings; raises CheckpointError when there is none (`what` names who asked)."""
+        ckpts = self.checkpoints(cfg)
+        try:
+            restored = ckpts.restore_params(target)
+        finally:
+            ckpts.close()
+        if restored is None:
+            raise CheckpointError(f"{what}{self.file(CHECKPOINTS)} holds no checkpoint yet")
+        return restored
 
     def has_checkpoints(self) -> bool:
         directory = self.file(CHECKPOINTS)

@@ -195,14 +195,7 @@ def _restore_run(path: str, target: dict) -> dict:
     if cfg.finetune.lora is not None:
         raise CheckpointError(f"init_from = {path!r} is a LoRA run (its checkpoints hold adapters only); write it "
                               f"merged first: gptjax convert {path} MERGED --to gptjax --merge-lora")
-    ckpts = rd.checkpoints(cfg)
-    try:
-        restored = ckpts.restore_params(target)
-    finally:
-        ckpts.close()
-    if restored is None:
-        raise CheckpointError(f"init_from = {path!r}: the run directory holds no checkpoint yet")
-    return restored[0]
+    return rd.restore_params(cfg, target, what=f"init_from = {path!r}: ")[0]
 
 
 def _repad(params: dict, source: ModelConfig, target: ModelConfig, shardings: dict) -> dict:
