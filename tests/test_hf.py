@@ -463,10 +463,10 @@ def test_from_pretrained_says_what_it_looked_for(tmp_path):
 
 
 def test_convert_both_directions(gpt2, tmp_path):
-    native = pretrained.convert(gpt2.directory, tmp_path / "native", to="gptjax")
-    assert (native / native.NATIVE_CONFIG).exists()
-    _assert_params_identical(pretrained.from_pretrained(native), hf.load_hf(gpt2.directory))
-    back = pretrained.convert(native, tmp_path / "hf", to="hf")
+    native_dir = pretrained.convert(gpt2.directory, tmp_path / "native", to="gptjax")
+    assert (native_dir / native.NATIVE_CONFIG).exists()
+    _assert_params_identical(pretrained.from_pretrained(native_dir), hf.load_hf(gpt2.directory))
+    back = pretrained.convert(native_dir, tmp_path / "hf", to="hf")
     _check_nontrivial(gpt2.logits)
     assert _rel_err(_torch_logits(_hf_from_pretrained(back)), gpt2.logits) <= TOL
 

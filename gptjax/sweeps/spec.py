@@ -84,7 +84,7 @@ class Search:
 
     trials: int = 20
     params: dict[str, Distribution] = dataclasses.field(default_factory=dict)
-    paths: str | None = None  # None: sqlite:///<sweep dir>/optuna.db; any RDB URL; or a journal file path
+    storage: str | None = None  # None: sqlite:///<sweep dir>/optuna.db; any RDB URL; or a journal file path
     pruning: bool = True
     startup_trials: int = 4  # trials before pruning starts
     seed: int = 0
