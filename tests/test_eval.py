@@ -264,3 +264,15 @@ def test_gptjax_lm_eval_is_the_harness_command_line_with_the_model_registered(hf
     assert cli.main(["eval", str(hf_dir), "--task", "mc", "--data", str(data), "--output", str(ours),
                      "--no-progress"]) == 0
     assert acc == pytest.approx(json.loads(ours.read_text())["results"]["mc"]["acc"], abs=1e-12)
+
+
+@pytest.mark.parametrize("prefix", ["", "a", "ab"])
+def test_bits_per_byte_counts_a_character_split_by_windows_once(hf_dir, tmp_path, prefix):
+    # "€" is three byte-level tokens that no merge of this tokenizer joins: at some offset a window
+    # boundary falls inside one, and the text's bytes must still be counted as written.
+    text = tmp_path / "text.txt"
+    text.write_text(prefix + "€" * 150)
+    out = tmp_path / "out.json"
+    assert cli.main(["eval", str(hf_dir), "--task", "perplexity", "--data", str(text), "--stride", "64",
+                     "--output", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["results"]["perplexity"]["bytes"] == len(text.read_bytes())

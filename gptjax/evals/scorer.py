@@ -187,6 +187,8 @@ def perplexity(scorer: Scorer, ids: Sequence[int], n_bytes: Callable[[list[int]]
     windows = scorer.rolling_windows(ids, stride)
     nll = -math.fsum(s for s, _ in scorer.score_windows(windows, desc="perplexity"))
     tokens = sum(len(target) for _, target in windows)
-    spelled = sum(n_bytes(list(target)) for _, target in windows)
+    # The targets, in order, are every scored token once: spelled whole, a character whose bytes
+    # two windows share counts once (decoded per window it would count as replacement characters).
+    spelled = n_bytes([t for _, target in windows for t in target])
     return {"perplexity": math.exp(nll / tokens), "bits_per_byte": nll / math.log(2) / spelled,
             "nll_per_token": nll / tokens, "tokens": tokens, "bytes": spelled, "windows": len(windows)}
