@@ -56,6 +56,7 @@ def test_explicit_cudnn_that_cannot_run_is_refused_with_the_reasons():
         pick(FLASHABLE.replace(attention_impl="cudnn", compute_dtype="float32"), platform="cpu", device_kind="cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
 def test_the_causal_flag_form_equals_the_masked_reference(kv_heads):
     b, t, n, h = 2, 11, 4, 8
@@ -68,6 +69,7 @@ def test_the_causal_flag_form_equals_the_masked_reference(kv_heads):
     np.testing.assert_allclose(np.asarray(flag), np.asarray(ref), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_model_runs_the_causal_form_only_where_the_mask_is_plain_causal(monkeypatch):
     """The cuDNN branch with XLA standing in for the kernel: equal logits, and every call that has
     a cache, segments or given positions is told it is not aligned (else on a GPU it would attend

@@ -157,6 +157,7 @@ def test_the_catalogue_is_large_enough():
     assert len(CATALOGUE) >= 20 and len({c[0] for c in CATALOGUE}) == len(CATALOGUE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case,args,message", CATALOGUE, ids=[c[0] for c in CATALOGUE])
 def test_bad_input_gets_its_message_and_damages_nothing(world, tmp_path, capsys, case, args, message):
     before = snapshot(world / "run")

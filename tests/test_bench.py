@@ -22,6 +22,7 @@ def tiny(**model):
     return from_dict(TrainConfig, {**TINY_RUN, "model": {**TINY_RUN["model"], **model}})
 
 
+@pytest.mark.slow
 def test_every_section_beside_transformers():
     reference("transformers")
     cfg = tiny()
@@ -51,6 +52,7 @@ def test_every_section_beside_transformers():
     assert "PyTorch ms / gptjax ms" in table and "skipped" not in table
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not NANOGPT.is_dir(), reason="the nanoGPT reference checkout is not beside this clone")
 def test_the_real_nanogpt_builds_the_shakespeare_model():
     reference("torch")
@@ -73,6 +75,7 @@ def test_models_nanogpt_cannot_build_are_refused_with_the_reasons():
         bench.BenchOptions(repeats=0)
 
 
+@pytest.mark.slow
 def test_cli_writes_the_table_and_json(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY_RUN))

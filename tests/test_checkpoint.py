@@ -55,6 +55,7 @@ def assert_params_equal(got, want):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_cfg,n", [(MeshConfig(data=1, fsdp=4), 4), (MeshConfig(data=1), 1)])
 def test_restore_onto_fewer_devices_is_exact(saved, mesh_cfg, n):
     directory, expected = saved
@@ -130,6 +131,7 @@ def test_empty_directory_means_no_checkpoint(tmp_path):
     assert restore(tmp_path / "none") is None
 
 
+@pytest.mark.slow
 def test_keep_last_n_plus_every_k(tmp_path):
     tr = trainer_on(MeshConfig(data=1), 1)
     state = trainer.init_state(tr)

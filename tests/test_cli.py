@@ -22,6 +22,7 @@ def test_unknown_preset_names_the_nearest(capsys):
     assert "did you mean gpt2" in capsys.readouterr().err.replace("'", "")
 
 
+@pytest.mark.slow
 def test_convert_to_hf_and_back_is_bit_identical(tmp_path, capsys):
     cfg = ModelConfig(vocab_size=97, max_seq_len=16, d_model=40, n_layers=2, n_heads=5)
     model = init_model(cfg, seed=3)

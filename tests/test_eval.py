@@ -55,6 +55,7 @@ def _hf_sliding_window(hf_dir, ids, max_length, stride):
     return math.exp(nll_sum / n_tokens), n_tokens
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stride", [48, 128], ids=["overlapping", "disjoint"])
 def test_perplexity_equals_transformers_sliding_window(hf_dir, ours, stride):
     ids = ours.tokenizer.encode(TEXT)
@@ -93,6 +94,7 @@ def _windows(rng, n, vocab, longest):
     return out
 
 
+@pytest.mark.slow
 def test_batching_and_buckets_change_no_score(ours):
     rng = np.random.default_rng(0)
     pairs = _windows(rng, 13, ours.cfg.vocab_size, 200)  # some longer than the 128-token context
@@ -149,6 +151,7 @@ def _evaluate(model, task_configs):
     return lm_eval.simple_evaluate(model=model, tasks=task_configs, log_samples=True, bootstrap_iters=0)
 
 
+@pytest.mark.slow
 def test_harness_model_matches_lm_evals_hf_model_and_gptjax_eval(hf_dir, tmp_path):
     reference("lm_eval")
     from lm_eval.models.huggingface import HFLM
@@ -243,6 +246,7 @@ def test_bad_input_names_what_is_wrong(hf_dir, tmp_path, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_gptjax_lm_eval_is_the_harness_command_line_with_the_model_registered(hf_dir, tmp_path):
     reference("lm_eval")
     import yaml

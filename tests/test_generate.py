@@ -29,6 +29,7 @@ def model_for(case):
     return init_model(cfg, seed=3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_cached_logits_equal_full_recomputation_at_every_step(case):
     model = model_for(case)
@@ -45,6 +46,7 @@ def test_cached_logits_equal_full_recomputation_at_every_step(case):
     assert np.max(np.abs(scores[0, -1] - full[0])) > 1e-3
 
 
+@pytest.mark.slow
 def test_greedy_equals_step_by_step_argmax_and_padding_never_wins():
     model = model_for("padded-vocab")
     out = gen.generate(model, [[1, 2, 3]], 10, eos_token_id=None)[0]
@@ -54,6 +56,7 @@ def test_greedy_equals_step_by_step_argmax_and_padding_never_wins():
     assert out == seq and max(out) < 97
 
 
+@pytest.mark.slow
 def test_sampling_is_reproducible_by_seed_and_top_k_1_is_greedy():
     model = model_for("learned")
     a = gen.generate(model, [[1, 2]], 8, temperature=1.0, seed=5, eos_token_id=None)
@@ -66,6 +69,7 @@ def test_sampling_is_reproducible_by_seed_and_top_k_1_is_greedy():
     assert len(several) == 6 and all(s[:2] == [1, 2] for s in several[:3]) and several[3][0] == 4
 
 
+@pytest.mark.slow
 def test_no_repeat_ngram_and_repetition_penalty_and_eos():
     model = model_for("learned")
     plain = gen.generate(model, [[1, 2]], 20, eos_token_id=None)[0]
@@ -103,6 +107,7 @@ def test_bad_options_are_refused():
         gen.generate(model, ["hello"], 4)
 
 
+@pytest.mark.slow
 def test_sharded_generation_equals_one_device():
     from gptjax.config import MeshConfig
     from gptjax.runtime import sharding
@@ -138,6 +143,7 @@ def _hf_configs(transformers):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neo", "gptj", "gpt_neox"])
 def test_greedy_output_equals_transformers_generate(family, tmp_path):
     torch = reference("torch")
@@ -160,6 +166,7 @@ def test_greedy_output_equals_transformers_generate(family, tmp_path):
     assert ours == ref.tolist()
 
 
+@pytest.mark.slow
 def test_sample_slides_past_a_learned_context_as_the_main_job_does():
     # `bash scripts/main.sh` samples 200 tokens from a 64-position model.
     from gptjax import generation

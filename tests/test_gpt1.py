@@ -52,6 +52,7 @@ def finetune(model, task, train, evalf, run_dir, *overrides):
     return json.loads((run_dir / "eval.json").read_text())
 
 
+@pytest.mark.slow
 def test_classification_reaches_90_percent_and_lambda_matters(tmp_path, pretrained, classification):
     train, evalf = classification
     with_lm = finetune(pretrained, "classification", train, evalf, tmp_path / "lm", "steps=60")
@@ -67,6 +68,7 @@ def test_classification_reaches_90_percent_and_lambda_matters(tmp_path, pretrain
     assert rows[-1]["loss"] == pytest.approx(rows[-1]["task_loss"] + 0.5 * rows[-1]["lm_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_every_task_layout_runs_and_scores(tmp_path, pretrained):
     rng = random.Random(1)
     cases = {
@@ -85,6 +87,7 @@ def test_every_task_layout_runs_and_scores(tmp_path, pretrained):
             assert "spearman" in result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content, match", [
     ('{"text": "x"}\n', r"bad\.jsonl:1: a classification example needs text, label; missing label"),
     ('{"text": "x", "label": "yes"}\n', r"bad\.jsonl:1: label = 'yes'; accepted: an integer"),
@@ -99,6 +102,7 @@ def test_bad_task_files_are_refused_before_compiling(tmp_path, pretrained, conte
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_task_fine_tuning_resumes_exactly(tmp_path, pretrained, classification):
     train, evalf = classification
     same = ["optim.schedule=constant", "optim.warmup_steps=0", "checkpoint_every=4"]

@@ -154,6 +154,7 @@ def reference(request, tmp_path_factory) -> Reference:
     return Reference(request.param, directory, model, _torch_logits(model))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention_impl", ["einsum", "xla"])
 def test_logits_match_transformers(reference, attention_impl):
     _check_nontrivial(reference.logits)
@@ -162,6 +163,7 @@ def test_logits_match_transformers(reference, attention_impl):
     assert err <= TOL, f"{reference.name} ({attention_impl}): relative logit error {err:.3e} > {TOL}"
 
 
+@pytest.mark.slow
 def test_parity_depends_on_family_facts(reference):
     model = hf.load_hf(reference.directory)
     for fact in FACTS[reference.name]:
@@ -191,6 +193,7 @@ def test_gptjax_hf_gptjax_round_trip_is_bit_identical(reference, tmp_path):
     _assert_params_identical(model, back)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gpt2", "gptj", "gpt_neox_parallel", "llama", "bloom"])
 def test_round_trip_from_random_init(name, tmp_path):
     cfg = hf.config_from_hf(CASES[name]().to_dict())

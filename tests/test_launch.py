@@ -53,6 +53,7 @@ def two_process_run(config_file, tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(single_process_run, two_process_run):
     one, two = losses(single_process_run), losses(two_process_run)
     assert len(one) == len(two) == 8
@@ -62,6 +63,7 @@ def test_two_processes_match_one_process(single_process_run, two_process_run):
     assert (two_process_run / "config.yaml").is_file() and (two_process_run / "samples" / "step_8.txt").is_file()
 
 
+@pytest.mark.slow
 def test_a_process_that_compiles_much_later_than_its_peer_still_meets_it(config_file, tmp_path):
     # The first collective of a step waits for every process to compile it (a CI failure: gloo's
     # 30 s rendezvous ran out while one process of two was still compiling on a loaded host).
@@ -85,6 +87,7 @@ def _restore_params(run_dir, mesh_cfg, n_devices):
     return meta["step"], jax.device_get(state["params"])
 
 
+@pytest.mark.slow
 def test_checkpoints_move_between_process_counts(single_process_run, two_process_run, config_file, tmp_path):
     # Written by 2 processes, read by 1: the same parameters as the 1-process run's (to 1e-5: the
     # runs themselves agree that far), and exactly the ones process 0 gathered for its sample.
@@ -107,6 +110,7 @@ def test_checkpoints_move_between_process_counts(single_process_run, two_process
     assert abs(rows[9] - rows[7]) > 1e-4, "the resumed steps must be new steps, not copies"
 
 
+@pytest.mark.slow
 def test_a_batch_replicated_across_processes_matches_one_process(config_file, tmp_path):
     # mesh tensor=8 over 2 processes x 4 devices: the batch axes (data, fsdp) span no process, so
     # each process holds the whole batch, not half of it.
@@ -136,6 +140,7 @@ def _start_two_processes(config_file, run_dir, *overrides):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_a_dead_process_ends_the_job_quickly_and_restart_resumes(config_file, tmp_path):
     run_dir = tmp_path / "run"
     proc = _start_two_processes(config_file, run_dir, "checkpoint_every=4")
@@ -231,6 +236,7 @@ def test_slurm_script_is_accepted_by_sbatch(slurm, config_file, tmp_path):
     assert "to start at" in test_only.stderr
 
 
+@pytest.mark.slow
 @slurm_group
 def test_two_slurm_tasks_match_one_process(slurm, config_file, single_process_run, tmp_path):
     run_dir = tmp_path / "run"
@@ -241,6 +247,7 @@ def test_two_slurm_tasks_match_one_process(slurm, config_file, single_process_ru
     np.testing.assert_allclose(losses(run_dir), losses(single_process_run), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_every_process_at_the_same_step(config_file, tmp_path):
     run_dir = tmp_path / "run"
     proc = _start_two_processes(config_file, run_dir, "checkpoint_every=1000")
@@ -254,6 +261,7 @@ def test_sigterm_to_one_process_stops_every_process_at_the_same_step(config_file
     assert manifest.verify(run_dir / "checkpoints" / str(step)) is None
 
 
+@pytest.mark.slow
 @slurm_group
 def test_slurm_sweep_array_with_a_killed_task_is_finished_by_resubmission(slurm, config_file, tmp_path):
     sweep = tmp_path / "sweep.yaml"

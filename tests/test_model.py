@@ -87,6 +87,7 @@ def _with(field, value):
     return TINY.replace(init_std=0.2, **extra, **{field: value})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field,a,b", VARIANTS, ids=[f"{v[0]}={v[1]}/{v[2]}" for v in VARIANTS])
 def test_variant_changes_the_function(field, a, b):
     cfg_a, cfg_b = _with(field, a), _with(field, b)
@@ -122,6 +123,7 @@ def test_scan_and_unrolled_agree_and_share_parameters():
     np.testing.assert_allclose(scanned(tokens()), unrolled(tokens()), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["full", "save_dots"])
 def test_remat_does_not_change_values_or_gradients(policy):
     def loss(model, t):

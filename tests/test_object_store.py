@@ -51,6 +51,7 @@ def _losses(servers, url):
     return [json.loads(line)["loss"] for line in servers.read(f"{url}/metrics.jsonl").decode().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["s3", "gs"])
 def test_train_kill_resume_corrupt_and_sample_on_object_storage(servers, config_file, local_reference, tmp_path,
                                                                 scheme):

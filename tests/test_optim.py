@@ -65,6 +65,7 @@ def test_decay_mask_spares_biases_norms_and_optionally_embeddings():
         assert mask["embed"]["table"] == with_tables == mask["pos_embed"]["table"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["adamw", "lion", "adafactor"])
 def test_weight_decay_is_decoupled_and_scaled_by_the_schedule(name):
     # With zero gradients every optimizer's direction is 0, so one update is exactly the decay:
@@ -97,6 +98,7 @@ CFG = TrainConfig(model=ModelConfig(vocab_size=65, max_seq_len=16, d_model=64, n
                   optim=OptimConfig(lr=1e-2, warmup_steps=0, weight_decay=0.1), steps=8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,lr", [("adamw", 1e-2), ("lion", 1e-3), ("adafactor", 1e-1)])
 def test_each_optimizer_learns(name, lr):
     cfg = dataclasses.replace(CFG, optim=dataclasses.replace(CFG.optim, name=name, lr=lr, min_lr=0.0))
@@ -104,6 +106,7 @@ def test_each_optimizer_learns(name, lr):
     assert losses[-1] < losses[0] - 0.1, (name, losses)
 
 
+@pytest.mark.slow
 def test_z_loss_changes_the_update_not_the_reported_loss():
     with_z = dataclasses.replace(CFG, optim=dataclasses.replace(CFG.optim, z_loss=1e-2))
     _, plain = run_steps(CFG, MeshConfig(data=1), 1, steps=3)
@@ -112,6 +115,7 @@ def test_z_loss_changes_the_update_not_the_reported_loss():
     assert np.max(np.abs(plain[1:] - z[1:])) > 1e-6
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_with_float32_master_weights():
     cfg = dataclasses.replace(CFG, model=CFG.model.replace(compute_dtype="bfloat16"))
     state, losses = run_steps(cfg, MeshConfig(data=8), 8, steps=4)
@@ -142,6 +146,7 @@ def test_micro_batch_must_divide_the_data_parallel_size():
         trainer.make_trainer(cfg, sharding.make_mesh(MeshConfig(data=8)))
 
 
+@pytest.mark.slow
 def test_skipped_update_keeps_the_logged_rate_the_applied_one():
     # Warmup makes every step's rate distinct. Step 3's update is dropped (nan_policy=skip); the
     # rate logged for each later step must be the one the optimizer applied, and follow the

@@ -27,6 +27,7 @@ def test_replicated_figures_are_the_exact_counts():
     assert p.batch_bytes == 16 // 8 * 65 * 4
 
 
+@pytest.mark.slow
 def test_sharded_figures_agree_with_the_compiler():
     p = plan.make_plan(config({"data": 2, "fsdp": 4}))
     replicated = plan.make_plan(config({"data": 8}))
@@ -39,6 +40,7 @@ def test_sharded_figures_agree_with_the_compiler():
     assert p.peak_bytes == p.argument_bytes + p.output_bytes - p.alias_bytes + p.temp_bytes
 
 
+@pytest.mark.slow
 def test_remat_shrinks_the_activations():
     deep = dict(n_layers=8, max_seq_len=64)
     none, full = plan.make_plan(config({"data": 8}, **deep)), plan.make_plan(config({"data": 8}, remat="full", **deep))
@@ -51,6 +53,7 @@ def test_unknown_accelerator_is_refused_before_compiling():
         plan.make_plan(config({"data": 8}), "h1000")
 
 
+@pytest.mark.slow
 def test_cli_plans_on_fake_devices_of_the_mesh_and_says_whether_it_fits(tmp_path):
     cfg = tmp_path / "big.yaml"
     # About 1.2 billion parameters: with AdamW state and gradients more than a 16 GiB TPU v5e
@@ -73,6 +76,7 @@ def test_cli_plans_on_fake_devices_of_the_mesh_and_says_whether_it_fits(tmp_path
     assert jax.device_count() == 8  # this process is untouched
 
 
+@pytest.mark.slow
 def test_fsdp_keeps_the_activations_batch_split():
     """With the width over `fsdp`, GSPMD once followed the parameters and kept the whole batch's
     activations on every device; they must shrink with the data-parallel degree as under `data`."""
@@ -92,6 +96,7 @@ def _libtpu():
         pytest.skip("libtpu is not installed (the tpu extra, or TPU_LIBRARY_PATH)")
 
 
+@pytest.mark.slow
 def test_tpu_topology_plans_are_the_tpu_compilers():
     _libtpu()
     devices = plan.tpu_devices("v5e:2x4")
@@ -109,6 +114,7 @@ def test_tpu_topology_plans_are_the_tpu_compilers():
         plan.tpu_devices("v5e:3x7")
 
 
+@pytest.mark.slow
 def test_cli_plans_for_a_tpu_topology(tmp_path):
     _libtpu()
     cfg = tmp_path / "tiny.yaml"
@@ -136,6 +142,7 @@ def empty_persistent_cache(tmp_path):
     compilation_cache.reset_cache()
 
 
+@pytest.mark.slow
 def test_compile_step_compiles_instead_of_reading_the_persistent_cache(empty_persistent_cache):
     """Plans and `gptjax bench` compile times must be compiles: the persistent cache is neither read
     nor written, although jax decided to use it at the process's first compile."""

@@ -54,6 +54,7 @@ def full_run(tmp_path_factory):
     return d / "run", out
 
 
+@pytest.mark.slow
 def test_run_directory_holds_what_was_promised(full_run):
     run_dir, out = full_run
     for name in ("config.yaml", "run.json", "metrics.jsonl", "tokenizer.json", "checkpoints", "tensorboard",
@@ -100,6 +101,7 @@ def cpu_transfer_guard(monkeypatch):
     monkeypatch.setattr(array_lib.ArrayImpl, "_value", property(guarded))
 
 
+@pytest.mark.slow
 def test_training_loop_never_blocks_on_the_device(tmp_path, cpu_transfer_guard):
     # The guard really catches a host read (else this test could not fail)...
     with jax.transfer_guard_device_to_host("disallow"), pytest.raises(RuntimeError, match="Disallowed"):
@@ -112,6 +114,7 @@ def test_training_loop_never_blocks_on_the_device(tmp_path, cpu_transfer_guard):
     assert result.final_step == 6 and result.val_loss is not None
 
 
+@pytest.mark.slow
 def test_nan_on_a_checkpoint_step_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = _in_process_cfg(tmp_path, faults={"nan_at_step": 10})
     with pytest.raises(loop.RunStopped, match="non-finite loss at step 10.*last good checkpoint is step 5"):
@@ -123,6 +126,7 @@ def test_nan_on_a_checkpoint_step_stops_and_keeps_the_last_good_checkpoint(tmp_p
     assert np.isfinite(np.asarray(model(jnp.zeros((1, 4), jnp.int32)))).all()
 
 
+@pytest.mark.slow
 def test_nan_skip_policy_drops_the_update_inside_the_step(tmp_path):
     cfg = _in_process_cfg(tmp_path, faults={"nan_at_step": 10}, nan_policy="skip")
     result = loop.train_run(cfg, tmp_path / "run", progress=False)
@@ -133,6 +137,7 @@ def test_nan_skip_policy_drops_the_update_inside_the_step(tmp_path):
     assert np.isfinite(np.asarray(model(jnp.zeros((1, 4), jnp.int32)))).all()
 
 
+@pytest.mark.slow
 def test_sample_and_from_pretrained_read_a_run_directory(full_run):
     run_dir, _ = full_run
     args = ["sample", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", "12", "--temperature", "0"]
@@ -156,6 +161,7 @@ def test_gptjax_sample_with_its_defaults_writes_the_end_of_run_sample(full_run):
 # --- exact accounting ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_resume_with_another_batch_size_counts_what_ran_and_sees_each_example_once(tmp_path, monkeypatch):
     from gptjax.data import loader
     from gptjax.model import counting
@@ -196,6 +202,7 @@ def test_the_disk_full_fault_refuses_a_large_filesystem_before_anything_is_writt
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_resume_with_another_sequence_length_is_refused(tmp_path):
     loop.train_run(_in_process_cfg(tmp_path, steps=3, checkpoint_every=3, sample_tokens=0), tmp_path / "run",
                   progress=False)
@@ -239,6 +246,7 @@ def eval_run(tmp_path_factory):
     return d, out
 
 
+@pytest.mark.slow
 def test_eval_sets_and_tasks_are_in_the_metrics_and_the_result(eval_run):
     d, _ = eval_run
     rows = metrics(d / "run")
@@ -254,6 +262,7 @@ def test_eval_sets_and_tasks_are_in_the_metrics_and_the_result(eval_run):
     assert evals["long"]["loss"] == measured[-1]["eval/long/loss"] and evals["mc"]["items"] == 3
 
 
+@pytest.mark.slow
 def test_an_eval_set_scores_as_gptjax_eval_does(eval_run, tmp_path):
     d, _ = eval_run
     final = metrics(d / "run")[-1]
@@ -269,6 +278,7 @@ def test_an_eval_set_scores_as_gptjax_eval_does(eval_run, tmp_path):
     assert final["eval/mc/acc"] == json.loads((tmp_path / "mc.json").read_text())["results"]["mc"]["acc"]
 
 
+@pytest.mark.slow
 def test_a_run_reports_its_start_progress_and_end_in_plain_lines(eval_run):
     _, out = eval_run
     assert "model: 20,256 parameters (17,152 non-embedding); 8 cpu device(s), mesh data=8 fsdp=1 tensor=1" in out.stderr
@@ -280,6 +290,7 @@ def test_a_run_reports_its_start_progress_and_end_in_plain_lines(eval_run):
     assert out.stdout.strip().startswith(f"finished at step 6, val_loss {val:.4f} (step 6)")
 
 
+@pytest.mark.slow
 def test_a_sigterm_during_evaluation_saves_and_the_resume_evaluates_again(eval_run, tmp_path):
     d, _ = eval_run
     cfg = yaml.safe_load((d / "tiny.yaml").read_text())

@@ -44,6 +44,7 @@ def run_copy(trained, tmp_path):
     return config, copy
 
 
+@pytest.mark.slow
 def test_a_mistyped_override_is_refused_and_the_original_command_resumes(run_copy, capsys):
     config, run_dir = run_copy
     before = snapshot(run_dir)
@@ -62,6 +63,7 @@ def test_a_mistyped_override_is_refused_and_the_original_command_resumes(run_cop
     assert checkpoint.Checkpoints(run_dir / "checkpoints", 10, None, read_only=True).all_steps() == [10, 20, 30]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,named", [
     ("optim.name=lion", "optim.name: 'adamw' in"),
     ("optim.grad_clip=null", "optim.grad_clip: 1.0 in"),  # same fields of the state, another tree
@@ -127,6 +129,7 @@ def test_a_shape_mismatch_is_an_error_not_a_damaged_checkpoint(run_copy):
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.slow
 def test_a_restore_killed_by_sigkill_loses_nothing(run_copy):
     config, run_dir = run_copy
     before = snapshot(run_dir)
@@ -146,6 +149,7 @@ def test_a_restore_killed_by_sigkill_loses_nothing(run_copy):
     assert "resumed from step 20" in out.stderr
 
 
+@pytest.mark.slow
 def test_inspection_writes_nothing_even_past_a_damaged_checkpoint(run_copy, tmp_path):
     config, run_dir = run_copy
     # Damage step 20: inspection must skip it (loudly) and read step 10, renaming nothing.

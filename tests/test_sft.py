@@ -58,6 +58,7 @@ def _losses(rows, model):
     return float(jnp.sum(ce * w)), float(jnp.sum(w))
 
 
+@pytest.mark.slow
 def test_packed_rows_compute_what_padded_rows_compute_and_match_a_plain_forward():
     model = init_model(ModelConfig(vocab_size=TOK.vocab_size, max_seq_len=33, d_model=32, n_layers=2, n_heads=4,
                                    position="rotary"), seed=0)

@@ -482,6 +482,7 @@ def test_fit_command_fits_the_column_metric_names(tmp_path):
         F.fit_command(tmp_path / "runs.csv", law="chinchilla", metric="eval/x/bpb")
 
 
+@pytest.mark.slow
 def test_the_command_line_refuses_an_underdetermined_fit_and_forces_it(tmp_path):
     from helpers import gptjax_cli
 

@@ -91,6 +91,7 @@ def test_cpu_shares_are_disjoint():
     assert not shares[0]["cpus"] & shares[1]["cpus"] and all(s["cpus"] for s in shares)
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_records_failures_skips_what_is_done_and_resumes(tmp_path, base):
     # Two sizes and a third run that diverges (its loss turns NaN at step 2).
     path = _sweep_file(tmp_path, base, zip={"model.d_model": [32, 48, 32], "faults.nan_at_step": [None, None, 2]})
@@ -143,6 +144,7 @@ def law(n, t):
     return c["E"] + c["A"] / n ** c["alpha"] + c["B"] / t ** c["beta"]
 
 
+@pytest.mark.slow
 def test_analysis_recovers_a_known_law_and_extrapolates(tmp_path):
     rng = np.random.default_rng(0)
     rows = []
@@ -182,6 +184,7 @@ def test_ablation_statistics_tell_a_real_difference_from_seed_noise(tmp_path):
     assert "ablation.png" in summary["plots"] and "beyond seed noise" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_optuna_search_with_two_workers_and_pruning(tmp_path, base):
     path = _sweep_file(tmp_path, base, overrides={"steps": 6, "eval_every": 2, "optim.min_lr": 0.0},
                        search={"trials": 4, "startup_trials": 1,
@@ -195,6 +198,7 @@ def test_optuna_search_with_two_workers_and_pruning(tmp_path, base):
     assert (d / "optuna.db").is_file() and len(glob.glob(str(d / "trial-*"))) == summary["trials"]
 
 
+@pytest.mark.slow
 def test_mup_coordinates_stay_flat_across_widths_and_standard_ones_grow(base):
     from gptjax.config_files import load_train_config
     from gptjax.sweeps import mup
@@ -230,6 +234,7 @@ def _two_run_sweep(tmp_path, base, **overrides):
                        grid={"model.d_model": [32, 48]})
 
 
+@pytest.mark.slow
 def test_a_changed_shared_setting_stops_the_sweep_until_rerun_changed(tmp_path, base):
     d = tmp_path / "sweep"
     path = _two_run_sweep(tmp_path, base)
@@ -264,6 +269,7 @@ def test_a_changed_shared_setting_stops_the_sweep_until_rerun_changed(tmp_path, 
     assert gptjax("sweep", "status", d).stdout.startswith(f"{d}: 2 runs: 2 finished")
 
 
+@pytest.mark.slow
 def test_evaluations_and_execution_added_to_a_finished_study_keep_its_runs(tmp_path, base):
     d = tmp_path / "sweep"
     gptjax("sweep", "run", _two_run_sweep(tmp_path, base), "--run-dir", d, "--no-progress")
@@ -278,6 +284,7 @@ def test_evaluations_and_execution_added_to_a_finished_study_keep_its_runs(tmp_p
     assert len(list((d / "superseded").glob("*/sweep.yaml"))) == 1
 
 
+@pytest.mark.slow
 def test_analyze_leaves_stale_runs_out_and_says_so(tmp_path, base):
     d = tmp_path / "sweep"
     gptjax("sweep", "run", _two_run_sweep(tmp_path, base), "--run-dir", d, "--no-progress")
@@ -330,6 +337,7 @@ def test_a_sweep_with_wandb_groups_its_runs_by_its_name(tmp_path, base):
     assert {r.config.logging.wandb.group for r in runs} == {"t"}
 
 
+@pytest.mark.slow
 def test_sweep_eval_measures_a_finished_study_as_training_would(tmp_path, base):
     d = tmp_path / "sweep"
     gptjax("sweep", "run", _two_run_sweep(tmp_path, base), "--run-dir", d, "--jobs", 2, "--no-progress")

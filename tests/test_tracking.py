@@ -7,6 +7,7 @@ import json
 import os
 import struct
 
+import pytest
 import yaml
 from helpers import TINY_RUN, reference
 from helpers import gptjax_cli as gptjax
@@ -62,6 +63,7 @@ def _key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
+@pytest.mark.slow
 def test_wandb_offline_is_one_run_across_restarts_with_config_metrics_and_result(tmp_path):
     reference("wandb")
     cfg = {**TINY, "logging": {"wandb": {"project": "gptjax-test", "group": "g", "mode": "offline"}}}

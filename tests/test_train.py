@@ -61,6 +61,7 @@ def mesh_runs():
     return {name: run_steps(CFG, mc, n) for name, (mc, n) in MESHES.items()}
 
 
+@pytest.mark.slow
 def test_losses_do_not_depend_on_the_mesh(mesh_runs):
     reference = mesh_runs["1 device"][1]
     assert reference[-1] < reference[0] - 0.05, f"training did not move: {reference}"
@@ -77,6 +78,7 @@ def test_parameters_and_optimizer_state_are_really_sharded(mesh_runs, name):
         assert shard_shapes({"params": moments}) == EXPECTED_SHARDS[name]
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch():
     four = dataclasses.replace(CFG, optim=dataclasses.replace(CFG.optim, grad_accum=4))
     _, big = run_steps(CFG, MeshConfig(data=2, fsdp=2, tensor=1), 4)
@@ -89,6 +91,7 @@ def test_gradient_accumulation_equals_one_big_batch():
     assert np.max(np.abs(small - big)) > 1e-3
 
 
+@pytest.mark.slow
 def test_dimensions_that_do_not_divide_are_replicated_with_a_notice(caplog):
     cfg = TrainConfig(model=MODEL.replace(n_heads=5, d_model=40, d_ff=72),
                       data=DataConfig(batch_size=8, tokenizer="char"), steps=2)

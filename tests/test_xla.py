@@ -27,6 +27,7 @@ def _library_reductions(text):
     return [line for line in text.splitlines() if re.search(r"%ynn_fusion[.\d]* = .*op_name=\"[^\"]*reduce_", line)]
 
 
+@pytest.mark.slow
 def test_cpu_steps_keep_reductions_out_of_ynnpack():
     assert xla.compiler_options() == xla.CPU_COMPILER_OPTIONS  # these tests run on CPU
     # XLA's defaults put the softmax and norm reductions into YNNPACK fusions (what made them slow);

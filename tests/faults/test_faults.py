@@ -21,6 +21,7 @@ FAULTS = ["sigkill-step", "sigkill-save", "sigkill-eval", "sigkill-final-save", 
            "damage-truncate", "damage-manifest", "damage-symlink", "disk-full", "kill-one-process"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", FAULTS)
 def test_the_run_recovers(harness, kind):
     fault = next(f for f in chaos.short_faults(harness) if f.kind == kind)
