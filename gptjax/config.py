@@ -554,7 +554,7 @@ class FaultConfig:
     kill_process: int | None = None  # only this process index kills itself (None: every process)
     kill_signal: FaultSignal = "SIGKILL"  # SIGTERM: what a preemption sends (the run saves and stops)
     # Just before the checkpoint save of this step, fill the run directory's filesystem (a small
-    # one: run.fill_disk refuses more than 256 MiB free) so that the save runs out of space.
+    # one: fault_hooks.fill_disk refuses more than 256 MiB free) so that the save runs out of space.
     fill_disk_at_step: int | None = None
 
     def __post_init__(self) -> None:

@@ -18,7 +18,7 @@ from gptjax.config_files import load_train_config
 from gptjax.interop import runs
 from gptjax.store import checkpoint
 from gptjax.store.rundir import RunDir
-from gptjax.training import loop
+from gptjax.training import fault_hooks, loop
 
 TINY = {**TINY_RUN, "steps": 20, "eval_every": 10, "checkpoint_every": 5, "sample_tokens": 20}
 
@@ -195,7 +195,7 @@ def test_a_resume_with_another_batch_size_counts_what_ran_and_sees_each_example_
 
 def test_the_disk_full_fault_refuses_a_large_filesystem_before_anything_is_written(tmp_path, monkeypatch):
     # The chaos harness runs it on a small tmpfs (tests/faults); a user's disk is never filled.
-    monkeypatch.setattr(loop, "FILL_LIMIT", 0)
+    monkeypatch.setattr(fault_hooks, "FILL_LIMIT", 0)
     cfg = _in_process_cfg(tmp_path, faults={"fill_disk_at_step": 2})
     with pytest.raises(ConfigError, match=r"faults.fill_disk_at_step: .* MiB free; .* at most 0 MiB"):
         loop.train_run(cfg, tmp_path / "run", progress=False)

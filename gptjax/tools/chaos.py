@@ -4,10 +4,11 @@ nothing was lost (`gptjax chaos`; tests/faults runs the short mode).
 Faults: SIGKILL during a step, during an asynchronous save, during eval and during the final
 save; SIGTERM (preemption); damage to a committed checkpoint (a flipped byte, a truncated file, a
 deleted manifest, a planted symlink); a full disk during a save (the run fills its tmpfs run
-directory just before a save: faults.fill_disk_at_step; root only); in a 2-process run, one process killed. After each the same command
-resumes, and the harness checks: final parameters bit-identical to an uninterrupted run,
-`metrics.jsonl` holding each step once with the uninterrupted run's losses, no step lost beyond
-the checkpoint cadence, and the documented exit codes and messages (gptjax/errors.py).
+directory just before a save: faults.fill_disk_at_step; root only); in a 2-process run, one
+process killed. After each the same command resumes, and the harness checks: final parameters
+bit-identical to an uninterrupted run, `metrics.jsonl` holding each step once with the
+uninterrupted run's losses, no step lost beyond the checkpoint cadence, and the documented exit
+codes and messages (gptjax/errors.py).
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ class Harness:
                 outcome.message = out.stderr[-3000:]
             last = _committed(run_dir)
             intact = last == [first] and _verified(run_dir, first)
-            from gptjax.training.loop import DISK_FILLER
+            from gptjax.training.fault_hooks import DISK_FILLER
 
             filler = os.path.join(run_dir, DISK_FILLER)
             if os.path.exists(filler):

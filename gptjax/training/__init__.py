@@ -4,6 +4,7 @@ optim       Optax optimisers and schedules from OptimConfig (μP scaling include
 trainer     the sharded train state and the jitted train and eval steps
 warm_start  init_from: parameters from Hugging Face, a native directory or another run
 resume      which config changes a run directory's checkpointed state survives
+fault_hooks the failures a run injects into itself for `gptjax chaos` (FaultConfig)
 signals     preemption: SIGTERM/SIGINT set a flag; the loop saves and exits cleanly
 heldout     the evaluations run during training (val split, eval.sets, eval.tasks)
 tracking    progress lines, the start-up summary, optional Weights & Biases

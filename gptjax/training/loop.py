@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import signal
 import sys
 import time
 
@@ -20,7 +18,7 @@ import tqdm
 from flax import nnx
 
 from gptjax import generation
-from gptjax.config import ConfigError, EvalConfig, TrainConfig, fingerprint
+from gptjax.config import EvalConfig, TrainConfig, fingerprint
 from gptjax.data import loader
 from gptjax.errors import Interrupted, RunStopped
 from gptjax.finetune import sft
@@ -28,7 +26,7 @@ from gptjax.model import attention, counting
 from gptjax.runtime import distributed, hardware, sharding
 from gptjax.store.rundir import RunDir
 from gptjax.store.tensor_files import CheckpointError
-from gptjax.training import heldout, resume, tracking, trainer, warm_start
+from gptjax.training import fault_hooks, heldout, resume, tracking, trainer, warm_start
 from gptjax.training.signals import StopFlag
 
 log = logging.getLogger("gptjax")
@@ -115,7 +113,7 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
     rd = RunDir(run_dir)
     changes = resume.check(rd, cfg)
     if cfg.faults.fill_disk_at_step is not None:
-        _fillable(run_dir)
+        fault_hooks.fillable(run_dir)
     if cfg.init_from is not None:
         warm_start.check(cfg)
     if cfg.data.sft_files:
@@ -200,40 +198,6 @@ def _sft_data(cfg: TrainConfig) -> sft.SFTData:
     if top >= cfg.model.vocab_size:
         raise loader.DataError(f"data.sft_files: token id {top} is beyond model.vocab_size = {cfg.model.vocab_size}")
     return out
-
-
-def _kill_now(name: str = "SIGKILL") -> None:
-    os.kill(os.getpid(), getattr(signal, name))
-
-
-DISK_FILLER = "disk_filler"
-FILL_LIMIT = 256 * 2**20
-
-
-def _fillable(run_dir: str) -> int:
-    """The free bytes faults.fill_disk_at_step would fill, refused above FILL_LIMIT: the fault is
-    for a small filesystem (the chaos harness's tmpfs), never a user's disk."""
-    path = os.path.abspath(run_dir)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    st = os.statvfs(path)
-    free = st.f_bavail * st.f_frsize
-    if free > FILL_LIMIT:
-        raise ConfigError(f"faults.fill_disk_at_step: {path} has {free / 2**20:.0f} MiB free; the fault fills only a "
-                          f"filesystem with at most {FILL_LIMIT // 2**20} MiB free (mount a small tmpfs there)")
-    return free
-
-
-def fill_disk(run_dir: str, leave: int = 64 * 1024) -> None:
-    """Fill the run directory's filesystem (the file DISK_FILLER in it) until `leave` bytes are
-    free: room for the metrics, not for a checkpoint."""
-    chunk = b"\0" * (64 * 1024)
-    with open(os.path.join(run_dir, DISK_FILLER), "wb", buffering=0) as f:
-        try:
-            for _ in range(max(0, _fillable(run_dir) - leave) // len(chunk)):
-                f.write(chunk)
-        except OSError:  # full already: tmpfs counts whole pages
-            pass
 
 
 class _Clock:
@@ -332,10 +296,9 @@ def _loop(cfg, tr, state, frozen, base, tokens, measured, pending_eval, rd, ckpt
     def evaluate_into(row, stop) -> None:
         """The evaluation of row's step into row; raises errors.Interrupted on a stop signal."""
         number = row["step"]
-        kill = faults.kills(number, "eval")
+        on_batch = (lambda i: fault_hooks.kill_now(faults.kill_signal)) if faults.kills(number, "eval") else None
         row.update(measured.measure(state["params"], frozen, tasks=measured.tasks_due(number),
-                                    interrupted=heldout.stop_check(stop),
-                                    on_batch=(lambda i: _kill_now(faults.kill_signal)) if kill else None))
+                                    interrupted=heldout.stop_check(stop), on_batch=on_batch))
         result.val_loss, result.val_step = row["val_loss"], number
         if leader:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k == "val_loss" or k.startswith("eval/"))
@@ -347,7 +310,7 @@ def _loop(cfg, tr, state, frozen, base, tokens, measured, pending_eval, rd, ckpt
 
     def save(number, pending_row=None):
         if faults.fill_disk_at_step == number and leader:
-            fill_disk(rd.path)
+            fault_hooks.fill_disk(rd.path)
         with jax.transfer_guard_device_to_host("allow"):  # Orbax copies to host
             ckpts.save(number, state, _meta(cfg, position, clock.total(), base, pending_row))
         metrics_log.flush()
@@ -372,7 +335,7 @@ def _loop(cfg, tr, state, frozen, base, tokens, measured, pending_eval, rd, ckpt
                 state, device_metrics = step_fn(*args)
                 position.advance(cfg.data.batch_size, seq_len, flops)
                 if faults.kills(number, "step"):
-                    _kill_now(faults.kill_signal)  # the step is in flight, its metrics unread
+                    fault_hooks.kill_now(faults.kill_signal)  # the step is in flight, its metrics unread
                 if mark is None:
                     mark = time.perf_counter()  # compiled and dispatched: time from here
                 if pending is not None:
@@ -403,7 +366,7 @@ def _loop(cfg, tr, state, frozen, base, tokens, measured, pending_eval, rd, ckpt
                 if save_now:
                     save(number)
                     if faults.kills(number, "save"):
-                        _kill_now(faults.kill_signal)  # the save is still in flight
+                        fault_hooks.kill_now(faults.kill_signal)  # the save is still in flight
                 mark = time.perf_counter()  # eval and saving are not training throughput
                 if stop_requested:
                     name = stop.name or "a signal on another process"
