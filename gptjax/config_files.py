@@ -10,13 +10,13 @@ import re
 import sys
 from typing import Any
 
+import yaml
+
 from gptjax.config import ConfigError, TrainConfig, from_dict
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`section.field=value` with a YAML value (`[1, 2]`, `null`, `3e-4`)."""
-    import yaml
-
     key, sep, raw = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} is not of the form section.field=value")
@@ -27,10 +27,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def load_train_config(source: str | None, overrides: list[str] = ()) -> TrainConfig:
     """A TrainConfig from a YAML file, a preset name or (None) the defaults, then dotted
     overrides, validated."""
-    import pathlib
-
-    import yaml
-
     from gptjax.presets import PRESETS, get_preset
 
     path = pathlib.Path(source or "")

@@ -210,7 +210,8 @@ def init_state(tr: TaskTrainer) -> dict:
 
     def init(base):
         model = _extend(base, cfg.model.vocab_size, extended_config(cfg), cfg.seed)
-        kernel = cfg.model.init_std * jax.random.normal(jax.random.key(cfg.seed + 1), (cfg.model.d_model, tr.head.n_out))
+        shape = (cfg.model.d_model, tr.head.n_out)
+        kernel = cfg.model.init_std * jax.random.normal(jax.random.key(cfg.seed + 1), shape)
         params = {"model": model, "head": {"kernel": kernel, "bias": jnp.zeros((tr.head.n_out,))}}
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tr.tx.init(params)}
 

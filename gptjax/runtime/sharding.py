@@ -7,6 +7,7 @@ spells out per-op output shardings, which Explicit axes (jax.make_mesh's default
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -61,8 +62,6 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
 
 def one_device_mesh(cfg: MeshConfig) -> Mesh:
     """`cfg`'s mesh (its axis kinds) on this process's first device: inspection and evaluation."""
-    import dataclasses
-
     return make_mesh(dataclasses.replace(cfg, data=1, fsdp=1, tensor=1), jax.devices()[:1])
 
 

@@ -135,8 +135,7 @@ class HeldOut:
         self.sets = [load_set(name, path, tokenizer, text_field) for name, path in cfg.eval.sets.items()]
         self.tasks = [load_task(spec) for spec in cfg.eval.tasks]
         self.rows = sharding.local_rows(tr.batch_sharding, cfg.eval_batch_size)
-        self.step_fn = None
-        self.compiled = False  # on every process: the first batch of the first pass compiles it
+        self.step_fn = None  # built and compiled (on every process together) by the first batch
 
     def tasks_due(self, step: int) -> bool:
         every, last = self.cfg.eval.tasks_every, step == self.cfg.steps
@@ -147,10 +146,6 @@ class HeldOut:
         """One evaluation: `val_loss` (unless there is no split), eval/NAME/loss and eval/NAME/bpb
         of each set, and (when `tasks`) eval/TASK/METRIC of each task. Raises errors.Interrupted
         when a stop signal comes."""
-        if self.step_fn is None:
-            from gptjax.training import trainer
-
-            self.step_fn = trainer.make_eval_step(self.tr)
         row = {}
         if self.split is not None:
             total, count = self._pass(params, frozen, _split_batches(self.split, self.cfg, self.rows), interrupted,
@@ -174,9 +169,11 @@ class HeldOut:
                 raise Interrupted(f"evaluation stopped at batch {i}")
             batch = jax.tree.map(lambda x: sharding.global_array(x, self.rows, sh, b), batch)
             args = (params, frozen, batch, sharding.global_array(weights, self.rows, sh, b))
-            if not self.compiled:
+            if self.step_fn is None:
+                from gptjax.training import trainer
+
+                self.step_fn = trainer.make_eval_step(self.tr)
                 distributed.compile_together(self.step_fn, *args, name="gptjax-eval-step-compiled")
-                self.compiled = True
             s, c = self.step_fn(*args)
             with jax.transfer_guard_device_to_host("allow"):
                 total, count = total + float(s), count + float(c)
