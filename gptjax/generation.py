@@ -25,7 +25,7 @@ from jax.experimental import io_callback
 
 from gptjax.config import SAMPLE
 from gptjax.model.attention import EMPTY
-from gptjax.model.gpt import GPT, KVCache, unstacked_layers
+from gptjax.model.gpt import GPT, DecodeWeights, KVCache
 from gptjax.runtime import xla
 
 PAD_MULTIPLE = 16  # prompt and total lengths are rounded up to this: few compiles across calls
@@ -105,7 +105,7 @@ def _choose(logits_BxV, key, tokens_BxS, length, seen_BxV, s: Sampling):
                                   axis=-1).astype(jnp.int32)
 
 
-def _generate(graphdef, params, layers, tokens_BxP, starts_B, key, *, sampling: Sampling, slots: int, stream=None,
+def _generate(graphdef, params, weights, tokens_BxP, starts_B, key, *, sampling: Sampling, slots: int, stream=None,
               scores: bool = False):
     model = nnx.merge(graphdef, params)
     b, p = tokens_BxP.shape
@@ -114,8 +114,9 @@ def _generate(graphdef, params, layers, tokens_BxP, starts_B, key, *, sampling: 
     # padding slots are recorded EMPTY so that no query ever sees them.
     pad = jnp.arange(p)[None, :] < starts_B[:, None]
     positions = jnp.maximum(jnp.arange(p)[None, :] - starts_B[:, None], 0)
-    empty = KVCache.empty(model.cfg, b, slots, per_layer=layers is not None)
-    logits, cache = model.decode(tokens_BxP, positions, empty, jnp.where(pad, EMPTY, positions), layers)
+    weights = DecodeWeights.of(model) if weights is None else weights  # slices of the stacked weights
+    logits, cache = model.decode(tokens_BxP, positions, KVCache.empty(model.cfg, b, slots),
+                                 jnp.where(pad, EMPTY, positions), weights)
     state = dict(logits=logits[:, -1], cache=cache, tokens=jnp.zeros((b, slots), jnp.int32).at[:, :p].set(tokens_BxP),
                  seen=_seen(tokens_BxP, pad, vocab), done=jnp.zeros(b, bool), i=jnp.zeros((), jnp.int32), key=key,
                  scores=jnp.zeros((b, sampling.max_new_tokens if scores else 0, vocab), jnp.float32))
@@ -135,7 +136,7 @@ def _generate(graphdef, params, layers, tokens_BxP, starts_B, key, *, sampling: 
         if sampling.eos_token_id is not None:
             done = done | (nxt == sampling.eos_token_id)
         tokens = jax.lax.dynamic_update_slice(st["tokens"], nxt[:, None], (0, length))
-        logits, cache = model.decode(nxt[:, None], (length - starts_B)[:, None], st["cache"], layers=layers)
+        logits, cache = model.decode(nxt[:, None], (length - starts_B)[:, None], st["cache"], weights=weights)
         seen = st["seen"].at[jnp.arange(b), nxt].set(True)
         kept = st["scores"].at[:, st["i"]].set(st["logits"]) if scores else st["scores"]
         return dict(logits=logits[:, 0], cache=cache, tokens=tokens, seen=seen, done=done, i=st["i"] + 1, key=key,
@@ -204,7 +205,7 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[str], max_n
             for i, (t, d) in enumerate(zip(np.asarray(tokens), np.asarray(done))):
                 if not d:
                     stream(i, int(t))
-    tokens, n, scores = _compiled_generate()(graphdef, params, _decode_layers(model), jnp.asarray(batch),
+    tokens, n, scores = _compiled_generate()(graphdef, params, _decode_weights(model), jnp.asarray(batch),
                                              jnp.asarray(starts), jax.random.key(seed), sampling=sampling, slots=slots,
                                              stream=callback, scores=return_scores)
     tokens, n = np.asarray(tokens), int(n)
@@ -217,21 +218,23 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[str], max_n
     return (out, np.asarray(scores)[:, :n]) if return_scores else out
 
 
-_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _decode_layers(model: GPT):
-    """Per-layer weight copies for decoding on CPU (see model.unstacked_layers), made once per set
-    of parameters; None elsewhere (accelerators slice stacked weights without a copy, and the
-    copies would double the parameters' memory)."""
+def _decode_weights(model: GPT) -> DecodeWeights | None:
+    """Per-layer weight copies for decoding on CPU (see DecodeWeights), made once per set of
+    parameters and kept on the model's own object; None elsewhere (accelerators slice stacked
+    weights without a copy, and copies would double the parameters' memory)."""
     if jax.devices()[0].platform != "cpu":
         return None
     leaves = jax.tree.leaves(nnx.state(model.blocks))
-    cached = _LAYERS.get(model)
-    if cached is None or len(cached[0]) != len(leaves) or any(a is not b for a, b in zip(cached[0], leaves)):
-        cached = (leaves, unstacked_layers(model))
-        _LAYERS[model] = cached
-    return cached[1]
+    kept = _COPIES.get(model)
+    if kept is None or len(kept[0]) != len(leaves) or any(a is not b for a, b in zip(kept[0], leaves)):
+        kept = (leaves, DecodeWeights.of(model))
+        _COPIES[model] = kept
+    return kept[1]
+
+
+# The copies live as long as their model, and are remade when its parameters change (a
+# training run samples the same model object with new weights). Read on the host, never traced.
+_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _prompt_ids(prompts, tokenizer) -> list[list[int]]:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from gptjax.config import ConfigError, ModelConfig
-from gptjax.model import attention
-from gptjax.model.attention import Choice, choose
+from gptjax.model import attention, kernels
 from gptjax.model.gpt import KVCache, init_model
+from gptjax.model.kernels import Choice, Kernels
 
 GPU = dict(platform="gpu", device_kind="NVIDIA H100 80GB HBM3")
 FLASHABLE = ModelConfig(vocab_size=97, max_seq_len=16, d_model=64, n_layers=2, n_heads=4, d_ff=96,
@@ -19,7 +19,9 @@ FLASHABLE = ModelConfig(vocab_size=97, max_seq_len=16, d_model=64, n_layers=2, n
 
 
 def pick(cfg=FLASHABLE, aligned=True, needs_dropout=False, **device):
-    return choose(cfg, aligned=aligned, needs_dropout=needs_dropout, **(device or GPU))
+    """The path one call takes: the kernels chosen for the device, then the call's own mask and dropout."""
+    chosen = Kernels(kernels.choose_attention(cfg, **(device or GPU)))
+    return chosen.attention_for(plain_causal=aligned, dropout=needs_dropout)
 
 
 def test_auto_takes_cudnn_on_an_nvidia_gpu_when_model_and_call_allow():
@@ -72,22 +74,20 @@ def test_the_causal_flag_form_equals_the_masked_reference(kv_heads):
 @pytest.mark.slow
 def test_the_model_runs_the_causal_form_only_where_the_mask_is_plain_causal(monkeypatch):
     """The cuDNN branch with XLA standing in for the kernel: equal logits, and every call that has
-    a cache, segments or given positions is told it is not aligned (else on a GPU it would attend
-    with the wrong mask)."""
+    a cache, segments or given positions runs another path (else on a GPU it would attend with the
+    wrong mask). The kernels are a value the model is built with: no device is consulted."""
     seen = []
+    real_fused = attention.fused_attention
 
-    def as_gpu(cfg, *, platform, device_kind, aligned, needs_dropout):
-        seen.append(aligned)
-        return Choice("cudnn", "test") if aligned else Choice("einsum", "test")
+    def fused(*a, implementation, causal=False, **kw):
+        seen.append(causal)
+        return real_fused(*a, implementation=None, causal=causal, **kw)
 
     cfg = FLASHABLE.replace(compute_dtype="float32")
     tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 97)
     ref = np.asarray(init_model(cfg.replace(attention_impl="einsum"), 0)(tokens))
-    real_fused = attention.fused_attention
-    monkeypatch.setattr(attention, "choose", as_gpu)
-    monkeypatch.setattr(attention, "fused_attention",
-                        lambda *a, implementation, **kw: real_fused(*a, implementation=None, **kw))
-    model = init_model(cfg, 0)
+    monkeypatch.setattr(attention, "fused_attention", fused)
+    model = init_model(cfg, 0, Kernels(Choice("cudnn", "test")))
     flash = np.asarray(model(tokens))
     assert seen and all(seen)
     np.testing.assert_allclose(flash, ref, rtol=1e-5, atol=1e-5)
@@ -97,6 +97,19 @@ def test_the_model_runs_the_causal_form_only_where_the_mask_is_plain_causal(monk
     model(tokens, positions)
     model.decode(tokens, positions, KVCache.empty(cfg, 2, 16))
     assert len(seen) >= 3 and not any(seen)
+
+
+def test_kernels_are_chosen_for_the_device_given_not_the_one_traced_on():
+    """A plan for an NVIDIA GPU made on this CPU machine gets the GPU's kernels, and CPU ones fuse q/k/v."""
+
+    class Device:
+        platform, device_kind = "gpu", "NVIDIA H100 80GB HBM3"
+
+    gpu = kernels.for_device(FLASHABLE, Device())
+    assert gpu.attention.impl == "cudnn" and not gpu.fuse_qkv
+    cpu = kernels.for_device(FLASHABLE, jax.devices()[0])
+    assert cpu.attention.impl == "einsum" and cpu.fuse_qkv
+    assert not kernels.for_device(FLASHABLE, jax.devices()[0], fuse_qkv=False).fuse_qkv
 
 
 def test_a_single_query_keeps_attention_dropout():

@@ -97,9 +97,8 @@ def test_config_is_a_leaf():
     ("gptjax.store", ("gptjax.training", "gptjax.model", "gptjax.interop", "gptjax.finetune")),
     ("gptjax.data", ("gptjax.training", "gptjax.model", "gptjax.interop", "gptjax.finetune")),
     ("gptjax.runtime", ("gptjax.training", "gptjax.model", "gptjax.interop", "gptjax.finetune")),
-    # The model still reads runtime.sharding while tracing (activation constraints); issue 19's
-    # next step passes those in, and then runtime joins this list.
-    ("gptjax.model", ("gptjax.training", "gptjax.store", "gptjax.interop", "gptjax.finetune")),
+    # The model names logical axes and takes its kernels as a value: it needs no mesh or device.
+    ("gptjax.model", ("gptjax.runtime", "gptjax.training", "gptjax.store", "gptjax.interop", "gptjax.finetune")),
 ])
 def test_lower_layers_import_nothing_above_them(package, forbidden):
     graph = import_graph()
@@ -113,6 +112,43 @@ def test_the_model_knows_nothing_of_lora():
     mentions = [f"{p.name}:{i}" for p in (PACKAGE / "model").glob("*.py")
                 for i, line in enumerate(p.read_text().splitlines(), 1) if "lora" in line.lower()]
     assert mentions == []
+
+
+MUTATORS = {"add", "append", "extend", "insert", "update", "setdefault", "pop", "popitem", "clear", "discard",
+            "remove"}
+
+
+def module_state_writes(source: str) -> list[int]:
+    """Lines that write module-level state: a `global` statement, or a mutation (method call,
+    item assignment or deletion) of a name bound at module level."""
+    tree = ast.parse(source)
+    names = {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Global):
+            lines.append(node.lineno)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in MUTATORS
+              and isinstance(node.func.value, ast.Name) and node.func.value.id in names):
+            lines.append(node.lineno)
+        elif (isinstance(node, ast.Subscript) and isinstance(node.ctx, (ast.Store, ast.Del))
+              and isinstance(node.value, ast.Name) and node.value.id in names):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_module_state_writes_finds_each_kind():
+    source = "A = set()\nB = {}\nC = []\ndef f():\n    global D\n    A.add(1)\n    B['k'] = 2\n    C.append(3)\n"
+    assert module_state_writes(source) == [5, 6, 7, 8]
+    assert module_state_writes("T = {'a': 1}\ndef f(x):\n    x.add(1)\n    return T['a']\n") == []
+
+
+def test_the_model_keeps_no_module_state():
+    """Tracing reads arguments, not globals (STYLE.md 16): nothing in model/ writes module-level
+    state (a cache, a set of warnings said), which a later trace would read."""
+    found = [f"{p.name}:{line}" for p in sorted((PACKAGE / "model").glob("*.py"))
+             for line in module_state_writes(p.read_text())]
+    assert found == []
 
 
 def test_launchers_import_no_jax():

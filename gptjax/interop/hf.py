@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from gptjax.config import EXECUTION_FIELDS, ConfigError, ModelConfig
+from gptjax.model import kernels
 from gptjax.model.gpt import GPT, abstract_model
 from gptjax.model.layers import DTYPES
 from gptjax.store import tensor_files
@@ -753,7 +754,7 @@ def load_hf(path: str | pathlib.Path, **overrides: Any) -> GPT:
     with_overrides(cfg, overrides, EXECUTION_FIELDS + LAYOUT_FIELDS)  # refuse bad overrides before reading
     cfg = with_overrides(cfg.replace(param_dtype=checkpoint_dtype(directory)), overrides,
                          EXECUTION_FIELDS + LAYOUT_FIELDS)
-    graphdef, state = nnx.split(abstract_model(cfg))
+    graphdef, state = nnx.split(abstract_model(cfg, kernels.for_device(cfg, jax.local_devices()[0])))
     nnx.replace_by_pure_dict(state, read_params(directory, cfg, lambda _, a: jax.numpy.asarray(a)))
     return nnx.merge(graphdef, state)
 

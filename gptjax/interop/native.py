@@ -12,6 +12,7 @@ from flax import nnx
 
 from gptjax.config import EXECUTION_FIELDS, ModelConfig, from_dict
 from gptjax.interop import hf
+from gptjax.model import kernels
 from gptjax.model.gpt import GPT, abstract_model
 from gptjax.store import tensor_files
 from gptjax.store.tensor_files import CheckpointError
@@ -47,7 +48,7 @@ def load_native(path: str | pathlib.Path, **overrides: Any) -> GPT:
     directory = pathlib.Path(path)
     cfg = hf.with_overrides(native_config(directory), overrides, EXECUTION_FIELDS)
     tensor_files.refuse_links(directory)
-    graphdef, state = nnx.split(abstract_model(cfg))
+    graphdef, state = nnx.split(abstract_model(cfg, kernels.for_device(cfg, jax.local_devices()[0])))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), nnx.to_pure_dict(state))
     checkpointer = ocp.StandardCheckpointer()

@@ -8,6 +8,7 @@ from flax import nnx
 
 from gptjax.config import TrainConfig
 from gptjax.finetune import lora
+from gptjax.model import kernels
 from gptjax.model.gpt import abstract_model
 from gptjax.runtime import sharding
 from gptjax.store.rundir import RunDir
@@ -27,7 +28,8 @@ def load_model(path, mesh=None):
                               f"language model; its scores are in {run_dir.file('eval.json')}")
     if mesh is None:
         mesh = sharding.one_device_mesh(cfg.mesh)
-    model = abstract_model(cfg.model)
+    model = abstract_model(cfg.model, kernels.for_device(cfg.model, sharding.device(mesh),
+                                                         place=sharding.Activations(mesh)))
     graphdef, state = nnx.split(model)
     shapes = nnx.to_pure_dict(state)
     shardings = sharding.param_shardings(sharding.logical_axes(model), shapes, mesh)

@@ -7,19 +7,15 @@ N query heads, K key/value heads, G = N/K query heads per key head, H head width
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gptjax.config import ConfigError, ModelConfig
+from gptjax.config import ModelConfig
 from gptjax.model import positions as pos_lib
 from gptjax.model.layers import Dense, dense_group, dropout
-from gptjax.runtime import sharding
-
-log = logging.getLogger(__name__)
 
 # Window of a global layer: larger than any distance between two positions.
 GLOBAL_WINDOW = 2**30
@@ -94,90 +90,6 @@ def fused_attention(q, k, v, *, mask_BxTxS, bias_BxNxTxS, scale, implementation,
                                         implementation=implementation)
 
 
-@dataclasses.dataclass(frozen=True)
-class Choice:
-    """Which attention path runs, and why (said when a requested or preferred path is not taken)."""
-
-    impl: str  # "einsum", "xla" or "cudnn"
-    reason: str
-
-
-def is_nvidia(platform: str, device_kind: str) -> bool:
-    return platform == "gpu" and "nvidia" in device_kind.lower()
-
-
-def cudnn_obstacles(cfg: ModelConfig, *, platform: str, device_kind: str) -> list[str]:
-    """Why cuDNN flash attention cannot run this model on this device (empty: it can), from what
-    jax 0.10.2's cuDNN path accepts: an NVIDIA GPU, bfloat16 inputs, a head width that is a
-    multiple of 8 up to 128."""
-    reasons = []
-    if not is_nvidia(platform, device_kind):
-        reasons.append(f"cuDNN runs on NVIDIA GPUs only (this device: {platform} {device_kind!r})")
-    if cfg.compute_dtype != "bfloat16":  # cuDNN's kernel takes half precision only
-        reasons.append(f"cuDNN flash attention needs compute_dtype bfloat16, not {cfg.compute_dtype}")
-    h = cfg.resolved_head_dim
-    if h % 8 or h > 128:
-        reasons.append(f"cuDNN flash attention needs a head width that is a multiple of 8 up to 128, not {h}")
-    return reasons
-
-
-def mask_obstacles(cfg: ModelConfig, *, aligned: bool) -> list[str]:
-    """Why this call's mask is not the plain causal one the flash kernel's causal flag expresses."""
-    reasons = []
-    if "local" in cfg.layer_kinds:
-        reasons.append("banded (local) layers share one compiled layer body with traced window sizes, and cuDNN's "
-                       "sliding window needs a static one")
-    if cfg.position == "alibi":
-        reasons.append("ALiBi adds a dense [B, N, T, S] bias, which the flash kernel would have to read whole")
-    if not aligned:
-        reasons.append("this call's mask is not plain causal (a KV cache, packed segments or given positions)")
-    return reasons
-
-
-def choose(cfg: ModelConfig, *, platform: str, device_kind: str, aligned: bool, needs_dropout: bool) -> Choice:
-    """The attention path for `cfg.attention_impl` on this device and call. `auto`: einsum on CPU
-    (measured 1.6x faster than XLA's fused attention for a whole train step of the Shakespeare
-    config), cuDNN flash attention on NVIDIA GPUs when model and call allow it, XLA's fused
-    attention otherwise. An explicit `cudnn` that this model or device cannot run is refused with
-    the reasons; a call whose mask it cannot express (decoding with a cache, packed rows) runs
-    XLA's fused attention instead, and says so."""
-    impl = cfg.attention_impl
-    if needs_dropout:  # dot_product_attention has no dropout on attention probabilities
-        return Choice("einsum", f"attn_dropout = {cfg.attn_dropout} runs on the einsum path only")
-    if impl in ("einsum", "xla"):
-        return Choice(impl, f"attention_impl = {impl}")
-    if impl == "auto" and platform == "cpu":
-        return Choice("einsum", "auto on CPU: the einsum path is the faster one there")
-    hard = cudnn_obstacles(cfg, platform=platform, device_kind=device_kind)
-    if impl == "cudnn" and hard:
-        raise ConfigError(f"attention_impl = 'cudnn' cannot run here: {'; '.join(hard)}. Use 'auto' (cuDNN where "
-                          "it can run, XLA's fused attention elsewhere) or 'xla'.")
-    obstacles = hard + mask_obstacles(cfg, aligned=aligned)
-    if not obstacles:
-        return Choice("cudnn", f"{impl}: cuDNN flash attention")
-    return Choice("xla", f"{impl}: XLA's fused attention, because " + "; ".join(obstacles))
-
-
-def _device() -> jax.Device:
-    # The traced step's mesh decides (a TPU topology's devices in a plan made on a CPU machine).
-    return sharding.traced_device() or jax.devices()[0]
-
-
-def choose_here(cfg: ModelConfig, *, aligned: bool, needs_dropout: bool) -> Choice:
-    """`choose` for this process's devices; a fallback on an NVIDIA GPU is worth a warning, once
-    per reason (this runs once per trace)."""
-    device = _device()
-    choice = choose(cfg, platform=device.platform, device_kind=device.device_kind, aligned=aligned,
-                    needs_dropout=needs_dropout)
-    if choice.impl != "cudnn" and is_nvidia(device.platform, device.device_kind) and choice.reason not in _SAID:
-        _SAID.add(choice.reason)
-        log.warning("attention: %s", choice.reason)
-    return choice
-
-
-_SAID: set[str] = set()
-
-
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, out_std: float, rngs: nnx.Rngs):
         d, n, kv, h = cfg.d_model, cfg.n_heads, cfg.resolved_kv_heads, cfg.resolved_head_dim
@@ -193,15 +105,16 @@ class Attention(nnx.Module):
         self.v = Dense((d,), (kv, h), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, std=std, **common)
         self.o = Dense((n, h), (d,), ("heads", "head_dim", "embed"), bias=cfg.out_bias, std=out_std, **common)
 
-    def __call__(self, x_BxTxD, positions_BxT, window, key=None, cache=None, segments_BxT=None,
-                 aligned=False):
+    def __call__(self, x_BxTxD, positions_BxT, window, key=None, cache=None, segments_BxT=None, *,
+                 impl: str = "einsum", fuse_qkv: bool = False):
         """Self-attention over the new positions, or, with `cache` (LayerCache), over every
         cached key as well: the new keys and values are written at `cache.slot`, and the cache's
         key positions decide what each query sees. Returns the output, and the updated (k, v)
-        when a cache is given. `aligned` (static): the positions are 0..T-1 in every row, with no
-        cache or segments, so the mask is plain causal and a kernel's causal flag may replace it."""
+        when a cache is given. `impl` and `fuse_qkv` (static) are the caller's Kernels for this
+        call: "cudnn" only where the mask is plain causal, so the kernel's causal flag replaces it."""
         cfg = self.cfg
-        q, k, v = self._project(x_BxTxD, fuse=cache is None)
+        layers = (self.q, self.k, self.v)
+        q, k, v = dense_group(layers, x_BxTxD) if fuse_qkv else [m(x_BxTxD) for m in layers]
         if cfg.position == "rotary":
             q = pos_lib.apply_rotary(q, positions_BxT, cfg)
             k = pos_lib.apply_rotary(k, positions_BxT, cfg)
@@ -216,27 +129,15 @@ class Attention(nnx.Module):
         bias = None
         if cfg.position == "alibi":
             bias = pos_lib.alibi_bias(positions_BxT, key_positions, cfg.n_heads)
-        out = self.o(self._attend(q, k, v, mask, bias, key, aligned and cache is None and segments_BxT is None))
+        out = self.o(self._attend(q, k, v, mask, bias, key, impl))
         return out if cache is None else (out, (k, v))
 
-    def _project(self, x_BxTxD, fuse: bool):
-        """Queries, keys and values; one fused matmul on CPU when all three are plain Dense layers (a
-        layer that fine-tuning wraps runs on its own).
-        Decoding with a cache (`fuse` False) keeps three: it is bound by weight reads, and the
-        concatenated kernel would be one more copy of them per token."""
-        layers = (self.q, self.k, self.v)
-        if fuse and _device().platform == "cpu" and all(type(m) is Dense for m in layers):
-            return dense_group(layers, x_BxTxD)
-        return [m(x_BxTxD) for m in layers]
-
-    def _attend(self, q, k, v, mask, bias, key, aligned):
+    def _attend(self, q, k, v, mask, bias, key, impl):
         cfg = self.cfg
-        # Evaluation (key None) never needs dropout, so it may take a fused kernel.
-        choice = choose_here(cfg, aligned=aligned, needs_dropout=key is not None and cfg.attn_dropout > 0.0)
-        if choice.impl == "einsum":
+        if impl == "einsum":
             return reference_attention(q, k, v, mask_BxTxS=mask, bias_BxNxTxS=bias,
                                        scale=cfg.softmax_scale, probs_dropout=cfg.attn_dropout, key=key)
-        if choice.impl == "cudnn":
+        if impl == "cudnn":
             return fused_attention(q, k, v, mask_BxTxS=mask, bias_BxNxTxS=bias, scale=cfg.softmax_scale,
                                    implementation="cudnn", causal=True)
         return fused_attention(q, k, v, mask_BxTxS=mask, bias_BxNxTxS=bias, scale=cfg.softmax_scale,

@@ -18,8 +18,8 @@ from flax import nnx
 
 from gptjax.config import ModelConfig
 from gptjax.model.attention import EMPTY, GLOBAL_WINDOW, Attention, LayerCache
+from gptjax.model.kernels import ACTIVATION_AXES, REFERENCE, Kernels
 from gptjax.model.layers import MLP, Dense, Embedding, Norm, dropout
-from gptjax.runtime import sharding
 
 REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole block on the backward pass
@@ -38,15 +38,15 @@ class Block(nnx.Module):
         self.attn = Attention(cfg, out_std=out_std, rngs=rngs)
         self.mlp = MLP(cfg, out_std=out_std, rngs=rngs)
 
-    def __call__(self, x_BxTxD, positions_BxT, window, key=None, cache=None, segments_BxT=None, aligned=False):
+    def __call__(self, x_BxTxD, positions_BxT, window, key=None, cache=None, segments_BxT=None, **attention):
         """The layer's output; with a LayerCache, (output, updated (k, v)). `segments_BxT`: packed
-        documents attend only within their own segment. `aligned`: see Attention."""
+        documents attend only within their own segment. `attention`: the call's kernels (Attention)."""
         cfg = self.cfg
         k_attn, k_res1, k_res2 = jax.random.split(key, 3) if key is not None else (None,) * 3
         new_kv = []
 
         def attn(h):
-            out = self.attn(h, positions_BxT, window, k_attn, cache, segments_BxT, aligned)
+            out = self.attn(h, positions_BxT, window, k_attn, cache, segments_BxT, **attention)
             if cache is not None:
                 out, kv = out
                 new_kv.append(kv)
@@ -85,10 +85,12 @@ def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
 
 
 class GPT(nnx.Module):
-    """A decoder-only transformer of any supported family; see ModelConfig for the options."""
+    """A decoder-only transformer of any supported family; see ModelConfig for the options.
+    `kernels` (model.kernels.for_device, made by the caller) say how it runs on the devices at hand."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, kernels: Kernels = REFERENCE):
         self.cfg = cfg
+        self.kernels = kernels
         self.embed = Embedding(cfg.padded_vocab, cfg, ("vocab", "embed"), std=cfg.init_std, rngs=rngs)
         self.pos_embed = Embedding(cfg.max_seq_len, cfg, ("position", "embed"), std=cfg.init_std, rngs=rngs) \
             if cfg.position == "learned" else None
@@ -122,118 +124,121 @@ class GPT(nnx.Module):
         return logits
 
     def decode(self, tokens_BxT, positions_BxT, cache: KVCache, key_positions_BxT=None,
-               layers=None) -> tuple[jax.Array, KVCache]:
+               weights: DecodeWeights | None = None) -> tuple[jax.Array, KVCache]:
         """Logits [B, T, vocab_size] of new tokens written at `cache.slot` (their keys and values
         join the cache), and the updated cache. Prefill is one call over the prompt, then one per
         generated token. `key_positions_BxT` (default: the positions) is what later queries see
-        of these slots: EMPTY hides one (padding). `layers` (from `unstacked_layers`) runs the
-        stack unrolled over separate per-layer arrays instead of the stacked parameters."""
+        of these slots: EMPTY hides one (padding). `weights`: the blocks' parameters per layer
+        (default: sliced from the stacked ones), see DecodeWeights."""
         recorded = positions_BxT if key_positions_BxT is None else key_positions_BxT
         key_positions = jax.lax.dynamic_update_slice(cache.key_positions, recorded.astype(jnp.int32),
                                                      (0, cache.slot))
         cache = dataclasses.replace(cache, key_positions=key_positions)
-        x, (k, v) = self._hidden(tokens_BxT, positions_BxT, None, cache, layers)
+        weights = DecodeWeights.of(self) if weights is None else weights
+        x = self._embed(tokens_BxT, positions_BxT, None)
+        choice = self.kernels.attention_for(plain_causal=False, dropout=False)
+        graphdef = nnx.graphdef(self.blocks)
+        ks, vs = [], []
+        for i, window in enumerate(self._windows()):
+            block = nnx.merge(graphdef, weights.layers[i])
+            layer_cache = LayerCache(cache.k[i], cache.v[i], cache.key_positions, cache.slot)
+            x, (k, v) = block(x, positions_BxT, window, None, layer_cache, impl=choice.impl)
+            ks.append(k)
+            vs.append(v)
+        x = self.final_norm(x) if self.final_norm is not None else x
         logits = self._head(x)[..., : self.cfg.vocab_size]
-        t = tokens_BxT.shape[1]
-        return logits, dataclasses.replace(cache, k=k, v=v, slot=cache.slot + t)
+        return logits, dataclasses.replace(cache, k=tuple(ks), v=tuple(vs), slot=cache.slot + tokens_BxT.shape[1])
 
     def hidden(self, tokens_BxT, positions_BxT=None, *, key=None, segments_BxT=None) -> jax.Array:
         """Final hidden states [B, T, D] (after the final norm). `key` enables dropout."""
-        return self._hidden(tokens_BxT, positions_BxT, key, None, segments_BxT=segments_BxT)
-
-    def _hidden(self, tokens_BxT, positions_BxT, key, cache, layers=None, segments_BxT=None):
         cfg = self.cfg
-        aligned = positions_BxT is None and cache is None and segments_BxT is None  # plain causal mask
+        plain = positions_BxT is None and segments_BxT is None  # the mask is plain causal
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
         k_embed, k_layers = jax.random.split(key) if key is not None else (None, None)
+        x = self._embed(tokens_BxT, positions_BxT, k_embed)
+        choice = self.kernels.attention_for(plain_causal=plain, dropout=key is not None and cfg.attn_dropout > 0.0)
+        x = self._apply_blocks(x, positions_BxT, k_layers, segments_BxT, impl=choice.impl,
+                               fuse_qkv=self.kernels.fuse_qkv)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+    def _embed(self, tokens_BxT, positions_BxT, key):
         x = self.embed(tokens_BxT)
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions_BxT)
-        x = dropout(x, cfg.embed_dropout, k_embed)
+        x = dropout(x, self.cfg.embed_dropout, key)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        x = sharding.constrain_activations(x)
-        x, kv = self._apply_blocks(x, positions_BxT, k_layers, cache, layers, segments_BxT, aligned)
-        x = self.final_norm(x) if self.final_norm is not None else x
-        return x if cache is None else (x, kv)
+        return self.kernels.constrain(x, ACTIVATION_AXES)
 
-    def _apply_blocks(self, x, positions_BxT, key, cache, layers=None, segments_BxT=None, aligned=False):
-        """The stack, scanned or unrolled; with a KVCache also each layer's updated (k, v),
-        stacked [L, ...] like the parameters. `layers`: per-layer states to unroll over."""
+    def _windows(self) -> np.ndarray:
+        return np.array([self.cfg.local_window if k == "local" else GLOBAL_WINDOW for k in self.cfg.layer_kinds],
+                        np.int32)
+
+    def _apply_blocks(self, x, positions_BxT, key, segments_BxT, **attention):
+        """The stack, scanned or unrolled over the stacked parameters."""
         cfg = self.cfg
         graphdef, state = nnx.split(self.blocks)
-        windows = jnp.asarray(
-            np.array([cfg.local_window if k == "local" else GLOBAL_WINDOW for k in cfg.layer_kinds], np.int32))
         keys = jax.random.split(key, cfg.n_layers) if key is not None else None
-        kv = (cache.k, cache.v) if cache is not None else None
 
         def body(x, layer):
-            layer_state, window, layer_key, layer_kv = layer
-            block = nnx.merge(graphdef, layer_state)
-            if layer_kv is None:
-                x = block(x, positions_BxT, window, layer_key, segments_BxT=segments_BxT, aligned=aligned)
-                return sharding.constrain_activations(x), None
-            layer_cache = LayerCache(layer_kv[0], layer_kv[1], cache.key_positions, cache.slot)
-            return block(x, positions_BxT, window, layer_key, layer_cache)
+            layer_state, window, layer_key = layer
+            x = nnx.merge(graphdef, layer_state)(x, positions_BxT, window, layer_key, None, segments_BxT, **attention)
+            return self.kernels.constrain(x, ACTIVATION_AXES), None
 
         if cfg.remat != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
-        if cfg.scan_layers and layers is None:
-            return jax.lax.scan(body, x, (state, windows, keys, kv))
-        per_layer = cache is not None and isinstance(cache.k, tuple)
-        outs = []
+        layers = (state, jnp.asarray(self._windows()), keys)
+        if cfg.scan_layers:
+            return jax.lax.scan(body, x, layers)[0]
         for i in range(cfg.n_layers):
-            layer_state = layers[i] if layers is not None else jax.tree.map(lambda a: a[i], state)
-            layer_kv = (cache.k[i], cache.v[i]) if per_layer else jax.tree.map(lambda a: a[i], kv)
-            x, out = body(x, (layer_state, *jax.tree.map(lambda a: a[i], (windows, keys)), layer_kv))
-            outs.append(out)
-        if cache is None:
-            return x, None
-        if per_layer:  # each layer's buffer updated where it lies: nothing is copied
-            return x, (tuple(k for k, _ in outs), tuple(v for _, v in outs))
-        return x, jax.tree.map(lambda *a: jnp.stack(a), *outs)
+            x, _ = body(x, jax.tree.map(lambda a: a[i], layers))
+        return x
 
 
-def unstacked_layers(model: GPT) -> list:
-    """Each layer's parameters as separate arrays (copies), for decoding on CPU: there a matrix-
-    vector product over a slice of the stacked [L, ...] weights, scanned or indexed, reads them
-    at a half or less of the bandwidth it reaches on a whole array (measured: 12 layers of
-    768x3072, 15.1 ms scanned, 79 ms indexed, 8.6 ms separate)."""
-    _, state = nnx.split(model.blocks)
-    return [jax.tree.map(lambda a, i=i: a[i], state) for i in range(model.cfg.n_layers)]
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecodeWeights:
+    """The blocks' parameters one layer at a time, which decoding unrolls over. Made inside a
+    compiled function, the per-layer arrays are slices of the stacked weights (no copy on
+    accelerators). Made outside, they are copies, which CPU decoding wants: there a matrix-vector
+    product over a slice of the stacked [L, ...] weights, scanned or indexed, reads them at a half
+    or less of the bandwidth it reaches on a whole array (measured: 12 layers of 768x3072, 15.1 ms
+    scanned, 79 ms indexed, 8.6 ms separate)."""
+
+    layers: tuple
+
+    @classmethod
+    def of(cls, model: GPT) -> DecodeWeights:
+        state = nnx.state(model.blocks)
+        return cls(tuple(jax.tree.map(lambda a, i=i: a[i], state) for i in range(model.cfg.n_layers)))
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Keys and values of every layer, stacked like the parameters: [L, B, S, K, H], or (with
-    `per_layer`, for decoding over `unstacked_layers`) a tuple of L arrays [B, S, K, H]; the
-    position of each slot's token [B, S] (EMPTY where none); the next slot to write (a scalar)."""
+    """Keys and values of every layer, one [B, S, K, H] buffer per layer (a stacked cache would be
+    sliced and re-stacked, that is copied whole, for every token); the position of each slot's
+    token [B, S] (EMPTY where none); the next slot to write (a scalar)."""
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     key_positions: jax.Array
     slot: jax.Array
 
     @classmethod
-    def empty(cls, cfg: ModelConfig, batch: int, slots: int, dtype=jnp.float32, per_layer: bool = False) -> KVCache:
-        """Per-layer buffers suit the unrolled decode: a stacked cache is sliced per layer and
-        re-stacked every token, copying the whole cache (at batch 8, most of gpt2's decode step)."""
+    def empty(cls, cfg: ModelConfig, batch: int, slots: int, dtype=jnp.float32) -> KVCache:
         layer = (batch, slots, cfg.resolved_kv_heads, cfg.resolved_head_dim)
-        if per_layer:
-            k = tuple(jnp.zeros(layer, dtype) for _ in range(cfg.n_layers))
-            v = tuple(jnp.zeros(layer, dtype) for _ in range(cfg.n_layers))
-        else:
-            k, v = jnp.zeros((cfg.n_layers, *layer), dtype), jnp.zeros((cfg.n_layers, *layer), dtype)
+        k = tuple(jnp.zeros(layer, dtype) for _ in range(cfg.n_layers))
+        v = tuple(jnp.zeros(layer, dtype) for _ in range(cfg.n_layers))
         return cls(k, v, jnp.full((batch, slots), EMPTY, jnp.int32), jnp.zeros((), jnp.int32))
 
 
-def init_model(cfg: ModelConfig, seed: int = 0) -> GPT:
-    return GPT(cfg, rngs=nnx.Rngs(params=seed))
+def init_model(cfg: ModelConfig, seed: int = 0, kernels: Kernels = REFERENCE) -> GPT:
+    return GPT(cfg, rngs=nnx.Rngs(params=seed), kernels=kernels)
 
 
-def abstract_model(cfg: ModelConfig) -> GPT:
+def abstract_model(cfg: ModelConfig, kernels: Kernels = REFERENCE) -> GPT:
     """The model with ShapeDtypeStructs in place of weights: nothing is allocated."""
-    return nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(params=0)))
+    return nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(params=0), kernels=kernels))
 

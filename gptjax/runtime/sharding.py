@@ -6,7 +6,6 @@ spells out per-op output shardings, which Explicit axes (jax.make_mesh's default
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -71,9 +70,14 @@ def abstract(shapes, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
 
 
+def device(mesh: Mesh) -> jax.Device:
+    """A device of the mesh: what kernels are chosen for (a TPU topology's, in a plan made on a
+    CPU machine)."""
+    return mesh.devices.flat[0]
+
+
 def platform(mesh: Mesh) -> str:
-    """The platform the mesh's devices are (a TPU topology's, in a plan made on a CPU machine)."""
-    return mesh.devices.flat[0].platform
+    return device(mesh).platform
 
 
 def data_parallel_size(mesh: Mesh) -> int:
@@ -89,34 +93,30 @@ def micro_batches(rows_AxBxT: jax.Array, mesh: Mesh) -> jax.Array:
     return jax.lax.with_sharding_constraint(rows_AxBxT, NamedSharding(mesh, PartitionSpec(None, BATCH, None)))
 
 
-_ACTIVATION_MESH: list[Mesh] = []
+# Logical activation axis (model.kernels.ACTIVATION_AXES) -> mesh axes: the residual stream's
+# batch over the data-parallel axes, the rest replicated (Megatron's layout).
+ACTIVATION_RULES: dict[str, tuple[str, ...] | None] = {"batch": BATCH, "length": None, "act_embed": None}
 
 
-@contextlib.contextmanager
-def activations_on(mesh: Mesh):
-    """While tracing a step inside this context, `constrain_activations` pins the residual stream
-    to the batch split. Without it GSPMD may follow the parameters instead: with FSDP (width over
-    `fsdp`) it kept whole-batch activations on every device (gpt2 at batch 16 on 8 devices:
-    42.9 GiB of temporaries per device against 6.4 GiB with the batch split, from `gptjax plan`)."""
-    _ACTIVATION_MESH.append(mesh)
-    try:
-        yield
-    finally:
-        _ACTIVATION_MESH.pop()
+@dataclasses.dataclass(frozen=True)
+class Activations:
+    """Places activations named by logical axes on `mesh`: given to the model as its kernels'
+    `place`. Without it GSPMD may follow the parameters instead: with FSDP (width over `fsdp`) it
+    kept whole-batch activations on every device (gpt2 at batch 16 on 8 devices: 42.9 GiB of
+    temporaries per device against 6.4 GiB with the batch split, from `gptjax plan`)."""
 
+    mesh: Mesh
 
-def traced_device() -> jax.Device | None:
-    """A device of the mesh a step is being traced for (inside `activations_on`), else None."""
-    return _ACTIVATION_MESH[-1].devices.flat[0] if _ACTIVATION_MESH else None
-
-
-def constrain_activations(x_BxTxD: jax.Array) -> jax.Array:
-    """The batch over the data-parallel axes, the rest replicated (Megatron's layout for the
-    residual stream); a no-op outside `activations_on` (inference, single-device use)."""
-    if not _ACTIVATION_MESH or _ACTIVATION_MESH[-1].size == 1:
-        return x_BxTxD
-    spec = PartitionSpec(BATCH, *([None] * (x_BxTxD.ndim - 1)))
-    return jax.lax.with_sharding_constraint(x_BxTxD, NamedSharding(_ACTIVATION_MESH[-1], spec))
+    def __call__(self, x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+        if self.mesh.size == 1:
+            return x
+        spec = []
+        for logical, size in zip(axes, x.shape):
+            mesh_axes = ACTIVATION_RULES[logical] if logical is not None else None
+            # As for parameters, a dimension the mesh does not divide (a one-row sample) is replicated.
+            fits = mesh_axes is not None and size % math.prod(self.mesh.shape[a] for a in mesh_axes) == 0
+            spec.append(mesh_axes if fits else None)
+        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec(*spec)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -22,7 +22,7 @@ from gptjax.config import EvalConfig, TrainConfig, fingerprint
 from gptjax.data import loader
 from gptjax.errors import Interrupted, RunStopped
 from gptjax.finetune import sft
-from gptjax.model import attention, counting
+from gptjax.model import counting
 from gptjax.runtime import distributed, hardware, sharding
 from gptjax.store.rundir import RunDir
 from gptjax.store.tensor_files import CheckpointError
@@ -250,8 +250,8 @@ def _loop(cfg, tr, state, frozen, base, tokens, measured, pending_eval, rd, ckpt
     flops = counting.flops_per_token(cfg.model, seq_len)
     peak_info = hardware.peak_flops(cfg.peak_flops, cfg.model.compute_dtype)
     # The train step's attention path, recorded; an explicit cudnn that cannot run is refused here.
-    attn = attention.choose_here(cfg.model, aligned=not isinstance(tokens, sft.SFTData),
-                                 needs_dropout=cfg.model.attn_dropout > 0.0)
+    attn = tr.kernels.attention_for(plain_causal=not isinstance(tokens, sft.SFTData),
+                                    dropout=cfg.model.attn_dropout > 0.0)
     rd.record_execution(peak_flops=peak_info.to_dict(), attention={"impl": attn.impl, "reason": attn.reason})
     peak = peak_info.per_device * jax.device_count()
     tokens_per_step = cfg.data.batch_size * seq_len

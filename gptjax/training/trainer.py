@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 
 from gptjax.config import TrainConfig
 from gptjax.finetune import lora
+from gptjax.model import kernels as kernels_lib
 from gptjax.model.gpt import GPT, abstract_model
 from gptjax.runtime import sharding, xla
 from gptjax.training import optim
@@ -36,6 +37,7 @@ class Trainer:
     lr_schedule: optax.Schedule
     abstract_state: State  # ShapeDtypeStructs carrying the target shardings
     state_shardings: State
+    kernels: kernels_lib.Kernels  # how the model runs on this mesh's devices (also in graphdef)
     # LoRA: the state's params are the adapters; the base model's parameters are frozen, passed
     # to every step beside the state (never in the optimizer or the checkpoints). None otherwise.
     frozen_shardings: dict | None = None
@@ -56,7 +58,10 @@ def make_trainer(cfg: TrainConfig, mesh: Mesh) -> Trainer:
     sharding.check_batch(cfg.data.batch_size // cfg.optim.grad_accum, mesh,
                          "data.batch_size / optim.grad_accum (the micro-batch)")
     sharding.check_batch(cfg.eval_batch_size, mesh, "eval_batch_size")
-    abstract_model = nnx.eval_shape(lambda: GPT(cfg.model, rngs=nnx.Rngs(params=cfg.seed)))
+    # LoRA wraps q, k and v one by one: they stay three projections.
+    kernels = kernels_lib.for_device(cfg.model, sharding.device(mesh), place=sharding.Activations(mesh),
+                                     fuse_qkv=cfg.finetune.lora is None)
+    abstract_model = nnx.eval_shape(lambda: GPT(cfg.model, rngs=nnx.Rngs(params=cfg.seed), kernels=kernels))
     graphdef, params_state = nnx.split(abstract_model)
     shapes = nnx.to_pure_dict(params_state)
     tx = optim.build(cfg.optim, cfg.model.width_mult)
@@ -73,8 +78,8 @@ def make_trainer(cfg: TrainConfig, mesh: Mesh) -> Trainer:
                 "opt_state": sharding.opt_state_shardings(tx, opt_shapes, shapes, param_sh, mesh)}
     abstract = sharding.abstract({"step": jax.ShapeDtypeStruct((), jnp.int32), "params": shapes,
                                   "opt_state": opt_shapes}, state_sh)
-    return Trainer(cfg, mesh, graphdef, tx, optim.schedule(cfg.optim, cfg.steps), abstract, state_sh, frozen_sh,
-                   abstract_frozen)
+    return Trainer(cfg, mesh, graphdef, tx, optim.schedule(cfg.optim, cfg.steps), abstract, state_sh, kernels,
+                   frozen_sh, abstract_frozen)
 
 
 def state_layout(cfg: TrainConfig) -> tuple[str, list[tuple]]:
@@ -153,10 +158,6 @@ def make_train_step(tr: Trainer):
         return {**carry, "grads": acc, "ce": carry["ce"] + ce}, None
 
     def step(state, frozen, rows_BxT1, stop_D):
-        with sharding.activations_on(tr.mesh):  # at trace time: the residual stream stays batch-split
-            return _step(state, frozen, rows_BxT1, stop_D)
-
-    def _step(state, frozen, rows_BxT1, stop_D):
         key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"]) if dropout else None
         micro_rows = jax.tree.map(
             lambda x: sharding.micro_batches(x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), tr.mesh), rows_BxT1)
@@ -218,8 +219,7 @@ def make_eval_step(tr: Trainer):
     graphdef = tr.graphdef
 
     def step(params, frozen, rows_BxT1, weights_BxT):
-        with sharding.activations_on(tr.mesh):
-            _, ce, w = _row_losses(nnx.merge(graphdef, tr.full_params(params, frozen)), rows_BxT1, None, 0.0)
+        _, ce, w = _row_losses(nnx.merge(graphdef, tr.full_params(params, frozen)), rows_BxT1, None, 0.0)
         w = w * weights_BxT
         return jnp.sum(ce * w), jnp.sum(w)
 
