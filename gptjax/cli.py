@@ -166,6 +166,9 @@ def _finetune(args) -> int:
                  *(f"{k}={v}" for k, v in defaults.items() if k not in given), *args.overrides]
     cfg = load_train_config(args.config, overrides)
     result = task_heads.finetune_run(cfg, args.run_dir, progress=not args.no_progress)
+    if "stopped" in result:
+        print(f"{args.task}: stopped at step {result['steps']}: {result['stopped']}; the same command resumes")
+        return 0
     shown = ", ".join(f"{k} {result[k]:.4f}" for k in ("accuracy", "pearson", "spearman") if k in result)
     print(f"{args.task}: {shown or 'no eval file'}; {args.run_dir}/eval.json")
     return 0

@@ -111,3 +111,18 @@ def test_task_fine_tuning_resumes_exactly(tmp_path, pretrained, classification):
     resumed = finetune(pretrained, "classification", train, evalf, tmp_path / "resumed", "steps=8", *same)
     assert [r["loss"] for r in metrics(tmp_path / "resumed")] == [r["loss"] for r in metrics(tmp_path / "straight")]
     assert resumed["accuracy"] == straight["accuracy"]
+
+
+@pytest.mark.slow
+def test_task_fine_tuning_runs_in_the_training_loop(tmp_path, pretrained, classification):
+    """The loop every run uses: its metrics (throughput, tokens seen) beside the task's own, and its
+    NaN policy, which stops the run naming the last good checkpoint instead of a data error."""
+    train, evalf = classification
+    finetune(pretrained, "classification", train, evalf, tmp_path / "ok", "steps=3")
+    row = metrics(tmp_path / "ok")[-1]
+    assert {"task_loss", "lm_loss", "tokens_per_sec", "tokens_seen", "grad_norm"} <= row.keys()
+    assert row["tokens_seen"] == 3 * 16 * 64 and row["loss"] > row["task_loss"] > 0
+    out = gptjax("finetune", pretrained, "--task", "classification", "--train", train, "--run-dir", tmp_path / "nan",
+                 "--no-progress", "data.batch_size=16", "steps=6", "checkpoint_every=2", "faults.nan_at_step=3",
+                 "nan_policy=stop", check=False)
+    assert out.returncode == 1 and "non-finite loss at step 3" in out.stderr and "checkpoint is step 2" in out.stderr

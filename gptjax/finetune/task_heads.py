@@ -11,14 +11,15 @@ L3 = L2 + λ·L1: the task loss plus λ (finetune.aux_lm_weight) times the langu
 the same sequences. A float label makes similarity a regression (mean squared error; Pearson and
 Spearman on the eval file), an integer label a classification (accuracy).
 
-The run uses pretraining's pieces: init_from for the model and tokenizer, the mesh's parameter
-and batch shardings, Optax, Orbax checkpoints with resume, metrics.jsonl; at the end eval.json.
+The run is pretraining's run with another objective (TaskObjective) and batches (TaskBatches):
+the same step, loop, checkpoints and resume, signals, NaN policy and metrics.jsonl; init_from
+gives the model and tokenizer; at the end the final checkpoint is scored into eval.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 import pathlib
 import sys
 
@@ -26,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 from flax import nnx
 
 from gptjax.config import TrainConfig
@@ -35,7 +35,7 @@ from gptjax.errors import DataError
 from gptjax.model.gpt import abstract_model
 from gptjax.runtime import sharding, xla
 from gptjax.store.rundir import RunDir
-from gptjax.training import optim, resume, warm_start
+from gptjax.training import loop, trainer, warm_start
 
 FIELDS = {"classification": ("text",), "entailment": ("premise", "hypothesis"),
           "similarity": ("text_a", "text_b"), "multiple_choice": ("context", "choices")}
@@ -170,55 +170,63 @@ def _extend(params: dict, old_vocab: int, new_cfg, seed: int) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class TaskTrainer:
-    cfg: TrainConfig
-    mesh: jax.sharding.Mesh
-    graphdef: object
+class TaskObjective:
+    """GPT-1's L3 = L2 + λ·L1 (trainer.Objective): the trained parameters are the extended model
+    and the head, {"model": ..., "head": {"kernel", "bias"}}; rows are TaskBatches' dicts."""
+
     head: Head
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
-    state_shardings: dict
-    abstract_state: dict
 
-    def batch_sharding(self, ndim: int):
-        return sharding.batch_sharding(self.mesh, ndim)
+    def model_config(self, cfg: TrainConfig):
+        return extended_config(cfg)
 
+    def layout(self, cfg, shapes, axes, shardings, mesh) -> trainer.Layout:
+        head = {"kernel": jax.ShapeDtypeStruct((cfg.model.d_model, self.head.n_out), jnp.float32),
+                "bias": jax.ShapeDtypeStruct((self.head.n_out,), jnp.float32)}
+        return trainer.Layout({"model": shapes, "head": head},
+                              {"model": shardings, "head": jax.tree.map(lambda _: sharding.replicated(mesh), head)})
 
-def make_trainer(cfg: TrainConfig, mesh, head: Head) -> TaskTrainer:
-    sharding.check_batch(cfg.data.batch_size, mesh)
-    model = abstract_model(extended_config(cfg))
-    graphdef, state = nnx.split(model)
-    shapes = {"model": nnx.to_pure_dict(state),
-              "head": {"kernel": jax.ShapeDtypeStruct((cfg.model.d_model, head.n_out), jnp.float32),
-                       "bias": jax.ShapeDtypeStruct((head.n_out,), jnp.float32)}}
-    param_sh = {"model": sharding.param_shardings(sharding.logical_axes(model), shapes["model"], mesh),
-                "head": {"kernel": sharding.replicated(mesh), "bias": sharding.replicated(mesh)}}
-    tx = optim.build(cfg.optim, cfg.model.width_mult)
-    opt_shapes = jax.eval_shape(tx.init, shapes)
-    state_sh = {"step": sharding.replicated(mesh), "params": param_sh,
-                "opt_state": sharding.opt_state_shardings(tx, opt_shapes, shapes, param_sh, mesh)}
-    abstract = sharding.abstract({"step": jax.ShapeDtypeStruct((), jnp.int32), "params": shapes,
-                                  "opt_state": opt_shapes}, state_sh)
-    return TaskTrainer(cfg, mesh, graphdef, head, tx, optim.schedule(cfg.optim, cfg.steps), state_sh, abstract)
+    def starting_params(self, tr: trainer.Trainer) -> dict:
+        cfg = tr.cfg
+        base_model = abstract_model(cfg.model)
+        base = warm_start.load_params(cfg, tr.mesh, sharding.param_shardings(
+            sharding.logical_axes(base_model), nnx.to_pure_dict(nnx.state(base_model)), tr.mesh))
 
+        def init(base):
+            model = _extend(base, cfg.model.vocab_size, extended_config(cfg), cfg.seed)
+            shape = (cfg.model.d_model, self.head.n_out)
+            kernel = cfg.model.init_std * jax.random.normal(jax.random.key(cfg.seed + 1), shape)
+            return {"model": model, "head": {"kernel": kernel, "bias": jnp.zeros((self.head.n_out,))}}
 
-def init_state(tr: TaskTrainer) -> dict:
-    cfg = tr.cfg
-    base = warm_start.load_params(cfg, tr.mesh, sharding.param_shardings(
-        sharding.logical_axes(abstract_model(cfg.model)), nnx.to_pure_dict(nnx.state(abstract_model(cfg.model))),
-        tr.mesh))
+        return jax.jit(init, out_shardings=tr.state_shardings["params"])(base)
 
-    def init(base):
-        model = _extend(base, cfg.model.vocab_size, extended_config(cfg), cfg.seed)
-        shape = (cfg.model.d_model, tr.head.n_out)
-        kernel = cfg.model.init_std * jax.random.normal(jax.random.key(cfg.seed + 1), shape)
-        params = {"model": model, "head": {"kernel": kernel, "bias": jnp.zeros((tr.head.n_out,))}}
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tr.tx.init(params)}
+    def model_params(self, params, frozen):
+        return params["model"]
 
-    return jax.jit(init, out_shardings=tr.state_shardings)(base)
+    def loss(self, tr, params, frozen, rows, key):
+        task_loss, lm_loss, _ = _losses(tr, self.head, params, rows["tokens"], rows["ends"], rows["labels"], key)
+        total = task_loss + tr.cfg.finetune.aux_lm_weight * lm_loss
+        return total, {"loss": total, "task_loss": task_loss, "lm_loss": lm_loss}
 
 
-def _outputs(tr: TaskTrainer, params, tokens_BxVxT, ends_BxV, key):
+class TaskBatches:
+    """Batch `step` is a function of (seed, step): epoch e's rows come from its own permutation.
+    Yields this process's rows (`rows` of the global batch) as the task objective's dicts."""
+
+    def __init__(self, data: TaskData, batch_size: int, seed: int, rows: np.ndarray):
+        self.data, self.batch_size, self.seed, self.rows = data, batch_size, seed, rows
+
+    def iterate(self, examples: int, steps: int):
+        n, b = len(self.data.labels), self.batch_size
+        per_epoch = max(n // b, 1)
+        for step in range(examples // b, examples // b + steps):
+            epoch, i = divmod(step, per_epoch)
+            perm = np.random.default_rng([self.seed, epoch]).permutation(n)
+            picked = (perm[(i * b) % n:][:b] if n >= b else np.resize(perm, b))[self.rows]
+            yield {"tokens": self.data.tokens[picked], "ends": self.data.ends[picked],
+                   "labels": self.data.labels[picked]}
+
+
+def _outputs(tr: trainer.Trainer, params, tokens_BxVxT, ends_BxV, key):
     """(head outputs [B, n_out] or [B, V] for multiple choice, LM logits [B·V, T, vocab])."""
     b, v, t = tokens_BxVxT.shape
     model = nnx.merge(tr.graphdef, params["model"])
@@ -235,9 +243,9 @@ def _outputs(tr: TaskTrainer, params, tokens_BxVxT, ends_BxV, key):
     return out.astype(jnp.float32), model._head(h)
 
 
-def _losses(tr: TaskTrainer, params, tokens, ends, labels, key):
+def _losses(tr: trainer.Trainer, head: Head, params, tokens, ends, labels, key):
     out, logits = _outputs(tr, params, tokens, ends, key)
-    if tr.head.regression:
+    if head.regression:
         task_loss = jnp.mean(jnp.square(out[:, 0] - labels))
     else:
         task_loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out, labels))
@@ -251,42 +259,17 @@ def _losses(tr: TaskTrainer, params, tokens, ends, labels, key):
     return task_loss, lm_loss, out
 
 
-def make_train_step(tr: TaskTrainer):
-    cfg = tr.cfg
-    dropout = cfg.model.embed_dropout or cfg.model.attn_dropout or cfg.model.resid_dropout
-
-    def loss_fn(params, tokens, ends, labels, key):
-        task_loss, lm_loss, _ = _losses(tr, params, tokens, ends, labels, key)
-        return task_loss + cfg.finetune.aux_lm_weight * lm_loss, (task_loss, lm_loss)
-
-    def step(state, tokens, ends, labels):
-        key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"]) if dropout else None
-        (loss, (task_loss, lm_loss)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"], tokens, ends, labels, key)
-        lr = tr.schedule(state["step"])
-        opt_state = optim.with_learning_rate(state["opt_state"], lr)
-        updates, opt_state = tr.tx.update(grads, opt_state, state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        metrics = {"loss": loss, "task_loss": task_loss, "lm_loss": lm_loss, "lr": lr,
-                   "grad_norm": optax.tree.norm(grads)}
-        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
-
-    return xla.jit(step, mesh=tr.mesh, in_shardings=(tr.state_shardings, tr.batch_sharding(3),
-                                                     tr.batch_sharding(2), tr.batch_sharding(1)),
-                   out_shardings=(tr.state_shardings, sharding.replicated(tr.mesh)), donate_argnums=0)
-
-
-def make_predict(tr: TaskTrainer):
+def make_predict(tr: trainer.Trainer):
     def predict(params, tokens, ends):
         out, _ = _outputs(tr, params, tokens, ends, None)
         return out
 
-    return xla.jit(predict, mesh=tr.mesh,
-                   in_shardings=(tr.state_shardings["params"], tr.batch_sharding(3), tr.batch_sharding(2)),
+    return xla.jit(predict, mesh=tr.mesh, in_shardings=(tr.state_shardings["params"], tr.batch_sharding,
+                                                        tr.batch_sharding),
                    out_shardings=sharding.replicated(tr.mesh))
 
 
-def predictions(tr: TaskTrainer, predict, params, task_data: TaskData) -> np.ndarray:
+def predictions(tr: trainer.Trainer, predict, params, task_data: TaskData) -> np.ndarray:
     """Head outputs for every example, in batches padded to the batch size (padding dropped)."""
     b, n = tr.cfg.eval_batch_size, len(task_data.labels)
     outs = []
@@ -309,10 +292,9 @@ def scores(head: Head, outputs: np.ndarray, labels: np.ndarray) -> dict:
 # --- the run ------------------------------------------------------------------------------------
 
 def finetune_run(cfg: TrainConfig, run_dir, *, progress: bool = True) -> dict:
-    """Fine-tune cfg.init_from on cfg.finetune's task (or resume), evaluate, write eval.json."""
+    """Fine-tune cfg.init_from on cfg.finetune's task (or resume) with the training loop every run
+    uses, then evaluate the final checkpoint and write eval.json."""
     ft = cfg.finetune
-    rd = RunDir(run_dir)
-    changes = resume.check(rd, cfg)
     warm_start.check(cfg)
     tokenizer = loader.make_tokenizer(cfg.data, warm_start.checkpoint_tokenizer(cfg))
     if tokenizer is None:
@@ -324,57 +306,21 @@ def finetune_run(cfg: TrainConfig, run_dir, *, progress: bool = True) -> dict:
     seq_len = cfg.resolved_seq_len
     train_data = encode(train_records, ft.task, tokenizer, cfg.model.vocab_size, seq_len, head)
     eval_data = encode(eval_records, ft.task, tokenizer, cfg.model.vocab_size, seq_len, head) if eval_records else None
-    rd.check_tokenizer(tokenizer)
-    mesh = sharding.make_mesh(cfg.mesh)
-    tr = make_trainer(cfg, mesh, head)
-    ckpts = rd.checkpoints(cfg)
-    try:
-        restored = ckpts.restore(tr.abstract_state)
-        state, start = (restored[0], int(restored[1]["step"])) if restored is not None else (init_state(tr), 0)
-        rd.record_start(cfg, tokenizer, start, changes)
-        rd.truncate_metrics(start)
-        state = _loop(tr, state, start, train_data, rd, ckpts, progress)
-        ckpts.wait()
-    finally:
-        ckpts.close()
+    objective = TaskObjective(head)
+    job = loop.Job(objective, tokenizer, functools.partial(TaskBatches, train_data),
+                   tokens_per_row=train_data.tokens.shape[1] * seq_len, plain_causal=True)
+    run = loop.train_run(cfg, run_dir, progress=progress, job=job)
     result = {"task": ft.task, "init_from": cfg.init_from, "aux_lm_weight": ft.aux_lm_weight, "steps": cfg.steps,
               "train_examples": len(train_records)}
+    if run.stopped is not None:
+        return {**result, "stopped": run.stopped, "steps": run.final_step}
     if eval_data is not None:
-        outputs = predictions(tr, make_predict(tr), state["params"], eval_data)
+        tr = trainer.make_trainer(cfg, sharding.make_mesh(cfg.mesh), objective)
+        params = RunDir(run_dir, read_only=True).restore_params(cfg, tr.abstract_state["params"])[0]
+        outputs = predictions(tr, make_predict(tr), params, eval_data)
         result.update(scores(head, outputs, eval_data.labels), eval_examples=len(eval_records))
-    rd.write_json("eval.json", result)
+    RunDir(run_dir).write_json("eval.json", result)
     return result
-
-
-def _loop(tr: TaskTrainer, state, start, task_data: TaskData, rd, ckpts, progress):
-    cfg = tr.cfg
-    step_fn = make_train_step(tr)
-    log = rd.metrics_log()
-    n, b = len(task_data.labels), cfg.data.batch_size
-    per_epoch = max(n // b, 1)
-    bar = tqdm.tqdm(total=cfg.steps, initial=start, unit="step", disable=not progress or jax.process_index() != 0)
-    try:
-        for step in range(start, cfg.steps):
-            # Batch `step` is a function of (seed, step): epoch e's rows come from its own permutation.
-            epoch, i = divmod(step, per_epoch)
-            perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
-            rows = perm[(i * b) % n:][:b] if n >= b else np.resize(perm, b)
-            state, m = step_fn(state, task_data.tokens[rows], task_data.ends[rows], task_data.labels[rows])
-            number = step + 1
-            bar.update(1)
-            if number % cfg.log_every == 0 or number == cfg.steps:
-                row = {"step": number, **{k: float(v) for k, v in jax.device_get(m).items()}}
-                if not math.isfinite(row["loss"]):
-                    raise DataError(f"non-finite loss at step {number}: {row}; lower optim.lr")
-                log.write(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-            if number % cfg.checkpoint_every == 0 or number == cfg.steps:
-                ckpts.save(number, state, {"step": number, "config": cfg.to_dict()})
-                log.flush()
-    finally:
-        bar.close()
-        log.close()
-    return state
 
 
 def say(message: str) -> None:

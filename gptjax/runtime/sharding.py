@@ -84,13 +84,15 @@ def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec(BATCH, *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows (dimension 0) over the data-parallel axes, the rest replicated: an array of any rank
+    (token rows, supervised rows' fields, a task's [B, V, T] views and [B] labels)."""
+    return NamedSharding(mesh, PartitionSpec(BATCH))
 
 
-def micro_batches(rows_AxBxT: jax.Array, mesh: Mesh) -> jax.Array:
+def micro_batches(rows_AxB: jax.Array, mesh: Mesh) -> jax.Array:
     """Keep each micro-batch split over the data-parallel axes after the accumulation reshape."""
-    return jax.lax.with_sharding_constraint(rows_AxBxT, NamedSharding(mesh, PartitionSpec(None, BATCH, None)))
+    return jax.lax.with_sharding_constraint(rows_AxB, NamedSharding(mesh, PartitionSpec(None, BATCH)))
 
 
 # Logical activation axis (model.kernels.ACTIVATION_AXES) -> mesh axes: the residual stream's

@@ -184,7 +184,7 @@ class HeldOut:
     def _tasks(self, params, frozen, interrupted) -> dict[str, float]:
         from gptjax.evals import evaluate, scorer
 
-        full = params if frozen is None else jax.jit(self.tr.full_params)(params, frozen)
+        full = params if frozen is None else jax.jit(self.tr.model_params)(params, frozen)
         model = nnx.merge(self.tr.graphdef, full)
         row = {}
         for task in self.tasks:

@@ -11,6 +11,8 @@ import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -103,9 +105,42 @@ def evaluate(cfg: TrainConfig, tr, params, split, frozen=None) -> float:
     return measured.measure(params, frozen, tasks=False, interrupted=lambda: False)["val_loss"]
 
 
-def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None) -> RunResult:
-    """Train (or resume) `cfg` in `run_dir`. Every input check, the comparison with the config
-    the run was started with included, happens before anything is written or compiled.
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What a run trains on beside its config: the objective (trainer.Objective), the tokenizer,
+    `batches(batch_size, seed, rows)` (an object whose iterate(examples, steps) yields this
+    process's `rows` of each global batch), the tokens one row holds (for the accounting), the
+    validation split (None: no evaluation during training), whether every row's mask is plain
+    causal, and whether the run ends with a sample."""
+
+    objective: trainer.Objective
+    tokenizer: Any
+    batches: Callable
+    tokens_per_row: int
+    val: Any = None
+    plain_causal: bool = True
+    sample: bool = True
+
+
+def language_model_job(cfg: TrainConfig) -> Job:
+    """Pretraining on token files, or SFT on data.sft_files: next-token prediction."""
+    objective = trainer.LanguageModel(cfg.finetune.lora)
+    seq_len = cfg.resolved_seq_len
+    if cfg.data.sft_files:
+        data = _sft_data(cfg)
+        batches = lambda b, seed, rows: sft.Batches(data.train, b, seed, rows)  # noqa: E731
+        return Job(objective, data.tokenizer, batches, seq_len, data.val, plain_causal=False)
+    tokens = loader.load_tokens(cfg.data, warm_start.checkpoint_tokenizer(cfg))
+    loader.check_vocab(tokens, cfg.model.vocab_size)
+    loader.check_lengths(tokens, seq_len)
+    batches = lambda b, seed, rows: loader.TrainBatches(tokens.train, seq_len, b, seed, rows)  # noqa: E731
+    return Job(objective, tokens.tokenizer, batches, seq_len, tokens.val)
+
+
+def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None, job: Job | None = None) -> RunResult:
+    """Train (or resume) `cfg` in `run_dir`: language modelling, or `job`'s objective and batches
+    (finetune/task_heads.py). Every input check, the comparison with the config the run was
+    started with included, happens before anything is written or compiled.
 
     `on_eval(step, val_loss)` is called after each evaluation (hyperparameter search reports
     there; an exception it raises, such as a pruned trial, ends the run; its checkpoints stay).
@@ -116,16 +151,12 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
         fault_hooks.fillable(run_dir)
     if cfg.init_from is not None:
         warm_start.check(cfg)
-    if cfg.data.sft_files:
-        tokens = _sft_data(cfg)
-    else:
-        tokens = loader.load_tokens(cfg.data, warm_start.checkpoint_tokenizer(cfg))
-        loader.check_vocab(tokens, cfg.model.vocab_size)
-        loader.check_lengths(tokens, cfg.resolved_seq_len)
-    rd.check_tokenizer(tokens.tokenizer)
+    job = language_model_job(cfg) if job is None else job
+    rd.check_tokenizer(job.tokenizer)
     mesh = sharding.make_mesh(cfg.mesh)
-    tr = trainer.make_trainer(cfg, mesh)
-    measured = heldout.HeldOut(cfg, tr, tokens.val, tokens.tokenizer)  # eval files read and checked here
+    tr = trainer.make_trainer(cfg, mesh, job.objective)
+    # Eval files are read and checked here, before anything compiles.
+    measured = heldout.HeldOut(cfg, tr, job.val, job.tokenizer) if job.val is not None else None
     if tr.abstract_frozen is not None:
         n_train, n_base = (sum(a.size for a in jax.tree.leaves(t)) for t in (tr.abstract_state["params"],
                                                                             tr.abstract_frozen))
@@ -156,13 +187,11 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
             if changes:
                 _say("config changes recorded in config.{}.yaml: {}".format(
                     position.step, ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes)))
-        elif cfg.init_from is not None and frozen is None:
-            params = warm_start.load_params(cfg, mesh, tr.state_shardings["params"])
-            state, position = trainer.state_from_params(tr, params), Progress()
-            _say(f"initialised from {cfg.init_from}")
         else:
             state, position = trainer.init_state(tr), Progress()
-        rd.record_start(cfg, tokens.tokenizer, position.step, changes)
+            if cfg.init_from is not None and frozen is None:
+                _say(f"initialised from {cfg.init_from}")
+        rd.record_start(cfg, job.tokenizer, position.step, changes)
         # An interrupted evaluation's row is written when it is measured again, and only then.
         rd.truncate_metrics(position.step - (pending_eval is not None))
         counts = counting.param_counts(cfg.model, cfg.resolved_seq_len)
@@ -174,7 +203,7 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
         clock = _Clock(wall_before)
         result = RunResult(position, position.step if restored is not None else None)
         try:
-            _loop(cfg, tr, state, frozen, base, tokens, measured, pending_eval, rd, ckpts, progress, on_eval, clock,
+            _loop(cfg, tr, state, frozen, base, job, measured, pending_eval, rd, ckpts, progress, on_eval, clock,
                   result, tracker)
         except RunStopped as e:
             _finish(cfg, rd, clock, result, tracker, "diverged", error=str(e))
@@ -185,6 +214,10 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None)
         ckpts.close()
         if tracker is not None:
             tracker.close()  # a run ended by anything else (a pruned trial, an interrupt) still ends its W&B run
+
+
+# The step's own metrics; any other the objective adds (task_loss, lm_loss) is logged as it is.
+STEP_METRICS = ("loss", "lr", "grad_norm", "finite", "stop")
 
 
 def _sft_data(cfg: TrainConfig) -> sft.SFTData:
@@ -236,25 +269,20 @@ def _write_result(cfg: TrainConfig, rd: RunDir, clock: _Clock, result: RunResult
     return summary
 
 
-def _loop(cfg, tr, state, frozen, base, tokens, measured, pending_eval, rd, ckpts, progress, on_eval, clock,
+def _loop(cfg, tr, state, frozen, base, job, measured, pending_eval, rd, ckpts, progress, on_eval, clock,
           result, tracker) -> None:
     step_fn = trainer.make_train_step(tr)
     feeds = Feeds(tr)
     position = result.progress
     start, remaining = position.step, cfg.steps - position.step
-    seq_len = cfg.resolved_seq_len
-    if isinstance(tokens, sft.SFTData):
-        batches = sft.Batches(tokens.train, cfg.data.batch_size, cfg.seed, feeds.rows)
-    else:
-        batches = loader.TrainBatches(tokens.train, seq_len, cfg.data.batch_size, cfg.seed, feeds.rows)
-    flops = counting.flops_per_token(cfg.model, seq_len)
+    batches = job.batches(cfg.data.batch_size, cfg.seed, feeds.rows)
+    flops = counting.flops_per_token(cfg.model, cfg.resolved_seq_len)
     peak_info = hardware.peak_flops(cfg.peak_flops, cfg.model.compute_dtype)
     # The train step's attention path, recorded; an explicit cudnn that cannot run is refused here.
-    attn = tr.kernels.attention_for(plain_causal=not isinstance(tokens, sft.SFTData),
-                                    dropout=cfg.model.attn_dropout > 0.0)
+    attn = tr.kernels.attention_for(plain_causal=job.plain_causal, dropout=cfg.model.attn_dropout > 0.0)
     rd.record_execution(peak_flops=peak_info.to_dict(), attention={"impl": attn.impl, "reason": attn.reason})
     peak = peak_info.per_device * jax.device_count()
-    tokens_per_step = cfg.data.batch_size * seq_len
+    tokens_per_step = cfg.data.batch_size * job.tokens_per_row
     faults = cfg.faults
     metrics_log = rd.metrics_log(tracker)
     leader = jax.process_index() == 0
@@ -277,7 +305,8 @@ def _loop(cfg, tr, state, frozen, base, tokens, measured, pending_eval, rd, ckpt
         tps = tokens_per_step / elapsed
         row = {"step": number, "loss": float(m["loss"]), "lr": float(m["lr"]),
                "grad_norm": float(m["grad_norm"]), "tokens_per_sec": tps, "mfu": flops * tps / peak,
-               "tokens_seen": position.tokens - (position.step - number) * tokens_per_step}
+               "tokens_seen": position.tokens - (position.step - number) * tokens_per_step,
+               **{k: float(v) for k, v in m.items() if k not in STEP_METRICS}}  # the objective's own
         lines.step(row, elapsed)
         if not m["finite"]:
             if cfg.nan_policy == "stop":
@@ -333,7 +362,7 @@ def _loop(cfg, tr, state, frozen, base, tokens, measured, pending_eval, rd, ckpt
                 if mark is None:
                     distributed.compile_together(step_fn, *args, name="gptjax-train-step-compiled")
                 state, device_metrics = step_fn(*args)
-                position.advance(cfg.data.batch_size, seq_len, flops)
+                position.advance(cfg.data.batch_size, job.tokens_per_row, flops)
                 if faults.kills(number, "step"):
                     fault_hooks.kill_now(faults.kill_signal)  # the step is in flight, its metrics unread
                 if mark is None:
@@ -343,7 +372,8 @@ def _loop(cfg, tr, state, frozen, base, tokens, measured, pending_eval, rd, ckpt
                 pending = (number, device_metrics)
                 bar.update(1)
                 is_last = number == cfg.steps
-                eval_now = number % cfg.eval_every == 0 or is_last or measured.tasks_due(number)
+                eval_now = measured is not None and (number % cfg.eval_every == 0 or is_last
+                                                     or measured.tasks_due(number))
                 save_now = number % cfg.checkpoint_every == 0 or is_last or stop_requested
                 if not (eval_now or save_now):
                     continue
@@ -384,12 +414,11 @@ def _loop(cfg, tr, state, frozen, base, tokens, measured, pending_eval, rd, ckpt
         bar.close()
         metrics_log.close()
         result.checkpoint_step = ckpts.latest_step()
-    if result.stopped is None and cfg.sample_tokens > 0:
+    if result.stopped is None and cfg.sample_tokens > 0 and job.sample:
         with jax.transfer_guard_device_to_host("allow"):  # after the loop: not a training stall
-            params = state["params"] if frozen is None else jax.jit(tr.full_params)(state["params"], frozen)
-            params = _host_params(params)
+            params = _host_params(jax.jit(tr.model_params)(state["params"], frozen))
             if leader:
-                _write_sample(cfg, tr, params, tokens.tokenizer, rd, position.step)
+                _write_sample(cfg, tr, params, job.tokenizer, rd, position.step)
 
 
 def _meta(cfg: TrainConfig, position: Progress, wall_time_s: float, base: str | None = None,

@@ -8,7 +8,7 @@ Dropout keys are fold_in(seed, step): a pure function of the step, so resume nee
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -16,14 +16,44 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from gptjax.config import TrainConfig
+from gptjax.config import ModelConfig, TrainConfig
 from gptjax.finetune import lora
 from gptjax.model import kernels as kernels_lib
 from gptjax.model.gpt import GPT, abstract_model
 from gptjax.runtime import sharding, xla
-from gptjax.training import optim
+from gptjax.training import optim, warm_start
 
 State = dict[str, Any]
+
+
+class Objective(Protocol):
+    """What a run minimises, over which parameters. Pretraining, SFT and LoRA are LanguageModel;
+    GPT-1's task heads are finetune.task_heads.TaskObjective. The step, the loop, checkpoints,
+    metrics, signals and the NaN policy are the same for every objective (STYLE.md 15)."""
+
+    def model_config(self, cfg: TrainConfig) -> ModelConfig:
+        """The GPT the run trains (a task run's has three more embedding rows)."""
+
+    def layout(self, cfg: TrainConfig, shapes: dict, axes: dict, shardings: dict, mesh: Mesh) -> Layout:
+        """The trained parameters and what is frozen beside them, from the model's shapes, logical
+        axes and shardings."""
+
+    def starting_params(self, tr: Trainer) -> dict:
+        """The trained parameters of a run without a checkpoint, placed in their shardings."""
+
+    def model_params(self, params: dict, frozen: dict | None) -> dict:
+        """The GPT's parameters from the trained ones (and the frozen base)."""
+
+    def loss(self, tr: Trainer, params: dict, frozen: dict | None, rows, key) -> tuple[jax.Array, dict]:
+        """(what the gradient follows, metrics to log: "loss" first); `rows` one micro-batch."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    shapes: dict  # the trained parameters
+    shardings: dict
+    frozen_shardings: dict | None = None  # parameters passed to every step beside the state, never updated
+    abstract_frozen: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,48 +68,88 @@ class Trainer:
     abstract_state: State  # ShapeDtypeStructs carrying the target shardings
     state_shardings: State
     kernels: kernels_lib.Kernels  # how the model runs on this mesh's devices (also in graphdef)
+    objective: Objective
     # LoRA: the state's params are the adapters; the base model's parameters are frozen, passed
     # to every step beside the state (never in the optimizer or the checkpoints). None otherwise.
     frozen_shardings: dict | None = None
     abstract_frozen: dict | None = None
 
-    def full_params(self, params: dict, frozen: dict | None) -> dict:
+    def model_params(self, params: dict, frozen: dict | None) -> dict:
         """The model's parameters: the state's own, or the base with the adapters merged in."""
-        lora_cfg = self.cfg.finetune.lora
-        return params if lora_cfg is None else lora.merge(frozen, params, lora_cfg)
+        return self.objective.model_params(params, frozen)
 
     @property
     def batch_sharding(self):
         return sharding.batch_sharding(self.mesh)
 
 
-def make_trainer(cfg: TrainConfig, mesh: Mesh) -> Trainer:
+@dataclasses.dataclass(frozen=True)
+class LanguageModel:
+    """Next-token prediction over token rows [B, T+1] (pretraining) or supervised rows (SFT), of
+    every parameter or (with `lora`, finetune.lora) of adapters beside a frozen base."""
+
+    lora: Any = None
+
+    def model_config(self, cfg: TrainConfig) -> ModelConfig:
+        return cfg.model
+
+    def layout(self, cfg, shapes, axes, shardings, mesh) -> Layout:
+        if cfg.finetune.lora is None:
+            return Layout(shapes, shardings)
+        adapter_shapes, adapter_axes = lora.adapter_layout(cfg.finetune.lora, shapes, axes)
+        return Layout(adapter_shapes, sharding.param_shardings(adapter_axes, adapter_shapes, mesh), shardings,
+                      sharding.abstract(shapes, shardings))
+
+    def starting_params(self, tr: Trainer) -> dict:
+        cfg, param_sh = tr.cfg, tr.state_shardings["params"]
+        if cfg.finetune.lora is not None:
+            return jax.jit(lambda: lora.init_adapters(cfg.finetune.lora, tr.abstract_state["params"], cfg.seed),
+                           out_shardings=param_sh)()
+        if cfg.init_from is not None:
+            return warm_start.load_params(cfg, tr.mesh, param_sh)
+        # Initialised directly into the target shardings: no single-device copy ever exists.
+        return jax.jit(lambda: nnx.to_pure_dict(nnx.state(GPT(cfg.model, rngs=nnx.Rngs(params=cfg.seed)), nnx.Param)),
+                       out_shardings=param_sh)()
+
+    def model_params(self, params, frozen):
+        return params if frozen is None else lora.merge(frozen, params, self.lora)
+
+    def loss(self, tr, params, frozen, rows, key):
+        if self.lora is not None and self.lora.dropout > 0:  # adapters beside their layers, inputs dropped out
+            model = nnx.merge(tr.graphdef, frozen)
+            lora.attach(model, params, self.lora, key)
+        else:
+            model = nnx.merge(tr.graphdef, self.model_params(params, frozen))
+        total, ce, weights = _row_losses(model, rows, key, tr.cfg.optim.z_loss)
+        if not isinstance(rows, dict):  # every target counts
+            return jnp.mean(total), {"loss": jnp.mean(ce)}
+        n = jnp.maximum(jnp.sum(weights), 1.0)  # the mean over trained targets
+        return jnp.sum(total * weights) / n, {"loss": jnp.sum(ce * weights) / n}
+
+
+def make_trainer(cfg: TrainConfig, mesh: Mesh, objective: Objective | None = None) -> Trainer:
     """Abstract evaluation only: shapes and shardings of the state, nothing allocated."""
+    objective = LanguageModel(cfg.finetune.lora) if objective is None else objective
     sharding.check_batch(cfg.data.batch_size // cfg.optim.grad_accum, mesh,
                          "data.batch_size / optim.grad_accum (the micro-batch)")
     sharding.check_batch(cfg.eval_batch_size, mesh, "eval_batch_size")
+    model_cfg = objective.model_config(cfg)
     # LoRA wraps q, k and v one by one: they stay three projections.
-    kernels = kernels_lib.for_device(cfg.model, sharding.device(mesh), place=sharding.Activations(mesh),
+    kernels = kernels_lib.for_device(model_cfg, sharding.device(mesh), place=sharding.Activations(mesh),
                                      fuse_qkv=cfg.finetune.lora is None)
-    abstract_model = nnx.eval_shape(lambda: GPT(cfg.model, rngs=nnx.Rngs(params=cfg.seed), kernels=kernels))
+    abstract_model = nnx.eval_shape(lambda: GPT(model_cfg, rngs=nnx.Rngs(params=cfg.seed), kernels=kernels))
     graphdef, params_state = nnx.split(abstract_model)
     shapes = nnx.to_pure_dict(params_state)
-    tx = optim.build(cfg.optim, cfg.model.width_mult)
     axes = sharding.logical_axes(abstract_model)
-    param_sh = sharding.param_shardings(axes, shapes, mesh)
-    frozen_sh = abstract_frozen = None
-    if cfg.finetune.lora is not None:
-        frozen_sh = param_sh
-        abstract_frozen = sharding.abstract(shapes, param_sh)
-        shapes, adapter_axes = lora.adapter_layout(cfg.finetune.lora, shapes, axes)
-        param_sh = sharding.param_shardings(adapter_axes, shapes, mesh)
-    opt_shapes = jax.eval_shape(tx.init, shapes)
-    state_sh = {"step": sharding.replicated(mesh), "params": param_sh,
-                "opt_state": sharding.opt_state_shardings(tx, opt_shapes, shapes, param_sh, mesh)}
-    abstract = sharding.abstract({"step": jax.ShapeDtypeStruct((), jnp.int32), "params": shapes,
+    layout = objective.layout(cfg, shapes, axes, sharding.param_shardings(axes, shapes, mesh), mesh)
+    tx = optim.build(cfg.optim, cfg.model.width_mult)
+    opt_shapes = jax.eval_shape(tx.init, layout.shapes)
+    state_sh = {"step": sharding.replicated(mesh), "params": layout.shardings,
+                "opt_state": sharding.opt_state_shardings(tx, opt_shapes, layout.shapes, layout.shardings, mesh)}
+    abstract = sharding.abstract({"step": jax.ShapeDtypeStruct((), jnp.int32), "params": layout.shapes,
                                   "opt_state": opt_shapes}, state_sh)
     return Trainer(cfg, mesh, graphdef, tx, optim.schedule(cfg.optim, cfg.steps), abstract, state_sh, kernels,
-                   frozen_sh, abstract_frozen)
+                   objective, layout.frozen_shardings, layout.abstract_frozen)
 
 
 def state_layout(cfg: TrainConfig) -> tuple[str, list[tuple]]:
@@ -96,21 +166,12 @@ def state_layout(cfg: TrainConfig) -> tuple[str, list[tuple]]:
 
 
 def init_state(tr: Trainer) -> State:
-    """Initialise directly into the target shardings (no single-device copy ever exists)."""
-    cfg = tr.cfg
-
-    def init():
-        if cfg.finetune.lora is not None:
-            params = lora.init_adapters(cfg.finetune.lora, tr.abstract_state["params"], cfg.seed)
-        else:
-            params = nnx.to_pure_dict(nnx.state(GPT(cfg.model, rngs=nnx.Rngs(params=cfg.seed)), nnx.Param))
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tr.tx.init(params)}
-
-    return jax.jit(init, out_shardings=tr.state_shardings)()
+    """The state a run starts from without a checkpoint (the objective's starting parameters)."""
+    return state_from_params(tr, tr.objective.starting_params(tr))
 
 
 def state_from_params(tr: Trainer, params: dict) -> State:
-    """A step-0 state around given parameters (init_from), already in their target shardings."""
+    """A step-0 state around given parameters, already in their target shardings."""
 
     def init(params):
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tr.tx.init(params)}
@@ -129,33 +190,27 @@ def token_losses(logits_BxTxV, targets_BxT, z_loss: float):
 
 
 def make_train_step(tr: Trainer):
-    cfg, graphdef = tr.cfg, tr.graphdef
+    """The one train step: the objective's loss over `grad_accum` micro-batches, one optimizer
+    update, the NaN policy decided on the device, and the stop flag's agreement."""
+    cfg = tr.cfg
     accum = cfg.optim.grad_accum
     lora_cfg = cfg.finetune.lora
-    lora_dropout = lora_cfg is not None and lora_cfg.dropout > 0
-    dropout = cfg.model.embed_dropout or cfg.model.attn_dropout or cfg.model.resid_dropout or lora_dropout
+    dropout = (cfg.model.embed_dropout or cfg.model.attn_dropout or cfg.model.resid_dropout
+               or (lora_cfg is not None and lora_cfg.dropout > 0))
 
     def loss_fn(params, frozen, rows, key, poison):
-        if lora_dropout:  # adapters beside their layers, their inputs dropped out
-            model = nnx.merge(graphdef, frozen)
-            lora.attach(model, params, lora_cfg, key)
-        else:
-            model = nnx.merge(graphdef, tr.full_params(params, frozen))
-        total, ce, weights = _row_losses(model, rows, key, cfg.optim.z_loss)
+        loss, metrics = tr.objective.loss(tr, params, frozen, rows, key)
         if poison is not None:  # faults.nan_at_step; nothing is traced without it
-            total, ce = total * poison, ce * poison
-        if not isinstance(rows, dict):  # every target counts
-            return jnp.mean(total), jnp.mean(ce)
-        n = jnp.maximum(jnp.sum(weights), 1.0)  # the mean over trained targets
-        return jnp.sum(total * weights) / n, jnp.sum(ce * weights) / n
+            loss, metrics = loss * poison, jax.tree.map(lambda m: m * poison, metrics)
+        return loss, metrics
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def micro(carry, xs):
         rows, key = xs
-        (_, ce), grads = grad_fn(carry["params"], carry["frozen"], rows, key, carry["poison"])
-        acc = jax.tree.map(jnp.add, carry["grads"], grads)
-        return {**carry, "grads": acc, "ce": carry["ce"] + ce}, None
+        (_, metrics), grads = grad_fn(carry["params"], carry["frozen"], rows, key, carry["poison"])
+        add = lambda a, b: jax.tree.map(jnp.add, a, b)  # noqa: E731
+        return {**carry, "grads": add(carry["grads"], grads), "metrics": add(carry["metrics"], metrics)}, None
 
     def step(state, frozen, rows_BxT1, stop_D):
         key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"]) if dropout else None
@@ -163,17 +218,20 @@ def make_train_step(tr: Trainer):
             lambda x: sharding.micro_batches(x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), tr.mesh), rows_BxT1)
         keys = jax.random.split(key, accum) if key is not None else None
         zeros = jax.tree.map(jnp.zeros_like, state["params"])
-        carry = {"params": state["params"], "frozen": frozen, "grads": zeros, "ce": jnp.zeros(()),
+        metric_shapes = jax.eval_shape(lambda: grad_fn(state["params"], frozen, jax.tree.map(lambda x: x[0], micro_rows),
+                                                       None if keys is None else keys[0], None)[0][1])
+        carry = {"params": state["params"], "frozen": frozen, "grads": zeros,
+                 "metrics": jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes),
                  "poison": _poison(cfg, state)}
         carry, _ = jax.lax.scan(micro, carry, (micro_rows, keys))
         grads = jax.tree.map(lambda g: g / accum, carry["grads"])
-        loss = carry["ce"] / accum
+        logged = jax.tree.map(lambda m: m / accum, carry["metrics"])
         grad_norm = optax.tree.norm(grads)
         lr = tr.lr_schedule(state["step"])
         opt_state = optim.with_learning_rate(state["opt_state"], lr)
         updates, opt_state = tr.tx.update(grads, opt_state, state["params"])
         params = optax.apply_updates(state["params"], updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        finite = jnp.isfinite(logged["loss"]) & jnp.isfinite(grad_norm)
         if cfg.nan_policy == "skip":
             # Decided on the device: the host reads metrics a step late and cannot veto in time.
             params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
@@ -181,8 +239,7 @@ def make_train_step(tr: Trainer):
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
         # stop_D holds, per device, whether its process heard a signal: the max travels with the
         # metrics, so every process learns of a stop at the same step without an extra sync.
-        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "lr": lr,
-                   "stop": jnp.max(stop_D) > 0}
+        metrics = {**logged, "grad_norm": grad_norm, "finite": finite, "lr": lr, "stop": jnp.max(stop_D) > 0}
         return new_state, metrics
 
     return xla.jit(step, mesh=tr.mesh, in_shardings=(tr.state_shardings, tr.frozen_shardings, tr.batch_sharding,
@@ -219,7 +276,7 @@ def make_eval_step(tr: Trainer):
     graphdef = tr.graphdef
 
     def step(params, frozen, rows_BxT1, weights_BxT):
-        _, ce, w = _row_losses(nnx.merge(graphdef, tr.full_params(params, frozen)), rows_BxT1, None, 0.0)
+        _, ce, w = _row_losses(nnx.merge(graphdef, tr.model_params(params, frozen)), rows_BxT1, None, 0.0)
         w = w * weights_BxT
         return jnp.sum(ce * w), jnp.sum(w)
 
