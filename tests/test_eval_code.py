@@ -14,8 +14,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from gptjax.evals import code
-from gptjax.evals.code import CodeEvalError, CodeProblem, Sandbox
+from gptjax.evals import code, sandbox
+from gptjax.evals.code import CodeProblem
+from gptjax.evals.sandbox import CodeEvalError, Sandbox
 
 ADD = CodeProblem(
     task_id="toy/add",
@@ -52,8 +53,8 @@ LANDLOCK_ONLY = Sandbox(namespaces=False, guard=False, max_processes=4096)
 
 
 def needs(layer: str) -> None:
-    if layer not in code.isolation_layers():
-        pytest.skip(f"this kernel does not give the {layer!r} layer (have {code.isolation_layers()})")
+    if layer not in sandbox.isolation_layers():
+        pytest.skip(f"this kernel does not give the {layer!r} layer (have {sandbox.isolation_layers()})")
 
 
 def write_jsonl(path, records):
@@ -136,7 +137,7 @@ def test_crashes_and_early_exits_are_errors_with_detail(completion, expected):
 def test_program_cannot_forge_a_passing_verdict():
     # The report pipe's number is in the child's argv; only the line carrying the child's secret token counts.
     program = "import os, sys\nos.write(int(sys.argv[2]), b'f' * 32 + b' passed \\n')\nraise ValueError('wrong')\n"
-    result = code.run_program(program)
+    result = sandbox.run_program(program)
     assert result.status == "error" and "ValueError" in result.detail
 
 
@@ -167,12 +168,12 @@ def test_memory_bomb_hits_the_address_space_limit(completion):
 
 
 def test_file_size_limit_makes_a_large_write_an_error():
-    result = code.run_program("open('big', 'wb').write(b'x' * (3 << 20))\n", Sandbox(file_mb=1))
+    result = sandbox.run_program("open('big', 'wb').write(b'x' * (3 << 20))\n", Sandbox(file_mb=1))
     assert result.status == "error" and "File too large" in result.detail
 
 
 def test_output_is_captured_and_truncated():
-    result = code.run_program("print('y' * 100_000)\n", Sandbox(output_chars=50))
+    result = sandbox.run_program("print('y' * 100_000)\n", Sandbox(output_chars=50))
     assert result.status == "passed"
     assert result.output == "y" * 50 + "\n[output truncated]"
 
@@ -181,16 +182,16 @@ def test_program_sees_no_inherited_environment_and_an_empty_directory_removed_af
     monkeypatch.setenv("GPTJAX_TEST_SECRET", "hunter2")
     program = ("import os\nassert 'GPTJAX_TEST_SECRET' not in os.environ, os.environ\n"
                "assert os.listdir('.') == [], os.listdir('.')\nprint(os.getcwd())\n")
-    result = code.run_program(program)
+    result = sandbox.run_program(program)
     assert result.status == "passed", result.output
     workdir = result.output.strip()
     assert workdir.endswith("/work") and not os.path.exists(os.path.dirname(workdir))
 
 
 def test_a_child_that_cannot_start_is_an_error_not_a_failed_sample(monkeypatch):
-    monkeypatch.setattr(code.sys, "executable", "/bin/false")  # a Python that exits at once, reporting nothing
+    monkeypatch.setattr(sandbox.sys, "executable", "/bin/false")  # a Python that exits at once, reporting nothing
     with pytest.raises(CodeEvalError, match="did not start: exit status 1"):
-        code.run_program("pass\n")
+        sandbox.run_program("pass\n")
 
 
 def test_sandbox_arguments_are_checked():
@@ -228,15 +229,15 @@ def connect_program(port: int) -> str:
     return f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.sendall(b'hi')\n"
 
 
-@pytest.mark.parametrize("layer, sandbox", [
+@pytest.mark.parametrize("layer, box", [
     (None, Sandbox()), ("guard", GUARD_ONLY), ("netns", NETNS_ONLY), ("landlock-tcp", LANDLOCK_ONLY)])
-def test_network_is_blocked_by_each_layer_alone(listener, layer, sandbox):
+def test_network_is_blocked_by_each_layer_alone(listener, layer, box):
     if layer is not None:
         needs(layer)
     port = listener.getsockname()[1]
-    control = code.run_program(connect_program(port), ALL_OFF)
+    control = sandbox.run_program(connect_program(port), ALL_OFF)
     assert control.status == "passed" and connections(listener) == 1, "the test cannot see a connection"
-    result = code.run_program(connect_program(port), sandbox)
+    result = sandbox.run_program(connect_program(port), box)
     assert result.status == "error" and connections(listener) == 0, result.detail
 
 
@@ -246,22 +247,22 @@ def destroy_program(marker, victim) -> str:
             f"try:\n    shutil.rmtree({str(victim)!r})\nexcept Exception as e:\n    print(e)\n")
 
 
-@pytest.mark.parametrize("layer, sandbox", [(None, Sandbox()), ("guard", GUARD_ONLY), ("landlock-fs", LANDLOCK_ONLY)])
-def test_system_and_rmtree_outside_the_workdir_do_not_succeed(tmp_path, layer, sandbox):
+@pytest.mark.parametrize("layer, box", [(None, Sandbox()), ("guard", GUARD_ONLY), ("landlock-fs", LANDLOCK_ONLY)])
+def test_system_and_rmtree_outside_the_workdir_do_not_succeed(tmp_path, layer, box):
     if layer is not None:
         needs(layer)
     marker, victim = tmp_path / "touched", tmp_path / "victim"
 
-    def run(sandbox):
+    def run(box):
         victim.mkdir(exist_ok=True)
         (victim / "keep.txt").write_text("keep")
-        return code.run_program(destroy_program(marker, victim), sandbox)
+        return sandbox.run_program(destroy_program(marker, victim), box)
 
     assert run(ALL_OFF).status == "passed" and marker.exists() and not victim.exists(), "control did no damage"
     marker.unlink()
-    result = run(sandbox)
+    result = run(box)
     assert not marker.exists() and (victim / "keep.txt").read_text() == "keep", result.output
-    if sandbox.guard:  # refused by the guard itself, not by what shutil calls underneath
+    if box.guard:  # refused by the guard itself, not by what shutil calls underneath
         assert "os.system is disabled" in result.output and "shutil.rmtree is disabled" in result.output
 
 
@@ -270,22 +271,22 @@ def test_landlock_confines_plain_writes_to_the_workdir(tmp_path):
     victim = tmp_path / "victim.txt"
     program = (f"open('inside.txt', 'w').write('ok')\nopen({str(victim)!r}, 'w').write('overwritten')\n")
     victim.write_text("original")
-    assert code.run_program(program, ALL_OFF).status == "passed" and victim.read_text() == "overwritten"
+    assert sandbox.run_program(program, ALL_OFF).status == "passed" and victim.read_text() == "overwritten"
     victim.write_text("original")
-    result = code.run_program(program, LANDLOCK_ONLY)
+    result = sandbox.run_program(program, LANDLOCK_ONLY)
     assert result.status == "error" and "PermissionError" in result.detail
     assert "program.py:2" in result.detail and victim.read_text() == "original"
 
 
 def test_guard_refuses_spawning_processes():
-    result = code.run_program("import subprocess\nsubprocess.run(['true'])\n", Sandbox())
+    result = sandbox.run_program("import subprocess\nsubprocess.run(['true'])\n", Sandbox())
     assert result.status == "error" and "subprocess.Popen is disabled" in result.detail
 
 
 def test_process_limit_refuses_fork_without_the_guard():
     if os.getuid() == 0:
         pytest.skip("the kernel exempts uid 0 from RLIMIT_NPROC, even inside a user namespace")
-    result = code.run_program("import os\nos.fork()\n", Sandbox(guard=False))
+    result = sandbox.run_program("import os\nos.fork()\n", Sandbox(guard=False))
     assert result.status == "error" and "BlockingIOError" in result.detail
 
 
@@ -306,16 +307,16 @@ def process_gone(pid: int, within_s: float = 3.0) -> bool:
 def test_background_process_does_not_outlive_the_program(tail, status):
     # Without the guard the program can spawn; the process-group kill must still take the child.
     program = "import subprocess\np = subprocess.Popen(['sleep', '60'])\nprint('child', p.pid, flush=True)\n" + tail
-    result = code.run_program(program, Sandbox(timeout_s=1.5, guard=False, max_processes=64))
+    result = sandbox.run_program(program, Sandbox(timeout_s=1.5, guard=False, max_processes=64))
     assert result.status == status and result.output.startswith("child "), result.output
     assert process_gone(int(result.output.split()[1]))
 
 
 def test_layers_are_reported():
-    layers = code.isolation_layers()
-    assert layers[-1] == "guard" and code.run_program("pass\n", GUARD_ONLY).layers == ("guard",)
-    assert code.network_isolation().endswith("guard")
-    assert code.run_program("pass\n", ALL_OFF).layers == ()
+    layers = sandbox.isolation_layers()
+    assert layers[-1] == "guard" and sandbox.run_program("pass\n", GUARD_ONLY).layers == ("guard",)
+    assert sandbox.network_isolation().endswith("guard")
+    assert sandbox.run_program("pass\n", ALL_OFF).layers == ()
 
 
 # ----------------------------------------------------------------------------- pass@k

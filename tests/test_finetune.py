@@ -132,9 +132,9 @@ def test_sharded_load_never_puts_a_whole_parameter_on_one_device(tmp_path, monke
     allowed a quarter of the model: every device receives only its shard of each parameter."""
     torch, transformers = reference("torch"), reference("transformers")
     from gptjax import presets
-    from gptjax.interop import hf
+    from gptjax.interop import hf_config
 
-    cfg_hf = hf.config_to_hf(presets.get_preset("pythia-70m"))
+    cfg_hf = hf_config.config_to_hf(presets.get_preset("pythia-70m"))
     torch.manual_seed(0)
     transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**cfg_hf)).save_pretrained(tmp_path / "pythia")
     text = tmp_path / "t.txt"

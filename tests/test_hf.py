@@ -21,7 +21,7 @@ from flax import nnx
 from helpers import reference  # noqa: E402
 
 from gptjax.config import ConfigError, ModelConfig
-from gptjax.interop import hf, native, pretrained
+from gptjax.interop import hf, hf_config, native, pretrained
 from gptjax.model import positions as pos_lib
 from gptjax.model.gpt import abstract_model, init_model
 from gptjax.store import tensor_files
@@ -196,10 +196,10 @@ def test_gptjax_hf_gptjax_round_trip_is_bit_identical(reference, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["gpt2", "gptj", "gpt_neox_parallel", "llama", "bloom"])
 def test_round_trip_from_random_init(name, tmp_path):
-    cfg = hf.config_from_hf(CASES[name]().to_dict())
+    cfg = hf_config.config_from_hf(CASES[name]().to_dict())
     model = init_model(cfg, seed=1)
     back = hf.load_hf(hf.export_hf(model, tmp_path / "export"))
-    assert hf.architecture(back.cfg) == hf.architecture(cfg)
+    assert hf_config.architecture(back.cfg) == hf_config.architecture(cfg)
     _assert_params_identical(model, back)
 
 
@@ -259,7 +259,7 @@ def _rewrite_tensors(directory: pathlib.Path, change) -> None:
 
 def _copy_hf(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
     dst.mkdir()
-    for name in (hf.CONFIG_FILE, tensor_files.SINGLE_FILE):
+    for name in (hf_config.CONFIG_FILE, tensor_files.SINGLE_FILE):
         (dst / name).write_bytes((src / name).read_bytes())
     return dst
 
@@ -317,7 +317,7 @@ class _Tripwire:
 def test_pickle_only_directory_is_refused_unopened(gpt2, tmp_path, monkeypatch):
     directory = tmp_path / "bin"
     directory.mkdir()
-    (directory / hf.CONFIG_FILE).write_bytes((gpt2.directory / hf.CONFIG_FILE).read_bytes())
+    (directory / hf_config.CONFIG_FILE).write_bytes((gpt2.directory / hf_config.CONFIG_FILE).read_bytes())
     marker = tmp_path / "unpickled"
     (directory / "pytorch_model.bin").write_bytes(pickle.dumps(_Tripwire(str(marker))))
 
@@ -334,7 +334,7 @@ def test_pickle_only_directory_is_refused_unopened(gpt2, tmp_path, monkeypatch):
 def _sharded_copy(gpt2: Reference, tmp_path: pathlib.Path) -> pathlib.Path:
     directory = tmp_path / "sharded"
     directory.mkdir()
-    (directory / hf.CONFIG_FILE).write_bytes((gpt2.directory / hf.CONFIG_FILE).read_bytes())
+    (directory / hf_config.CONFIG_FILE).write_bytes((gpt2.directory / hf_config.CONFIG_FILE).read_bytes())
     tensors = safetensors.numpy.load_file(gpt2.directory / tensor_files.SINGLE_FILE)
     names = sorted(tensors)
     half = len(names) // 2
@@ -360,7 +360,7 @@ def test_escaping_shard_names_are_refused(gpt2, tmp_path, bad_name):
         hf.load_hf(directory)
 
 
-@pytest.mark.parametrize("linked", [hf.CONFIG_FILE, tensor_files.INDEX_FILE, "model-00001-of-00002.safetensors"])
+@pytest.mark.parametrize("linked", [hf_config.CONFIG_FILE, tensor_files.INDEX_FILE, "model-00001-of-00002.safetensors"])
 def test_symlinks_are_refused(gpt2, tmp_path, linked):
     directory = _sharded_copy(gpt2, tmp_path)
     target = tmp_path / ("real-" + linked)
@@ -381,7 +381,7 @@ def test_symlink_inside_native_directory_is_refused(tmp_path):
 
 def test_unsupported_model_type_names_the_field():
     with pytest.raises(ConfigError, match=r"model_type = 't5' is not supported; accepted: gpt2, gpt_neo"):
-        hf.config_from_hf({"model_type": "t5"})
+        hf_config.config_from_hf({"model_type": "t5"})
 
 
 @pytest.mark.parametrize("name, change, field", [
@@ -393,11 +393,11 @@ def test_unsupported_model_type_names_the_field():
     ("bloom", {"apply_residual_connection_post_layernorm": True}, "apply_residual_connection_post_layernorm"),
 ])
 def test_unrepresentable_options_are_refused_before_weights(name, change, field, tmp_path):
-    hf_config = {**CASES[name]().to_dict(), **change}
+    given = {**CASES[name]().to_dict(), **change}
     with pytest.raises(ConfigError, match=field):
-        hf.config_from_hf(hf_config)
+        hf_config.config_from_hf(given)
     # The weights file is garbage: the config must be refused before anything reads it.
-    (tmp_path / hf.CONFIG_FILE).write_text(json.dumps(hf_config))
+    (tmp_path / hf_config.CONFIG_FILE).write_text(json.dumps(given))
     (tmp_path / tensor_files.SINGLE_FILE).write_bytes(b"not a safetensors file")
     with pytest.raises(ConfigError, match=field):
         hf.load_hf(tmp_path)
@@ -407,7 +407,7 @@ def test_hf_defaults_fill_omitted_keys():
     full = CASES["gpt_neox_parallel"]().to_dict()
     minimal = {k: full[k] for k in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers",
                                     "num_attention_heads", "intermediate_size", "max_position_embeddings")}
-    cfg = hf.config_from_hf(minimal)
+    cfg = hf_config.config_from_hf(minimal)
     assert cfg.rotary_pct == 0.25 and cfg.residual == "parallel_two_ln" and not cfg.tie_embeddings
 
 
@@ -432,11 +432,11 @@ def test_lossy_export_is_refused(model_type, changes, field, tmp_path):
 
 
 def test_export_without_model_type_picks_an_exact_family():
-    assert hf.config_to_hf(_tiny_config())["model_type"] == "gpt2"
+    assert hf_config.config_to_hf(_tiny_config())["model_type"] == "gpt2"
     local = _tiny_config(attention_pattern=("global", "local"), local_window=4, attn_scale=1.0, qkv_bias=False)
-    assert hf.config_to_hf(local)["model_type"] == "gpt_neo"
+    assert hf_config.config_to_hf(local)["model_type"] == "gpt_neo"
     with pytest.raises(ConfigError, match="no Hugging Face model type represents"):
-        hf.config_to_hf(_tiny_config(residual="post_ln"))
+        hf_config.config_to_hf(_tiny_config(residual="post_ln"))
 
 
 def test_load_overrides_are_limited(gpt2):

@@ -13,6 +13,7 @@ export merge.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -108,6 +109,8 @@ def attach(model, adapters: dict, cfg: LoraConfig, key: jax.Array) -> None:
     """Give each targeted Dense layer of `model` (the frozen base) its adapter as a separate path
     with dropout on its input, for a training step with finetune.lora.dropout > 0; `key` is the
     step's dropout key. Without dropout, `merge` computes the same function."""
+    # Wrapped projections run one by one: q/k/v fused into one matmul would skip the adapters.
+    model.kernels = dataclasses.replace(model.kernels, fuse_qkv=False)
     for i, target in enumerate(cfg.targets):
         path, _ = TARGETS[target]
         group, name = target.split(".")

@@ -15,7 +15,7 @@ import pathlib
 import numpy as np
 
 from gptjax.config import ConfigError, TrainConfig
-from gptjax.interop import hf
+from gptjax.interop import hf_config
 from gptjax.store import tensor_files
 
 PEFT_CONFIG = "adapter_config.json"
@@ -30,7 +30,7 @@ _QKV = ("attn.q", "attn.k", "attn.v")
 def export_peft(cfg: TrainConfig, adapters: dict, path, *, overwrite: bool = False) -> pathlib.Path:
     """Write `adapters` (host arrays as lora.adapter_layout lays them out) of a run with `cfg`."""
     lcfg = cfg.finetune.lora
-    model_type = hf.config_to_hf(cfg.model)["model_type"]
+    model_type = hf_config.config_to_hf(cfg.model)["model_type"]
     if model_type != "gpt2":
         raise ConfigError(f"PEFT export is implemented for gpt2 models; this one exports as {model_type}. Export "
                           "the merged model instead: gptjax convert RUN_DIR DST --to hf --merge-lora")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import pathlib
 import sys
 
@@ -97,6 +98,19 @@ def head_for(task: str, train: list[dict], path: str) -> Head:
     if min(labels) < 0:
         raise DataError(f"{path}: label {min(labels)} is negative; class labels are 0, 1, ...")
     return Head(max(labels) + 1, False)
+
+
+def gpt1_recipe(n_examples: int, given: dict) -> dict:
+    """GPT-1's fine-tuning settings (section 4.1) for every key the command line leaves unset
+    (`given`: dotted key -> value): batch 32, lr 6.25e-5 with 0.2% linear warmup and linear decay,
+    3 epochs; λ = 0.5 is finetune.aux_lm_weight's default."""
+    batch = given.get("data.batch_size", 32)
+    steps = given.get("steps", math.ceil(3 * n_examples / batch))
+    recipe = {"data.batch_size": 32, "steps": steps, "optim.lr": 6.25e-5, "optim.min_lr": 0.0,
+              "optim.warmup_steps": max(int(0.002 * steps), 1), "optim.schedule": "wsd",
+              "optim.wsd_decay_fraction": 1.0, "eval_batch_size": 32, "sample_tokens": 0,
+              "checkpoint_every": steps, "log_every": 10}
+    return {k: v for k, v in recipe.items() if k not in given}
 
 
 def views(record: dict, task: str, encode, ids: tuple[int, int, int]) -> list[list[list[int]]]:

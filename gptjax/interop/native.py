@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from gptjax.config import EXECUTION_FIELDS, ModelConfig, from_dict
-from gptjax.interop import hf
+from gptjax.interop import hf_config
 from gptjax.model import kernels
 from gptjax.model.gpt import GPT, abstract_model
 from gptjax.store import tensor_files
@@ -46,7 +46,7 @@ def save_pretrained(model: GPT, path: str | pathlib.Path, *, overwrite: bool = F
 def load_native(path: str | pathlib.Path, **overrides: Any) -> GPT:
     """A GPT from a directory written by save_pretrained; `overrides` may set EXECUTION_FIELDS."""
     directory = pathlib.Path(path)
-    cfg = hf.with_overrides(native_config(directory), overrides, EXECUTION_FIELDS)
+    cfg = hf_config.with_overrides(native_config(directory), overrides, EXECUTION_FIELDS)
     tensor_files.refuse_links(directory)
     graphdef, state = nnx.split(abstract_model(cfg, kernels.for_device(cfg, jax.local_devices()[0])))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -74,8 +74,8 @@ def directory_tokenizer(directory: pathlib.Path):
 
     if not (directory / TOKENIZER_FILE).is_file():
         return None
-    if (directory / hf.CONFIG_FILE).is_file():
-        eos = tensor_files.read_json(directory, hf.CONFIG_FILE).get("eos_token_id")
+    if (directory / hf_config.CONFIG_FILE).is_file():
+        eos = tensor_files.read_json(directory, hf_config.CONFIG_FILE).get("eos_token_id")
     else:
         eos = tensor_files.read_json(directory, NATIVE_CONFIG).get("eot_id")
     return HFTokenizer.from_directory(directory, eos if isinstance(eos, int) else None)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from gptjax.config import ConfigError
-from gptjax.interop import hf
+from gptjax.interop import hf, hf_config
 from gptjax.interop.native import NATIVE_CONFIG, directory_tokenizer, load_native, save_pretrained
 from gptjax.model.gpt import GPT
 from gptjax.store import paths
@@ -33,7 +33,7 @@ def load_run(path: str | pathlib.Path, **overrides: Any) -> GPT:
 # Marker file -> loader, tried in order.
 LOADERS: list[tuple[str, Callable[..., GPT]]] = [
     (NATIVE_CONFIG, load_native),
-    (hf.CONFIG_FILE, hf.load_hf),
+    (hf_config.CONFIG_FILE, hf.load_hf),
     ("checkpoints", load_run),  # a run directory written by `gptjax train`
 ]
 

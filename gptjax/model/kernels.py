@@ -109,10 +109,9 @@ def choose_attention(cfg: ModelConfig, *, platform: str, device_kind: str) -> Ch
 
 
 def for_device(cfg: ModelConfig, device: jax.Device, *, place=None, fuse_qkv: bool = True) -> Kernels:
-    """The kernels for `cfg` on `device`'s platform. `fuse_qkv` False keeps three projections
-    (for a caller that wraps them one by one); fusing is only ever taken on CPU, where one matmul is faster and
-    no tensor-parallel split of the heads needs them apart. A fallback on an NVIDIA GPU is
-    worth a warning."""
+    """The kernels for `cfg` on `device`'s platform. q/k/v are fused on CPU only, where one matmul
+    is faster and no tensor-parallel split of the heads needs them apart (a caller that wraps the
+    projections one by one turns it off). A fallback on an NVIDIA GPU is worth a warning."""
     choice = choose_attention(cfg, platform=device.platform, device_kind=device.device_kind)
     if choice.impl != "cudnn" and is_nvidia(device.platform, device.device_kind):
         log.warning("attention: %s", choice.reason)

@@ -2,7 +2,7 @@
 
 The model is nanoGPT's own model.py when a checkout is named (the reference our Shakespeare
 numbers are compared with), otherwise the Hugging Face transformers class that represents the
-config exactly (hf.config_to_hf refuses one it would change). AdamW decays every tensor of rank
+config exactly (hf_config.config_to_hf refuses one it would change). AdamW decays every tensor of rank
 >= 2, as nanoGPT's configure_optimizers does, with the config's learning rate, betas, epsilon,
 weight decay and global-norm clipping. torch is needed only here (the `hf` extra).
 """
@@ -116,14 +116,14 @@ class TorchTrainer:
 def _transformers_model(m: ModelConfig):
     import transformers
 
-    from gptjax.interop import hf
+    from gptjax.interop import hf_config
 
     try:
-        hf_config = hf.config_to_hf(m.replace(vocab_pad_multiple=1))
+        hf_dict = hf_config.config_to_hf(m.replace(vocab_pad_multiple=1))
     except ConfigError as e:
         raise ConfigError(f"--vs-torch: transformers has no exact class for this model ({e}); for nanoGPT-style "
                           "models pass --nanogpt DIR (a nanoGPT checkout)") from e
-    hf_config = {k: v for k, v in hf_config.items() if k not in ("architectures", "dtype", "torch_dtype")}
-    config = transformers.AutoConfig.for_model(**hf_config)
+    hf_dict = {k: v for k, v in hf_dict.items() if k not in ("architectures", "dtype", "torch_dtype")}
+    config = transformers.AutoConfig.for_model(**hf_dict)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     return model, f"transformers {type(model).__name__} (sdpa attention)"

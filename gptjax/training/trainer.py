@@ -134,9 +134,7 @@ def make_trainer(cfg: TrainConfig, mesh: Mesh, objective: Objective | None = Non
                          "data.batch_size / optim.grad_accum (the micro-batch)")
     sharding.check_batch(cfg.eval_batch_size, mesh, "eval_batch_size")
     model_cfg = objective.model_config(cfg)
-    # LoRA wraps q, k and v one by one: they stay three projections.
-    kernels = kernels_lib.for_device(model_cfg, sharding.device(mesh), place=sharding.Activations(mesh),
-                                     fuse_qkv=cfg.finetune.lora is None)
+    kernels = kernels_lib.for_device(model_cfg, sharding.device(mesh), place=sharding.Activations(mesh))
     abstract_model = nnx.eval_shape(lambda: GPT(model_cfg, rngs=nnx.Rngs(params=cfg.seed), kernels=kernels))
     graphdef, params_state = nnx.split(abstract_model)
     shapes = nnx.to_pure_dict(params_state)

@@ -23,7 +23,7 @@ from flax import nnx, traverse_util
 from gptjax.config import EXECUTION_FIELDS, ConfigError, ModelConfig, TrainConfig
 from gptjax.data import tokenizer as tok_lib
 from gptjax.data.loader import DataError
-from gptjax.interop import hf, native
+from gptjax.interop import hf, hf_config, native
 from gptjax.model.gpt import abstract_model
 from gptjax.runtime import sharding
 from gptjax.store import paths, tensor_files
@@ -44,7 +44,7 @@ def source_kind(path: str) -> Kind:
         raise CheckpointError(f"init_from = {path!r}: from object storage only run directories are read; copy a "
                               "Hugging Face or gptjax directory to a local disk first")
     directory = pathlib.Path(path)
-    for marker, kind in ((native.NATIVE_CONFIG, "gptjax"), (hf.CONFIG_FILE, "hf"), ("checkpoints", "run")):
+    for marker, kind in ((native.NATIVE_CONFIG, "gptjax"), (hf_config.CONFIG_FILE, "hf"), ("checkpoints", "run")):
         if (directory / marker).exists():
             return kind
     raise CheckpointError(f"init_from = {path!r} is not a Hugging Face directory (config.json + safetensors), a "
@@ -56,7 +56,7 @@ def model_config(path: str) -> ModelConfig:
     """The model the checkpoint at `path` holds (its config only: no weights are read)."""
     kind = source_kind(path)
     if kind == "hf":
-        return hf.config_from_hf(tensor_files.read_json(pathlib.Path(path), hf.CONFIG_FILE))
+        return hf_config.config_from_hf(tensor_files.read_json(pathlib.Path(path), hf_config.CONFIG_FILE))
     if kind == "gptjax":
         return native.native_config(pathlib.Path(path))
     from gptjax.store.rundir import RunDir
