@@ -107,7 +107,7 @@ class ModelConfig:
     compute_dtype: DType = "float32"
     # auto: the einsum path on CPU (measured 1.6x faster than XLA's dot_product_attention for a
     # whole train step of experiments/shakespeare_char.yaml), cuDNN flash attention on NVIDIA GPUs
-    # where it can run, XLA's dot_product_attention otherwise (attention.choose says why).
+    # where it can run, XLA's dot_product_attention otherwise (model.kernels.choose_attention says why).
     attention_impl: AttentionImpl = "auto"
 
     def __post_init__(self) -> None:

@@ -24,6 +24,7 @@ import pathlib  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -40,3 +41,21 @@ def shared_dir() -> pathlib.Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is missing: tests that need corpora run beside the shared folder")
     return SHARED
+
+
+@pytest.fixture(scope="module")
+def config_file(request, tmp_path_factory) -> pathlib.Path:
+    """The test module's TINY run config (its own steps and cadence) as a YAML file."""
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(request.module.TINY))
+    return path
+
+
+@pytest.fixture(scope="module")
+def hf_dir(request, tmp_path_factory) -> pathlib.Path:
+    """A random GPT-2 saved as transformers saves it, with a byte-level BPE trained on the test
+    module's HF_TEXT; HF_OPTIONS (positions, init, ...) are the module's (helpers.save_hf_gpt2)."""
+    from helpers import save_hf_gpt2
+
+    return save_hf_gpt2(tmp_path_factory.mktemp("hf") / "gpt2", request.module.HF_TEXT,
+                        **getattr(request.module, "HF_OPTIONS", {}))

@@ -7,7 +7,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from helpers import jsonl, reference, save_hf_gpt2
+from helpers import jsonl, reference
 
 from gptjax import cli
 from gptjax.evals import evaluate, scorer
@@ -15,13 +15,9 @@ from gptjax.evals import evaluate, scorer
 pytestmark = pytest.mark.xdist_group("eval")
 
 TEXT = (pathlib.Path(__file__).parents[1] / "README.md").read_text()[:6000]
-
-
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-    """A random GPT-2 with 128 positions and its own byte-level BPE, saved as transformers saves it.
-    A wide initialisation makes predictions peaked, so choices differ by more than rounding."""
-    return save_hf_gpt2(tmp_path_factory.mktemp("hf") / "gpt2", TEXT, init=0.3)
+# hf_dir (conftest): a GPT-2 with 128 positions; a wide initialisation makes predictions peaked, so
+# choices differ by more than rounding.
+HF_TEXT, HF_OPTIONS = TEXT, {"init": 0.3}
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
-from helpers import metrics, reference, save_hf_gpt2
+from helpers import metrics, reference
 
 from gptjax.config import ConfigError
 from gptjax.config_files import load_train_config
@@ -20,12 +20,8 @@ pytestmark = pytest.mark.xdist_group("finetune")
 
 README = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
 PRETRAIN_TEXT, FINETUNE_TEXT = README[:6000], README[6000:24000]
+HF_TEXT, HF_OPTIONS = PRETRAIN_TEXT, {"positions": 64}  # hf_dir (conftest)
 NO_DROPOUT = ["model.embed_dropout=0.0", "model.attn_dropout=0.0", "model.resid_dropout=0.0"]
-
-
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-    return save_hf_gpt2(tmp_path_factory.mktemp("hf") / "gpt2", PRETRAIN_TEXT, positions=64)
 
 
 @pytest.fixture(scope="module")

@@ -33,13 +33,6 @@ ONE_PROCESS_8_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"
 
 
 @pytest.fixture(scope="module")
-def config_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
-    return path
-
-
-@pytest.fixture(scope="module")
 def single_process_run(config_file, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("one") / "run"
     gptjax("train", config_file, "--run-dir", run_dir, "--no-progress", env=ONE_PROCESS_8_DEVICES)

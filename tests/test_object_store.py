@@ -9,7 +9,6 @@ import shutil
 
 import object_store
 import pytest
-import yaml
 from helpers import TINY_RUN, losses
 from helpers import gptjax_cli as gptjax
 
@@ -29,13 +28,6 @@ def servers(tmp_path_factory):
     s = object_store.Servers(tmp_path_factory.mktemp("servers"))
     yield s
     s.stop()
-
-
-@pytest.fixture(scope="module")
-def config_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,6 @@ from gptjax.training import fault_hooks, loop
 TINY = {**TINY_RUN, "steps": 20, "eval_every": 10, "checkpoint_every": 5, "sample_tokens": 20}
 
 
-@pytest.fixture
-def config_file(tmp_path):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
-    return path
-
-
 def final_params(run_dir, step):
     cfg = RunDir(run_dir).read_config()
     from gptjax.runtime import sharding

@@ -54,7 +54,7 @@ def test_only_response_tokens_and_end_of_text_are_trained():
 
 
 def _losses(rows, model):
-    total, ce, w = trainer._row_losses(model, jax.tree.map(jnp.asarray, rows), None, 0.0)
+    total, ce, w = trainer.row_losses(model, jax.tree.map(jnp.asarray, rows), None, 0.0)
     return float(jnp.sum(ce * w)), float(jnp.sum(w))
 
 
@@ -85,8 +85,8 @@ def test_an_earlier_example_changes_nothing_of_the_next_one_in_its_row():
     b = [sft.render({"prompt": "zzzz zz zz?", "response": "xxx xxx."}, "test", TOK, ""), *a[1:]]
     ra, rb = sft.rows(a, 64, packing=True), sft.rows(b, 64, packing=True)
     np.testing.assert_array_equal(ra["segments"], rb["segments"])
-    _, ce_a, _ = trainer._row_losses(model, jax.tree.map(jnp.asarray, ra), None, 0.0)
-    _, ce_b, _ = trainer._row_losses(model, jax.tree.map(jnp.asarray, rb), None, 0.0)
+    _, ce_a, _ = trainer.row_losses(model, jax.tree.map(jnp.asarray, ra), None, 0.0)
+    _, ce_b, _ = trainer.row_losses(model, jax.tree.map(jnp.asarray, rb), None, 0.0)
     seg = ra["segments"][0]
     second = np.asarray((seg[:-1] == 2) & (seg[1:] == 2))  # the second example's own targets
     assert second.sum() > 5

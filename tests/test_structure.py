@@ -4,6 +4,7 @@ JAX at import time."""
 
 import ast
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -156,3 +157,35 @@ def test_launchers_import_no_jax():
             "print(sorted(m for m in ('jax', 'orbax.checkpoint', 'flax') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def readme_layout() -> dict[str, str]:
+    """The README's Layout block: each entry (`gptjax/`'s files and subpackages, top-level folders)
+    and its text, continuation lines included."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    block = readme[readme.index("## Layout"):]
+    block = block[block.index("```\n") + 4:]
+    entries, current = {}, None
+    for line in block[:block.index("```")].splitlines():
+        head = line.split()[0] if line.strip() else ""
+        if not line.startswith(" " * 6) and head.endswith(("/", ".py")):  # an entry, not a continuation
+            current = ("gptjax/" if line.startswith("  ") else "") + head
+            entries[current] = line[len(line) - len(line.lstrip()) + len(head):]
+        elif current is not None:
+            entries[current] += " " + line.strip()
+    return entries
+
+
+def test_the_readme_layout_matches_the_tree():
+    """Every module and subpackage is named in the README's Layout, and everything named exists."""
+    entries = readme_layout()
+    tree = {f"gptjax/{p.name}" for p in PACKAGE.glob("*.py")} | {f"gptjax/{p.name}/" for p in PACKAGE.iterdir()
+                                                                 if (p / "__init__.py").exists()}
+    listed = {e for e in entries if e.startswith("gptjax/") and e != "gptjax/"}
+    assert listed == tree
+    unnamed = [f"{pkg}{p.stem}" for pkg in sorted(listed) if pkg.endswith("/")
+               for p in sorted((PACKAGE.parent / pkg).glob("*.py"))
+               if p.stem != "__init__" and not re.search(rf"\b{p.stem}\b", entries[pkg])]
+    unnamed += [f"launch/{p.stem}" for p in sorted(LAUNCH.glob("*.py"))
+                if p.stem != "__init__" and not re.search(rf"\b{p.stem}\b", entries["launch/"])]
+    assert unnamed == []

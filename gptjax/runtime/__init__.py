@@ -4,4 +4,5 @@ sharding     the mesh and the only table that maps logical axes to mesh axes
 xla          jit with the compiler options of the target devices, XLA flag profiles
 distributed  multi-process start-up (jax.distributed), barriers, agreement across processes
 hardware     accelerators' published peak FLOPs and memory per device (else measured once)
+flags        command-line flags about the runtime, importable before jax starts
 """

@@ -120,7 +120,7 @@ class LanguageModel:
             lora.attach(model, params, self.lora, key)
         else:
             model = nnx.merge(tr.graphdef, self.model_params(params, frozen))
-        total, ce, weights = _row_losses(model, rows, key, tr.cfg.optim.z_loss)
+        total, ce, weights = row_losses(model, rows, key, tr.cfg.optim.z_loss)
         if not isinstance(rows, dict):  # every target counts
             return jnp.mean(total), {"loss": jnp.mean(ce)}
         n = jnp.maximum(jnp.sum(weights), 1.0)  # the mean over trained targets
@@ -245,7 +245,7 @@ def make_train_step(tr: Trainer):
                    out_shardings=(tr.state_shardings, sharding.replicated(tr.mesh)), donate_argnums=0)
 
 
-def _row_losses(model: GPT, rows, key, z_loss: float):
+def row_losses(model: GPT, rows, key, z_loss: float):
     """(loss with z-loss, cross-entropy, weights) per target token. `rows` is a token array
     [B, T+1] (every target counts) or supervised rows (sft.py: tokens, weights, segments,
     positions), whose weights pick the trained targets and whose segments keep packed examples
@@ -274,7 +274,7 @@ def make_eval_step(tr: Trainer):
     graphdef = tr.graphdef
 
     def step(params, frozen, rows_BxT1, weights_BxT):
-        _, ce, w = _row_losses(nnx.merge(graphdef, tr.model_params(params, frozen)), rows_BxT1, None, 0.0)
+        _, ce, w = row_losses(nnx.merge(graphdef, tr.model_params(params, frozen)), rows_BxT1, None, 0.0)
         w = w * weights_BxT
         return jnp.sum(ce * w), jnp.sum(w)
 
