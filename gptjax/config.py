@@ -568,6 +568,22 @@ class FaultConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProfileConfig:
+    """A jax.profiler trace of `steps` train steps into the run directory's profile/ (TensorBoard's
+    profile plugin, XProf or Perfetto), with a text summary of where their time went. Off while
+    start_step is None."""
+
+    start_step: int | None = None  # the first traced step as logged (1-based); 0: the second step this
+    # process runs (its first one compiles)
+    steps: int = 3
+
+    def __post_init__(self) -> None:
+        _require_in(self, "start_step", self.start_step is None or self.start_step >= 0,
+                    "None (no trace), 0 (after the first step) or a step number >= 1")
+        _require_in(self, "steps", self.steps >= 1, "a number of steps >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """One training run: model, optimiser, data, mesh, and the loop's cadence."""
 
@@ -583,6 +599,7 @@ class TrainConfig:
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    profile: ProfileConfig = dataclasses.field(default_factory=ProfileConfig)
     steps: int = 2000
     seed: int = 0
     log_every: int = 10
@@ -649,12 +666,12 @@ def config_changes(old: TrainConfig, new: TrainConfig) -> list[tuple[str, Any, A
 # A run's fingerprint: the fields that change what it trains. Left out: how it is executed (what a
 # sweep plan may choose per run: mesh, remat, scan, attention kernel, micro-batching that keeps the
 # global batch, encoding parallelism), what and when it evaluates (adding eval.sets to a finished
-# study leaves its runs current), checkpoint and logging cadence, tracking, the end-of-run sample,
+# study leaves its runs current), checkpoint and logging cadence, tracking, profiling, the end-of-run sample,
 # the MFU reference, the run's name, and deliberate kills (a killed run resumes to the same result).
 
 UNTRAINED_FIELDS = (*(f"model.{f}" for f in KERNEL_FIELDS), "mesh", "optim.grad_accum", "data.encode_threads",
                     "data.encode_processes", "name", "eval", "eval_every", "eval_batch_size", "checkpoint_every",
-                    "keep_last", "keep_every", "log_every", "logging", "sample_tokens", "peak_flops",
+                    "keep_last", "keep_every", "log_every", "logging", "profile", "sample_tokens", "peak_flops",
                     "faults.kill_at_step", "faults.kill_during", "faults.kill_process", "faults.kill_signal",
                     "faults.fill_disk_at_step")
 

@@ -87,3 +87,24 @@ def test_cli_writes_the_table_and_json(tmp_path):
     assert "train step" in done.stdout and "compile" in done.stdout
     bad = gptjax("bench", cfg, "--sections", "train,speed", check=False)
     assert bad.returncode == 2 and "speed: not among train, compile, memory, generate, data" in bad.stderr
+
+
+@pytest.mark.slow
+def test_the_accelerator_check_runs_here_on_a_tiny_model(tmp_path):
+    """benchmarks/accelerator_check.sh is run once a GPU is lent, as it is: --smoke keeps its code
+    path (train MFU per attention path, agreement with the einsum reference, decode, memory
+    against the plan) working on this machine's devices."""
+    import os
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run(["bash", str(root / "benchmarks" / "accelerator_check.sh"), "--smoke"], capture_output=True,
+                         text=True, env={**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads((tmp_path / "accelerator_check.json").read_text())
+    assert [row["attention"] for row in r["train"]] == ["einsum", "xla"] and all(row["mfu"] > 0 for row in r["train"])
+    # XLA's fused attention in bfloat16 against the float32 einsum reference: close, not equal.
+    assert r["attention"]["impl"] == "xla" and 0 < r["attention"]["relative"] < 5e-2, r["attention"]
+    assert [row["batch"] for row in r["decode"]] == [1, 8] and all(row["decode_tokens_per_s"] > 0 for row in r["decode"])
+    assert r["memory"]["predicted_peak_bytes"] > 0 and "MFU" in out.stdout

@@ -8,6 +8,7 @@ fault_hooks the failures a run injects into itself for `gptjax chaos` (FaultConf
 signals     preemption: SIGTERM/SIGINT set a flag; the loop saves and exits cleanly
 heldout     the evaluations run during training (val split, eval.sets, eval.tasks)
 tracking    progress lines, the start-up summary, optional Weights & Biases
+profiling   jax.profiler traces of chosen steps and a summary of where their time went
 loop        train_run for every Job: resume, and the cadence of logging, eval, checkpoints and signals
 commands    `gptjax train` and `gptjax data prepare`
 """

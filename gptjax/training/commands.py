@@ -14,7 +14,10 @@ def _train(args) -> int:
     from gptjax.runtime import distributed
     from gptjax.training import loop
 
-    cfg = load_train_config(args.config, args.overrides)  # bad input fails before any connection
+    overrides = list(args.overrides)
+    if args.profile and not any(o.partition("=")[0] == "profile.start_step" for o in overrides):
+        overrides.append("profile.start_step=0")  # after the first step, which compiles
+    cfg = load_train_config(args.config, overrides)  # bad input fails before any connection
     distributed.initialize()
     run_dir = args.run_dir or str(pathlib.Path("runs") / cfg.name)
     result = loop.train_run(cfg, run_dir, progress=not args.no_progress)
@@ -55,6 +58,9 @@ def add_parser(sub) -> None:
     s.add_argument("overrides", nargs="*", help="section.field=value with YAML values, e.g. optim.lr=3e-4")
     s.add_argument("--run-dir", help="run directory (default: runs/<config name>; resumes if it has checkpoints)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--profile", action="store_true", help="trace profile.steps steps after the first (which "
+                   "compiles) into RUN_DIR/profile with a summary of where their time went (profile.start_step=0, "
+                   "unless an override sets it)")
     flags.add_xla_profile(s)
     s.set_defaults(func=_train)
 

@@ -28,7 +28,7 @@ from gptjax.model import counting
 from gptjax.runtime import distributed, hardware, sharding
 from gptjax.store.rundir import RunDir
 from gptjax.store.tensor_files import CheckpointError
-from gptjax.training import fault_hooks, heldout, resume, tracking, trainer, warm_start
+from gptjax.training import fault_hooks, heldout, profiling, resume, tracking, trainer, warm_start
 from gptjax.training.signals import StopFlag
 
 log = logging.getLogger("gptjax")
@@ -289,6 +289,7 @@ def _loop(cfg, tr, state, frozen, base, job, measured, pending_eval, rd, ckpts, 
     bar_wanted = progress and leader and sys.stderr.isatty()
     bar = tqdm.tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True, disable=not bar_wanted)
     lines = tracking.ProgressLines(cfg.steps, cfg.log_every, enabled=leader and not bar_wanted)
+    profiler = profiling.StepProfiler(cfg.profile, rd.path, start, say=_say)
     pending = None  # (step number, device metrics) of the step whose results are not read yet
     mark = None  # wall time at which the last read step was known complete
     stop_requested = False  # agreed by all processes: read from the step's metrics
@@ -361,7 +362,8 @@ def _loop(cfg, tr, state, frozen, base, job, measured, pending_eval, rd, ckpts, 
                 args = (state, frozen, feeds.batch(rows), feeds.stop_flags(stop.signal is not None))
                 if mark is None:
                     distributed.compile_together(step_fn, *args, name="gptjax-train-step-compiled")
-                state, device_metrics = step_fn(*args)
+                with profiler.step(number, lambda: state):
+                    state, device_metrics = step_fn(*args)
                 position.advance(cfg.data.batch_size, job.tokens_per_row, flops)
                 if faults.kills(number, "step"):
                     fault_hooks.kill_now(faults.kill_signal)  # the step is in flight, its metrics unread
@@ -411,6 +413,7 @@ def _loop(cfg, tr, state, frozen, base, job, measured, pending_eval, rd, ckpts, 
         _say(str(e))
         raise
     finally:
+        profiler.close()
         bar.close()
         metrics_log.close()
         result.checkpoint_step = ckpts.latest_step()
