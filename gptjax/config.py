@@ -398,16 +398,20 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Device mesh shape; one axis may be -1 (all remaining devices)."""
+    """Device mesh shape; one axis may be -1 (all remaining devices). With `dcn_data` > 1 the
+    (data, fsdp, tensor) axes are those of one slice, and data parallelism also runs across
+    dcn_data slices over the data-centre network (multi-slice TPU; jax's hybrid device mesh)."""
 
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    dcn_data: int = 1
 
     def __post_init__(self) -> None:
         sizes = (self.data, self.fsdp, self.tensor)
         _require_in(self, "data", all(s == -1 or s >= 1 for s in sizes) and sizes.count(-1) <= 1,
                     f"axis sizes {sizes} must be positive, with at most one -1")
+        _require_in(self, "dcn_data", self.dcn_data >= 1, "a number of slices >= 1")
 
 
 LoraTarget = Literal["attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.gate", "mlp.down"]

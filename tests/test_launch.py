@@ -182,6 +182,19 @@ def test_tpu_dry_run_runs_on_all_workers(config_file, capsys):
     assert "--run-dir /mnt/runs/r" in lines[-1]
 
 
+def test_tpu_dry_run_of_two_slices_starts_them_together(config_file, capsys):
+    args = ["launch", "tpu", str(config_file), "--tpu-name", "ms", "--zone", "z", "--queued", "--slices", "2",
+            "--accelerator-type", "v5litepod-8", "--run-dir", "/mnt/runs/r", "--dry-run"]
+    assert cli.main(args) == 2 and "--slices 2 but the run's mesh.dcn_data = 1" in capsys.readouterr().err
+    assert cli.main([*args, "mesh.dcn_data=2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "queued-resources create ms-qr --node-count 2 --node-prefix ms" in lines[0]
+    assert sum("tpu-vm scp" in line for line in lines) == 2 and "ms-0:~/gptjax" in lines[2] and "ms-1:~/" in lines[4]
+    run = lines[-1]
+    assert run.startswith("bash -c") and "ssh ms-0" in run and "ssh ms-1" in run and run.endswith("& wait'")
+    assert run.count("mesh.dcn_data=2") == 2
+
+
 def test_multi_host_backends_refuse_a_relative_run_dir(config_file, capsys):
     assert cli.main(["launch", "tpu", str(config_file), "--tpu-name", "pod", "--zone", "z", "--run-dir", "runs/x",
                      "--dry-run"]) == 2

@@ -156,6 +156,20 @@ def test_cli_plans_for_a_tpu_topology(tmp_path):
     assert bad.returncode == 2 and "--mesh fsdp=8 spans 8 devices but topology v5e:2x2 has 4 chips" in bad.stderr
 
 
+@pytest.mark.slow
+def test_cli_plans_two_slices_joined_over_the_network(tmp_path):
+    """--slices 2: the TPU compiler's program for two v5e:2x4 slices, data parallel across them."""
+    _libtpu()
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({"model": MODEL, "data": {"batch_size": 16}}))
+    gptjax("plan", cfg, "--topology", "v5e:2x4", "--slices", "2", "--mesh", "fsdp=8", "--output", tmp_path / "p.json")
+    p = json.loads((tmp_path / "p.json").read_text())
+    assert p["devices"] == 16 and p["slices"] == 2 and p["mesh"] == {"data": 2, "fsdp": 8, "tensor": 1}
+    assert p["platform"] == "tpu" and p["collectives"]["all-reduce"] > 0
+    bad = gptjax("plan", cfg, "--slices", "2", check=False)
+    assert bad.returncode == 2 and "--slices needs --topology" in bad.stderr
+
+
 @pytest.fixture
 def empty_persistent_cache(tmp_path):
     """The session's persistent cache (conftest) moved to an empty directory for one test: what

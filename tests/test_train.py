@@ -32,6 +32,7 @@ MESHES = {
     "8-way data": (MeshConfig(data=8), 8),
     "8-way fsdp": (MeshConfig(data=1, fsdp=8), 8),
     "2x2x2": (MeshConfig(data=2, fsdp=2, tensor=2), 8),
+    "2 slices of fsdp=4": (MeshConfig(data=1, fsdp=4, dcn_data=2), 8),
 }
 
 # Per-device shard shapes that each mesh must produce (stacked layers lead every block param).
@@ -40,6 +41,7 @@ EXPECTED_SHARDS = {
     "8-way data": {"up": (2, 64, 128), "q": (2, 64, 4, 16), "o": (2, 4, 16, 64), "embed": (65, 64)},
     "8-way fsdp": {"up": (2, 8, 128), "q": (2, 8, 4, 16), "o": (2, 4, 16, 8), "embed": (65, 8)},
     "2x2x2": {"up": (2, 32, 64), "q": (2, 32, 2, 16), "o": (2, 2, 16, 32), "embed": (65, 32)},
+    "2 slices of fsdp=4": {"up": (2, 16, 128), "q": (2, 16, 4, 16), "o": (2, 4, 16, 16), "embed": (65, 16)},
 }
 
 
@@ -108,6 +110,19 @@ def test_batch_not_divisible_by_data_parallel_size_fails_before_compiling():
     cfg = dataclasses.replace(CFG, data=DataConfig(batch_size=12, tokenizer="char"))
     with pytest.raises(ConfigError, match=r"data.batch_size.*= 12.*not divisible.*data-parallel size 8"):
         trainer.make_trainer(cfg, sharding.make_mesh(MeshConfig(data=8)))
+
+
+def test_slices_lead_the_data_axis_and_hold_contiguous_devices():
+    """mesh.dcn_data: the data axis spans the slices slice-major, so only the gradient reduction
+    crosses between them; devices without a slice index are grouped in order."""
+    mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=2, dcn_data=2))
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+    ids = np.vectorize(lambda d: d.id)(mesh.devices)
+    assert sorted(ids[:2].ravel()) == [0, 1, 2, 3] and sorted(ids[2:].ravel()) == [4, 5, 6, 7]
+    with pytest.raises(ConfigError, match="mesh.dcn_data = 3 slices do not divide the 8 devices"):
+        sharding.make_mesh(MeshConfig(dcn_data=3))
+    with pytest.raises(ConfigError, match=r"needs 8 devices, but 4 are available per slice \(2 slices\)"):
+        sharding.make_mesh(MeshConfig(data=8, dcn_data=2))
 
 
 def test_mesh_shape_errors_name_the_sizes():

@@ -39,29 +39,54 @@ RULES: dict[str, str | None] = {
 
 
 def resolve_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:
+    """The (data, fsdp, tensor) sizes within one slice of `n_devices / cfg.dcn_data` devices."""
+    if n_devices % cfg.dcn_data:
+        raise ConfigError(f"mesh.dcn_data = {cfg.dcn_data} slices do not divide the {n_devices} devices")
+    n_devices //= cfg.dcn_data
     sizes = [cfg.data, cfg.fsdp, cfg.tensor]
     known = math.prod(s for s in sizes if s != -1)
+    where = f" per slice ({cfg.dcn_data} slices)" if cfg.dcn_data > 1 else ""
     if -1 in sizes:
         if n_devices % known:
-            raise ConfigError(f"mesh {dict(zip(AXES, sizes))}: {n_devices} devices are not divisible by {known}")
+            raise ConfigError(f"mesh {dict(zip(AXES, sizes))}: {n_devices} devices{where} are not divisible by {known}")
         sizes[sizes.index(-1)] = n_devices // known
     if math.prod(sizes) != n_devices:
         raise ConfigError(f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices, "
-                          f"but {n_devices} are available; set one axis to -1 to use the rest")
+                          f"but {n_devices} are available{where}; set one axis to -1 to use the rest")
     return tuple(sizes)
 
 
 def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The (data, fsdp, tensor) mesh; with mesh.dcn_data slices, `data` spans the slices too
+    (slice-major), so the only traffic between slices is the data-parallel gradient reduction."""
     devices = list(jax.devices() if devices is None else devices)
     shape = resolve_shape(cfg, len(devices))
+    types = (AxisType.Auto,) * 3
+    if cfg.dcn_data > 1:
+        return Mesh(_slice_major(devices, shape, cfg.dcn_data), AXES, axis_types=types)
     if devices == list(jax.devices()):
-        return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3)
-    return Mesh(np.asarray(devices).reshape(shape), AXES, axis_types=(AxisType.Auto,) * 3)
+        return jax.make_mesh(shape, AXES, axis_types=types)
+    return Mesh(np.asarray(devices).reshape(shape), AXES, axis_types=types)
+
+
+def _slice_major(devices: list, shape: tuple[int, int, int], slices: int) -> np.ndarray:
+    """Devices [slices * data, fsdp, tensor]: each slice's devices laid out by jax's hybrid mesh
+    (TPU slices known by their slice_index); devices without one (CPU, GPU hosts) are taken in
+    order, each group of len/slices standing for a slice."""
+    from jax.experimental import mesh_utils
+
+    if all(hasattr(d, "slice_index") for d in devices):
+        found = len({d.slice_index for d in devices})
+        if found != slices:
+            raise ConfigError(f"mesh.dcn_data = {slices}, but the devices belong to {found} slice(s)")
+        return mesh_utils.create_hybrid_device_mesh(shape, (slices, 1, 1), devices)
+    groups = np.asarray(devices).reshape(slices, *shape)
+    return groups.reshape(slices * shape[0], shape[1], shape[2])
 
 
 def one_device_mesh(cfg: MeshConfig) -> Mesh:
     """`cfg`'s mesh (its axis kinds) on this process's first device: inspection and evaluation."""
-    return make_mesh(dataclasses.replace(cfg, data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    return make_mesh(dataclasses.replace(cfg, data=1, fsdp=1, tensor=1, dcn_data=1), jax.devices()[:1])
 
 
 def abstract(shapes, shardings):

@@ -21,11 +21,16 @@ def _plan(args) -> int:
     from gptjax.config import ConfigError
     from gptjax.config_files import load_train_config
 
-    sizes = _mesh_sizes(args.mesh or "data=1")
-    n = sizes["data"] * sizes["fsdp"] * sizes["tensor"]
+    sizes = _mesh_sizes(args.mesh or "data=1")  # one slice's
+    if args.slices < 1:
+        raise ConfigError(f"--slices {args.slices}: give a number of slices >= 1")
+    if args.slices > 1 and not args.topology:
+        raise ConfigError("--slices needs --topology (the slice type, such as v5e:2x4): multi-slice plans "
+                          "compile for TPU slices")
+    n = sizes["data"] * sizes["fsdp"] * sizes["tensor"] * args.slices
 
     def config(sizes):
-        overrides = [*args.overrides, *(f"mesh.{k}={v}" for k, v in sizes.items())]
+        overrides = [*args.overrides, *(f"mesh.{k}={v}" for k, v in sizes.items()), f"mesh.dcn_data={args.slices}"]
         if args.batch is not None:
             overrides.append(f"data.batch_size={args.batch}")
         return load_train_config(args.config, overrides)
@@ -42,17 +47,19 @@ def _plan(args) -> int:
 
     devices = None
     if args.topology:
-        devices = plan.tpu_devices(args.topology)
+        devices = plan.tpu_devices(args.topology, args.slices)
+        chips = len(devices) // args.slices
         if args.mesh is None:  # all chips data-parallel
             n = len(devices)
-            cfg = config({"data": n, "fsdp": 1, "tensor": 1})
+            cfg = config({"data": chips, "fsdp": 1, "tensor": 1})
         if n != len(devices):
-            raise ConfigError(f"--mesh {args.mesh} spans {n} devices but topology {args.topology} has "
-                              f"{len(devices)} chips; give a mesh of {len(devices)}")
+            raise ConfigError(f"--mesh {args.mesh} spans {n // args.slices} devices but topology {args.topology} has "
+                              f"{chips} chips; give a mesh of {chips}")
     elif jax.device_count() != n:
         raise ConfigError(f"--mesh needs {n} devices but jax started with {jax.device_count()}; run `gptjax plan` "
                           "in a fresh process")
-    result = plan.make_plan(cfg, args.accelerator, devices=devices, topology=args.topology)
+    topology = args.topology if args.slices == 1 else f"{args.slices}x {args.topology}"
+    result = plan.make_plan(cfg, args.accelerator, devices=devices, topology=topology)
     print(plan.format_plan(result))
     if args.output:
         from gptjax.store import paths
@@ -113,6 +120,9 @@ def add_parser(sub) -> None:
     s.add_argument("overrides", nargs="*", help="section.field=value, e.g. model.remat=full data.seq_len=2048")
     s.add_argument("--mesh", help="data=N,fsdp=N,tensor=N (missing axes are 1; default data=1, or data=CHIPS "
                    "with --topology)")
+    s.add_argument("--slices", type=int, default=1, help="with --topology: that many slices joined over the "
+                   "data-centre network (multi-slice; the mesh is one slice's, data parallel across slices: "
+                   "mesh.dcn_data)")
     s.add_argument("--topology", help="compile for a TPU slice such as v5e:2x4, v5p:2x2x1, v6e:2x2 with the TPU "
                    "compiler (needs libtpu; runs on a CPU machine) instead of fake CPU devices")
     s.add_argument("--batch", type=int, help="global batch size (data.batch_size)")

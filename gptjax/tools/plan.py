@@ -59,6 +59,7 @@ class Plan:
     collectives: dict[str, int] = dataclasses.field(default_factory=dict)  # op -> static count in the program
     device_kind: str = ""
     topology: str | None = None  # the TPU topology compiled for, if any
+    slices: int = 1  # mesh.dcn_data: slices joined over the data-centre network (`mesh` spans them all)
     accelerator: str | None = None
     capacity_bytes: float | None = None
 
@@ -90,8 +91,9 @@ def _quiet_native_stderr():
         os.close(saved)
 
 
-def tpu_devices(topology: str) -> list:
-    """The devices of a TPU slice such as 'v5e:2x4' or 'v5p:2x2x1', to compile for without one."""
+def tpu_devices(topology: str, slices: int = 1) -> list:
+    """The devices of a TPU slice such as 'v5e:2x4' or 'v5p:2x2x1' (or of `slices` of them, joined
+    over the data-centre network), to compile for without one."""
     from jax.experimental import topologies
 
     # Compiling touches no chip: let several processes (a test run, parallel plans) load libtpu,
@@ -99,7 +101,8 @@ def tpu_devices(topology: str) -> list:
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         with _quiet_native_stderr():  # libtpu's start-up looks for a TPU VM's metadata and logs that it found none
-            return list(topologies.get_topology_desc(topology, "tpu").devices)
+            extra = {"num_slices": slices} if slices > 1 else {}
+            return list(topologies.get_topology_desc(topology, "tpu", **extra).devices)
     except RuntimeError as e:
         if "not installed" in str(e):
             raise ConfigError(f"--topology {topology}: compiling for TPUs needs libtpu (pip install "
@@ -152,7 +155,7 @@ def make_plan(cfg: TrainConfig, accelerator: str | None = None, devices=None, to
     attention = tr.kernels.attention_for(plain_causal=not cfg.data.sft_files, dropout=cfg.model.attn_dropout > 0)
     return Plan(
         mesh=dict(zip(mesh.axis_names, mesh.devices.shape)), devices=mesh.size, platform=sharding.platform(mesh),
-        device_kind=mesh.devices.flat[0].device_kind, topology=topology,
+        device_kind=mesh.devices.flat[0].device_kind, topology=topology, slices=cfg.mesh.dcn_data,
         batch_size=cfg.data.batch_size, seq_len=seq, params=counting.param_counts(cfg.model, seq).total,
         params_bytes=per_device_bytes(tr.abstract_state["params"]),
         frozen_bytes=per_device_bytes(tr.abstract_frozen) if tr.abstract_frozen is not None else 0,
