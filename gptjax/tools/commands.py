@@ -58,8 +58,7 @@ def _plan(args) -> int:
     elif jax.device_count() != n:
         raise ConfigError(f"--mesh needs {n} devices but jax started with {jax.device_count()}; run `gptjax plan` "
                           "in a fresh process")
-    topology = args.topology if args.slices == 1 else f"{args.slices}x {args.topology}"
-    result = plan.make_plan(cfg, args.accelerator, devices=devices, topology=topology)
+    result = plan.make_plan(cfg, args.accelerator, devices=devices, topology=args.topology)  # slices: cfg.mesh
     print(plan.format_plan(result))
     if args.output:
         from gptjax.store import paths

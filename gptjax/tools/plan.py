@@ -192,7 +192,8 @@ def format_plan(plan: Plan) -> str:
                                                                 plan.peak_bytes)]
     lines = [f"train step of {plan.params:,} parameters, batch {plan.batch_size} x {plan.seq_len} tokens, "
              f"mesh {mesh} ({plan.devices} {plan.device_kind or plan.platform} devices"
-             f"{f', topology {plan.topology}' if plan.topology else ''}), compiled in {plan.compile_s:.1f} s",
+             f"{f', topology {plan.topology}' if plan.topology else ''}"
+             f"{f' x {plan.slices} slices' if plan.slices > 1 else ''}), compiled in {plan.compile_s:.1f} s",
              "per device:"]
     lines += [f"  {name:<46} {value / gib:10.3f} GiB" for name, value in rows if value or name == "parameters"]
     if plan.compiler_peak_bytes is not None:

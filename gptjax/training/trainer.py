@@ -216,8 +216,9 @@ def make_train_step(tr: Trainer):
             lambda x: sharding.micro_batches(x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), tr.mesh), rows_BxT1)
         keys = jax.random.split(key, accum) if key is not None else None
         zeros = jax.tree.map(jnp.zeros_like, state["params"])
-        metric_shapes = jax.eval_shape(lambda: grad_fn(state["params"], frozen, jax.tree.map(lambda x: x[0], micro_rows),
-                                                       None if keys is None else keys[0], None)[0][1])
+        # The objective's metrics, shapes only: its forward pass traced abstractly, no gradient.
+        metric_shapes = jax.eval_shape(lambda: tr.objective.loss(tr, state["params"], frozen,
+                                                                 jax.tree.map(lambda x: x[0], micro_rows), None)[1])
         carry = {"params": state["params"], "frozen": frozen, "grads": zeros,
                  "metrics": jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes),
                  "poison": _poison(cfg, state)}
