@@ -218,7 +218,8 @@ def make_train_step(tr: Trainer):
         zeros = jax.tree.map(jnp.zeros_like, state["params"])
         # The objective's metrics, shapes only: its forward pass traced abstractly, no gradient.
         metric_shapes = jax.eval_shape(lambda: tr.objective.loss(tr, state["params"], frozen,
-                                                                 jax.tree.map(lambda x: x[0], micro_rows), None)[1])
+                                                                 jax.tree.map(lambda x: x[0], micro_rows),
+                                                                 None if keys is None else keys[0])[1])
         carry = {"params": state["params"], "frozen": frozen, "grads": zeros,
                  "metrics": jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes),
                  "poison": _poison(cfg, state)}
