@@ -4,6 +4,7 @@ XLA_FLAGS must be set before jax is first imported, which is why this runs at co
 """
 
 import os
+import sys
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -15,8 +16,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The TPU compiler that scripts/setup.sh installs beside the environment, for the TPU-topology
 # plans (jax reads TPU_LIBRARY_PATH where no libtpu module is installed).
-_LIBTPU = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "tpu-compiler",
-                       "libtpu", "libtpu.so")
+_LIBTPU = os.path.join(sys.prefix, "tpu-compiler", "libtpu", "libtpu.so")
 if os.path.isfile(_LIBTPU):
     os.environ.setdefault("TPU_LIBRARY_PATH", _LIBTPU)
 
@@ -59,3 +59,19 @@ def hf_dir(request, tmp_path_factory) -> pathlib.Path:
 
     return save_hf_gpt2(tmp_path_factory.mktemp("hf") / "gpt2", request.module.HF_TEXT,
                         **getattr(request.module, "HF_OPTIONS", {}))
+
+
+def pytest_collection_modifyitems(items):
+    # hf_dir saves a transformers model, so a test that asks for it needs the PyTorch stack.
+    for item in items:
+        if "hf_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.torch)
+
+
+@pytest.fixture(autouse=True)
+def _torch_mark(request):
+    import helpers
+
+    helpers.IN_TORCH_TEST = request.node.get_closest_marker("torch") is not None
+    yield
+    helpers.IN_TORCH_TEST = None

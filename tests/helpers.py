@@ -77,19 +77,33 @@ def wait_until(condition, timeout=180.0, what="the condition"):
         time.sleep(0.2)
 
 
+# The PyTorch reference stack: installed on the Python 3.11 lane only (this machine's CPU torch wheel
+# is for 3.11), so every test that uses it carries the `torch` mark and the newest lane deselects it.
+TORCH_STACK = ("torch", "transformers", "peft", "accelerate")
+# Whether the running test is marked `torch`; None outside a test (collection, module fixtures).
+IN_TORCH_TEST: bool | None = None
+
+
 def reference(module: str):
     """An optional reference library (torch, transformers, peft, lm_eval): skipped where it is not
-    installed, but a failure where GPTJAX_REQUIRE_HF=1 (CI) says it must run."""
+    installed, but a failure where GPTJAX_REQUIRE_HF=1 (CI) says it must run. A test that uses the
+    PyTorch stack without the `torch` mark fails, so that no lane runs it without its references."""
     import importlib
 
     import pytest
 
+    if module in TORCH_STACK and IN_TORCH_TEST is False:
+        pytest.fail(f"this test uses {module} but is not marked @pytest.mark.torch (the lane without the "
+                    "PyTorch reference stack would skip it instead of deselecting it)")
+    if module in TORCH_STACK and os.environ.get("GPTJAX_TEST_LANE") == "newest":
+        # Only a module's import gets here on that lane (its marked tests are deselected).
+        pytest.skip(f"the newest lane has no {module}: the reference lane runs this", allow_module_level=True)
     try:
         return importlib.import_module(module)
     except ImportError as e:
         if os.environ.get("GPTJAX_REQUIRE_HF") == "1":
             pytest.fail(f"GPTJAX_REQUIRE_HF=1 but {module} cannot be imported ({e}); install the test extras")
-        pytest.skip(f"SKIPPING: reference {module} is not installed ({e})")
+        pytest.skip(f"SKIPPING: reference {module} is not installed ({e})", allow_module_level=IN_TORCH_TEST is None)
 
 
 EOT = "<|endoftext|>"

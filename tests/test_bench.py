@@ -22,6 +22,7 @@ def tiny(**model):
     return from_dict(TrainConfig, {**TINY_RUN, "model": {**TINY_RUN["model"], **model}})
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_every_section_beside_transformers():
     reference("transformers")
@@ -52,6 +53,7 @@ def test_every_section_beside_transformers():
     assert "PyTorch ms / gptjax ms" in table and "skipped" not in table
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 @pytest.mark.skipif(not NANOGPT.is_dir(), reason="the nanoGPT reference checkout is not beside this clone")
 def test_the_real_nanogpt_builds_the_shakespeare_model():
@@ -64,6 +66,7 @@ def test_the_real_nanogpt_builds_the_shakespeare_model():
     assert r["train"]["torch"]["params"] == counting.param_counts(cfg.model).total
 
 
+@pytest.mark.torch
 def test_models_nanogpt_cannot_build_are_refused_with_the_reasons():
     reference("torch")
     cfg = tiny(position="rotary", n_kv_heads=2)

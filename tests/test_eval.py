@@ -51,6 +51,7 @@ def _hf_sliding_window(hf_dir, ids, max_length, stride):
     return math.exp(nll_sum / n_tokens), n_tokens
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 @pytest.mark.parametrize("stride", [48, 128], ids=["overlapping", "disjoint"])
 def test_perplexity_equals_transformers_sliding_window(hf_dir, ours, stride):
@@ -63,6 +64,7 @@ def test_perplexity_equals_transformers_sliding_window(hf_dir, ours, stride):
     assert got["perplexity"] == pytest.approx(want, rel=1e-4)
 
 
+@pytest.mark.torch
 def test_eval_perplexity_command_writes_its_report(hf_dir, ours, tmp_path, capsys):
     text = tmp_path / "text.txt"
     text.write_text(TEXT)
@@ -90,6 +92,7 @@ def _windows(rng, n, vocab, longest):
     return out
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_batching_and_buckets_change_no_score(ours):
     rng = np.random.default_rng(0)
@@ -147,6 +150,7 @@ def _evaluate(model, task_configs):
     return lm_eval.simple_evaluate(model=model, tasks=task_configs, log_samples=True, bootstrap_iters=0)
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_harness_model_matches_lm_evals_hf_model_and_gptjax_eval(hf_dir, tmp_path):
     reference("lm_eval")
@@ -181,6 +185,7 @@ def test_harness_model_matches_lm_evals_hf_model_and_gptjax_eval(hf_dir, tmp_pat
         assert result[metric] == pytest.approx(theirs["results"]["local_mc"][f"{metric},none"], abs=1e-12)
 
 
+@pytest.mark.torch
 def test_lambada_reports_accuracy_and_perplexity_from_the_scorer(hf_dir, ours, tmp_path):
     data = jsonl(tmp_path / "lambada.jsonl", WORD_ROWS)
     out = tmp_path / "lambada.json"
@@ -194,6 +199,7 @@ def test_lambada_reports_accuracy_and_perplexity_from_the_scorer(hf_dir, ours, t
     assert result["acc"] == pytest.approx(np.mean([g for _, g in scores]))
 
 
+@pytest.mark.torch
 def test_few_shot_prompts_hold_demonstrations_from_the_pool(hf_dir, tmp_path):
     data, pool = jsonl(tmp_path / "mc.jsonl", MC_ROWS[:4]), jsonl(tmp_path / "pool.jsonl", MC_ROWS[4:])
     runs = {}
@@ -207,6 +213,7 @@ def test_few_shot_prompts_hold_demonstrations_from_the_pool(hf_dir, tmp_path):
     assert runs[2]["results"]["mc"]["requests"] == runs[0]["results"]["mc"]["requests"] == 12
 
 
+@pytest.mark.torch
 def test_humaneval_runs_generated_code_only_when_allowed(hf_dir, tmp_path, capsys):
     problems = jsonl(tmp_path / "he.jsonl", [
         {"task_id": f"t/{i}", "prompt": f"def f{i}(x):\n", "test": f"def check(f):\n    assert f(1) == {i}\n",
@@ -232,6 +239,7 @@ def test_humaneval_runs_generated_code_only_when_allowed(hf_dir, tmp_path, capsy
     (["--task", "mc", "--data", "{bad}"], "bad.jsonl:2"),
     (["--task", "mc", "--data", "{mc}", "--batch-size", "0"], "batch_size = 0; expected a positive integer"),
 ], ids=["unknown-task", "no-data", "shots-without-pool", "bad-stride", "missing-file", "bad-line", "batch-size"])
+@pytest.mark.torch
 def test_bad_input_names_what_is_wrong(hf_dir, tmp_path, capsys, args, message):
     files = {"mc": jsonl(tmp_path / "mc.jsonl", MC_ROWS), "text": tmp_path / "t.txt",
              "missing": tmp_path / "none.txt", "bad": tmp_path / "bad.jsonl"}
@@ -242,6 +250,7 @@ def test_bad_input_names_what_is_wrong(hf_dir, tmp_path, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_gptjax_lm_eval_is_the_harness_command_line_with_the_model_registered(hf_dir, tmp_path):
     reference("lm_eval")
@@ -266,6 +275,7 @@ def test_gptjax_lm_eval_is_the_harness_command_line_with_the_model_registered(hf
     assert acc == pytest.approx(json.loads(ours.read_text())["results"]["mc"]["acc"], abs=1e-12)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("prefix", ["", "a", "ab"])
 def test_bits_per_byte_counts_a_character_split_by_windows_once(hf_dir, tmp_path, prefix):
     # "€" is three byte-level tokens that no merge of this tokenizer joins: at some offset a window

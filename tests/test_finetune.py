@@ -41,6 +41,7 @@ def finetune_config(tmp_path, hf_dir, text_file, *overrides, steps=1):
     return load_train_config(str(path), [*NO_DROPOUT, *overrides])
 
 
+@pytest.mark.torch
 def test_init_from_takes_model_and_tokenizer_from_the_checkpoint(tmp_path, hf_dir, text_file):
     cfg = finetune_config(tmp_path, hf_dir, text_file)
     hf_config = json.loads((hf_dir / "config.json").read_text())
@@ -54,6 +55,7 @@ def test_init_from_takes_model_and_tokenizer_from_the_checkpoint(tmp_path, hf_di
     assert tokenizer.eot_id == hf_config["eos_token_id"]
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_first_step_loss_equals_transformers(tmp_path, hf_dir, text_file):
     torch, transformers = reference("torch"), reference("transformers")
@@ -71,6 +73,7 @@ def test_first_step_loss_equals_transformers(tmp_path, hf_dir, text_file):
     assert stored["kind"] == "hf"
 
 
+@pytest.mark.torch
 def test_init_from_refuses_shape_changes_before_reading_weights(tmp_path, hf_dir, text_file):
     with pytest.raises(ConfigError, match=r"model\.d_model = 64 \(the checkpoint has 48\)"):
         finetune_config(tmp_path, hf_dir, text_file, "model.d_model=64")
@@ -86,6 +89,7 @@ def test_init_from_refuses_shape_changes_before_reading_weights(tmp_path, hf_dir
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_padded_vocabulary_loads_the_same_function(tmp_path, hf_dir, text_file):
     """Padding rows are added on load; the loss of the first step cannot change."""
@@ -100,6 +104,7 @@ def test_padded_vocabulary_loads_the_same_function(tmp_path, hf_dir, text_file):
     assert metrics(tmp_path / "c")[0]["loss"] < metrics(tmp_path / "b")[0]["loss"]
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_fine_tuned_run_exports_to_transformers_and_improves_held_out_loss(tmp_path, hf_dir, text_file):
     torch, transformers = reference("torch"), reference("transformers")
@@ -122,6 +127,7 @@ def test_fine_tuned_run_exports_to_transformers_and_improves_held_out_loss(tmp_p
     assert loss(tmp_path / "export") < loss(hf_dir) - 0.3
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_sharded_load_never_puts_a_whole_parameter_on_one_device(tmp_path, monkeypatch):
     """pythia-70m (282 MB of float32 parameters) fine-tunes on 8 devices with fsdp, each device
@@ -167,6 +173,7 @@ def lora_run(tmp_path_factory, hf_dir, text_file):
     return cfg, d / "run"
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_lora_trains_adapters_only_from_the_base_model(tmp_path, lora_run, hf_dir, text_file):
     from gptjax.interop import runs
@@ -206,6 +213,7 @@ def test_lora_trains_adapters_only_from_the_base_model(tmp_path, lora_run, hf_di
     assert not np.allclose(kernel, base)
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_lora_exports_merged_and_as_peft_adapters_with_equal_logits(tmp_path, lora_run, hf_dir):
     """The merged export and PEFT's own loading of our adapters onto the base give our logits."""
@@ -237,6 +245,7 @@ def test_lora_exports_merged_and_as_peft_adapters_with_equal_logits(tmp_path, lo
     assert np.abs(plain - ours).max() / scale > 1e-3  # the adapters do change the model
 
 
+@pytest.mark.torch
 def test_peft_export_refuses_full_fine_tuning_runs(tmp_path, hf_dir, text_file):
     from helpers import gptjax_cli
 
@@ -247,6 +256,7 @@ def test_peft_export_refuses_full_fine_tuning_runs(tmp_path, hf_dir, text_file):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_sft_first_step_loss_equals_transformers_on_response_tokens(tmp_path, hf_dir):
     """Packed supervised rows through gptjax against each example alone through transformers,
@@ -282,6 +292,7 @@ def test_sft_first_step_loss_equals_transformers_on_response_tokens(tmp_path, hf
     assert ours == pytest.approx(nll / count, rel=1e-5)
 
 
+@pytest.mark.torch
 def test_init_from_a_gptjax_directory_starts_from_the_same_weights(tmp_path, hf_dir, text_file):
     """HF -> gptjax directory (weights and tokenizer.json): fine-tuning from either is the same."""
     from gptjax.interop import pretrained
@@ -297,6 +308,7 @@ def test_init_from_a_gptjax_directory_starts_from_the_same_weights(tmp_path, hf_
     assert metrics(tmp_path / "b")[0]["loss"] == metrics(tmp_path / "a")[0]["loss"]
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_lora_with_dropout_attaches_adapters_beside_their_layers(hf_dir):
     """The attached path (used when finetune.lora.dropout > 0) is the merged function when nothing
@@ -330,6 +342,7 @@ def test_lora_with_dropout_attaches_adapters_beside_their_layers(hf_dir):
     assert np.abs(merged - plain).max() > 1e-3  # the adapters matter at all
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_lora_dropout_trains(tmp_path, hf_dir, text_file):
     cfg = finetune_config(tmp_path, hf_dir, text_file, *LORA, "finetune.lora.dropout=0.1", "optim.lr=1e-2",

@@ -143,6 +143,7 @@ def _hf_configs(transformers):
     }
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neo", "gptj", "gpt_neox"])
 def test_greedy_output_equals_transformers_generate(family, tmp_path):

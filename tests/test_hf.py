@@ -27,6 +27,7 @@ from gptjax.model.gpt import abstract_model, init_model
 from gptjax.store import tensor_files
 from gptjax.store.tensor_files import CheckpointError
 
+pytestmark = pytest.mark.torch
 torch = reference("torch")  # the optional "hf" extra: references only, gptjax never imports it
 transformers = reference("transformers")
 

@@ -90,6 +90,7 @@ def test_every_preset_has_a_hugging_face_reference():
     assert set(HF_CONFIGS) == set(PRESETS)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("name", list(HF_CONFIGS))
 def test_total_matches_hugging_face_exactly(name):
     torch = reference("torch")

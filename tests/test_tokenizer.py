@@ -168,6 +168,7 @@ def test_char_rejects_bad_vocabularies_and_ids():
 
 # --- Hugging Face form --------------------------------------------------------------------------
 
+@pytest.mark.torch
 def test_tiktoken_exports_as_a_tokenizer_json_that_encodes_identically(shared_dir):
     """The merges recovered from tiktoken's ranks reproduce its encoding exactly; transformers'
     own tiktoken converter (a reference no one here wrote) agrees id for id."""
