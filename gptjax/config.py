@@ -28,7 +28,7 @@ AttentionKind = Literal["global", "local"]
 Remat = Literal["none", "full", "save_dots"]
 Parametrization = Literal["standard", "mup"]
 DType = Literal["float32", "bfloat16"]
-AttentionImpl = Literal["auto", "xla", "cudnn", "einsum"]
+AttentionImpl = Literal["auto", "xla", "cudnn", "pallas", "einsum"]
 
 
 # Fields that choose how a model runs (kernels, compute precision, training-time dropout), not

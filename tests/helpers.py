@@ -155,3 +155,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def require_libtpu():
+    """The TPU compiler, which runs on any machine; where GPTJAX_REQUIRE_LIBTPU=1 (CI) it must be there."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("libtpu") is None and not os.path.isfile(os.environ.get("TPU_LIBRARY_PATH", "")):
+        if os.environ.get("GPTJAX_REQUIRE_LIBTPU") == "1":
+            pytest.fail("GPTJAX_REQUIRE_LIBTPU=1 but libtpu is not installed; run scripts/setup.sh test")
+        pytest.skip("libtpu is not installed (the tpu extra, or TPU_LIBRARY_PATH)")

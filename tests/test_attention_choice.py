@@ -35,7 +35,8 @@ def test_auto_takes_cudnn_on_an_nvidia_gpu_when_model_and_call_allow():
     ({"attention_pattern": ("global", "local")}, GPU, True, "banded (local) layers"),
     ({"position": "alibi"}, GPU, True, "ALiBi adds a dense"),
     ({}, GPU, False, "a KV cache, packed segments or given positions"),
-    ({}, dict(platform="tpu", device_kind="TPU v5 lite"), True, "NVIDIA GPUs only (this device: tpu 'TPU v5 lite')"),
+    ({}, dict(platform="gpu", device_kind="AMD Instinct MI300X"), True,
+     "NVIDIA GPUs only (this device: gpu 'AMD Instinct MI300X')"),
 ])
 def test_auto_falls_back_to_xla_and_says_why(change, device, aligned, reason):
     choice = pick(FLASHABLE.replace(**change), aligned=aligned, **device)

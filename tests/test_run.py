@@ -4,6 +4,7 @@ input is tests/test_bad_input.py."""
 
 import json
 import math
+import platform
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +62,9 @@ def test_run_directory_holds_what_was_promised(full_run):
     assert [r["step"] for r in rows if "val_loss" in r] == [10, 20]
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
     info = json.loads((run_dir / "run.json").read_text())
-    assert {"git_commit", "versions", "host", "start_time"} <= set(info)
+    assert {"git_commit", "versions", "host", "python", "start_time"} <= set(info)
+    # The versions this run used, whichever lane runs it.
+    assert info["versions"]["jax"] == jax.__version__ and info["python"] == platform.python_version()
     assert "--xla_gpu_enable_latency_hiding_scheduler=true" in info["xla_flags"].split()
     assert info["peak_flops"] == {"per_device": 1.0e11, "source": "configured"}
     assert info["attention"] == {"impl": "einsum", "reason": "auto on CPU: the einsum path is the faster one there"}

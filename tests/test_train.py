@@ -36,19 +36,22 @@ MESHES = {
 }
 
 # Per-device shard shapes that each mesh must produce (stacked layers lead every block param).
+# Matrices split over fsdp (and heads and MLP over tensor); vectors such as norm scales whole.
 EXPECTED_SHARDS = {
-    "1 device": {"up": (2, 64, 128), "q": (2, 64, 4, 16), "o": (2, 4, 16, 64), "embed": (65, 64)},
-    "8-way data": {"up": (2, 64, 128), "q": (2, 64, 4, 16), "o": (2, 4, 16, 64), "embed": (65, 64)},
-    "8-way fsdp": {"up": (2, 8, 128), "q": (2, 8, 4, 16), "o": (2, 4, 16, 8), "embed": (65, 8)},
-    "2x2x2": {"up": (2, 32, 64), "q": (2, 32, 2, 16), "o": (2, 2, 16, 32), "embed": (65, 32)},
-    "2 slices of fsdp=4": {"up": (2, 16, 128), "q": (2, 16, 4, 16), "o": (2, 4, 16, 16), "embed": (65, 16)},
+    "1 device": {"up": (2, 64, 128), "q": (2, 64, 4, 16), "o": (2, 4, 16, 64), "embed": (65, 64), "ln1": (2, 64)},
+    "8-way data": {"up": (2, 64, 128), "q": (2, 64, 4, 16), "o": (2, 4, 16, 64), "embed": (65, 64), "ln1": (2, 64)},
+    "8-way fsdp": {"up": (2, 8, 128), "q": (2, 8, 4, 16), "o": (2, 4, 16, 8), "embed": (65, 8), "ln1": (2, 64)},
+    "2x2x2": {"up": (2, 32, 64), "q": (2, 32, 2, 16), "o": (2, 2, 16, 32), "embed": (65, 32), "ln1": (2, 64)},
+    "2 slices of fsdp=4": {"up": (2, 16, 128), "q": (2, 16, 4, 16), "o": (2, 4, 16, 16), "embed": (65, 16),
+                           "ln1": (2, 64)},
 }
 
 
 def shard_shapes(state):
     p = state["params"]
     leaves = {"up": p["blocks"]["mlp"]["up"]["kernel"], "q": p["blocks"]["attn"]["q"]["kernel"],
-              "o": p["blocks"]["attn"]["o"]["kernel"], "embed": p["embed"]["table"]}
+              "o": p["blocks"]["attn"]["o"]["kernel"], "embed": p["embed"]["table"],
+              "ln1": p["blocks"]["ln1"]["scale"]}
     return {k: v.addressable_shards[0].data.shape for k, v in leaves.items()}
 
 

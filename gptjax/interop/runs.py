@@ -10,7 +10,7 @@ from gptjax.config import TrainConfig
 from gptjax.finetune import lora
 from gptjax.model import kernels
 from gptjax.model.gpt import abstract_model
-from gptjax.runtime import sharding
+from gptjax.runtime import sharding, splash
 from gptjax.store.rundir import RunDir
 from gptjax.store.tensor_files import CheckpointError
 from gptjax.training import warm_start
@@ -29,7 +29,8 @@ def load_model(path, mesh=None):
     if mesh is None:
         mesh = sharding.one_device_mesh(cfg.mesh)
     model = abstract_model(cfg.model, kernels.for_device(cfg.model, sharding.device(mesh),
-                                                         place=sharding.Activations(mesh)))
+                                                         place=sharding.Activations(mesh),
+                                                         pallas=splash.SplashAttention(mesh)))
     graphdef, state = nnx.split(model)
     shapes = nnx.to_pure_dict(state)
     shardings = sharding.param_shardings(sharding.logical_axes(model), shapes, mesh)

@@ -11,6 +11,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from gptjax.config import ModelConfig
@@ -34,6 +35,11 @@ class LayerCache:
     v: jax.Array
     key_positions: jax.Array
     slot: jax.Array
+
+
+def layer_windows(cfg: ModelConfig) -> np.ndarray:
+    """Each layer's attention window: cfg.local_window for banded layers, GLOBAL_WINDOW for dense."""
+    return np.array([cfg.local_window if k == "local" else GLOBAL_WINDOW for k in cfg.layer_kinds], np.int32)
 
 
 def causal_mask(q_pos_BxT: jax.Array, k_pos_BxS: jax.Array, window: jax.Array | int) -> jax.Array:
@@ -106,12 +112,13 @@ class Attention(nnx.Module):
         self.o = Dense((n, h), (d,), ("heads", "head_dim", "embed"), bias=cfg.out_bias, std=out_std, **common)
 
     def __call__(self, x_BxTxD, positions_BxT, window, key=None, cache=None, segments_BxT=None, *,
-                 impl: str = "einsum", fuse_qkv: bool = False):
+                 impl: str = "einsum", fuse_qkv: bool = False, pallas=None):
         """Self-attention over the new positions, or, with `cache` (LayerCache), over every
         cached key as well: the new keys and values are written at `cache.slot`, and the cache's
         key positions decide what each query sees. Returns the output, and the updated (k, v)
-        when a cache is given. `impl` and `fuse_qkv` (static) are the caller's Kernels for this
-        call: "cudnn" only where the mask is plain causal, so the kernel's causal flag replaces it."""
+        when a cache is given. `impl`, `fuse_qkv` and `pallas` (static) are the caller's Kernels for
+        this call: "cudnn" and "pallas" only where the mask is plain causal, so the kernel's own
+        causal mask (banded by `window` for pallas) replaces it."""
         cfg = self.cfg
         layers = (self.q, self.k, self.v)
         q, k, v = dense_group(layers, x_BxTxD) if fuse_qkv else [m(x_BxTxD) for m in layers]
@@ -129,7 +136,11 @@ class Attention(nnx.Module):
         bias = None
         if cfg.position == "alibi":
             bias = pos_lib.alibi_bias(positions_BxT, key_positions, cfg.n_heads)
-        out = self.o(self._attend(q, k, v, mask, bias, key, impl))
+        if impl == "pallas":
+            windows = tuple(sorted({int(w) for w in layer_windows(cfg)}))
+            out = self.o(pallas(q, k, v, window=window, windows=windows, scale=cfg.softmax_scale))
+        else:
+            out = self.o(self._attend(q, k, v, mask, bias, key, impl))
         return out if cache is None else (out, (k, v))
 
     def _attend(self, q, k, v, mask, bias, key, impl):

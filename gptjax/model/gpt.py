@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from gptjax.config import ModelConfig
-from gptjax.model.attention import EMPTY, GLOBAL_WINDOW, Attention, LayerCache
+from gptjax.model.attention import EMPTY, Attention, LayerCache, layer_windows
 from gptjax.model.kernels import ACTIVATION_AXES, REFERENCE, Kernels
 from gptjax.model.layers import MLP, Dense, Embedding, Norm, dropout
 
@@ -159,21 +159,20 @@ class GPT(nnx.Module):
         x = self._embed(tokens_BxT, positions_BxT, k_embed)
         choice = self.kernels.attention_for(plain_causal=plain, dropout=key is not None and cfg.attn_dropout > 0.0)
         x = self._apply_blocks(x, positions_BxT, k_layers, segments_BxT, impl=choice.impl,
-                               fuse_qkv=self.kernels.fuse_qkv)
+                               fuse_qkv=self.kernels.fuse_qkv, pallas=self.kernels.pallas)
         return self.final_norm(x) if self.final_norm is not None else x
 
     def _embed(self, tokens_BxT, positions_BxT, key):
-        x = self.embed(tokens_BxT)
+        x = self.embed(tokens_BxT, self.kernels.constrain)
         if self.pos_embed is not None:
-            x = x + self.pos_embed(positions_BxT)
+            x = x + self.pos_embed(positions_BxT, self.kernels.constrain)
         x = dropout(x, self.cfg.embed_dropout, key)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         return self.kernels.constrain(x, ACTIVATION_AXES)
 
     def _windows(self) -> np.ndarray:
-        return np.array([self.cfg.local_window if k == "local" else GLOBAL_WINDOW for k in self.cfg.layer_kinds],
-                        np.int32)
+        return layer_windows(self.cfg)
 
     def _apply_blocks(self, x, positions_BxT, key, segments_BxT, **attention):
         """The stack, scanned or unrolled over the stacked parameters."""

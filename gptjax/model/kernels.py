@@ -27,18 +27,20 @@ ACTIVATION_AXES = ("batch", "length", "act_embed")
 class Choice:
     """Which attention path runs, and why (said when a requested or preferred path is not taken)."""
 
-    impl: str  # "einsum", "xla" or "cudnn"
+    impl: str  # "einsum", "xla", "cudnn" or "pallas"
     reason: str
 
 
 @dataclasses.dataclass(frozen=True)
 class Kernels:
-    """The attention path for plain causal calls, whether q/k/v run as one matmul, and how
-    activations named by logical axes are placed (None: left to the compiler)."""
+    """The attention path for plain causal calls, whether q/k/v run as one matmul, how
+    activations named by logical axes are placed (None: left to the compiler), and the Pallas
+    attention kernel for the mesh (runtime.splash.SplashAttention), which the "pallas" path calls."""
 
     attention: Choice = Choice("einsum", "the reference path")
     fuse_qkv: bool = False  # one matmul for q, k and v (CPU: see layers.dense_group)
     place: Callable[[jax.Array, tuple[str | None, ...]], jax.Array] | None = None  # hashable: a static value
+    pallas: Callable | None = None  # hashable: a static value
 
     def attention_for(self, *, plain_causal: bool, dropout: bool) -> Choice:
         """The path of one call. Attention dropout runs on the einsum path only; a mask that is not
@@ -46,9 +48,11 @@ class Kernels:
         causal flag, so cuDNN gives way to XLA's fused attention there."""
         if dropout:  # dot_product_attention has no dropout on attention probabilities
             return Choice("einsum", "attention dropout runs on the einsum path only")
-        if self.attention.impl == "cudnn" and not plain_causal:
+        if self.attention.impl in ("cudnn", "pallas") and not plain_causal:
             return Choice("xla", "XLA's fused attention, because this call's mask is not plain causal "
                                  "(a KV cache, packed segments or given positions)")
+        if self.attention.impl == "pallas" and self.pallas is None:
+            return Choice("xla", "XLA's fused attention, because no Pallas kernel was built for this model's mesh")
         return self.attention
 
     def constrain(self, x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
@@ -77,6 +81,17 @@ def cudnn_obstacles(cfg: ModelConfig, *, platform: str, device_kind: str) -> lis
     return reasons
 
 
+def pallas_obstacles(cfg: ModelConfig, *, platform: str) -> list[str]:
+    """Why jax's splash attention kernel cannot run this model here (empty: it can). Banded layers
+    run with the kernel's own local mask; GQA and MQA with its grouped heads."""
+    reasons = []
+    if platform != "tpu":
+        reasons.append(f"the Pallas attention kernel runs on TPUs only (this device: {platform})")
+    if cfg.position == "alibi":
+        reasons.append("ALiBi adds a bias to the attention logits, which the splash kernel does not take")
+    return reasons
+
+
 def mask_obstacles(cfg: ModelConfig) -> list[str]:
     """Why this model's mask is not the plain causal one the flash kernel's causal flag expresses."""
     reasons = []
@@ -91,13 +106,22 @@ def mask_obstacles(cfg: ModelConfig) -> list[str]:
 def choose_attention(cfg: ModelConfig, *, platform: str, device_kind: str) -> Choice:
     """The attention path for `cfg.attention_impl` on this device. `auto`: einsum on CPU (measured
     1.6x faster than XLA's fused attention for a whole train step of the Shakespeare config),
-    cuDNN flash attention on NVIDIA GPUs when the model allows it, XLA's fused attention otherwise.
-    An explicit `cudnn` that this model or device cannot run is refused with the reasons."""
+    jax's Pallas splash kernel on TPUs and cuDNN flash attention on NVIDIA GPUs when the model
+    allows them, XLA's fused attention otherwise. An explicit `cudnn` or `pallas` that this model
+    or device cannot run is refused with the reasons."""
     impl = cfg.attention_impl
     if impl in ("einsum", "xla"):
         return Choice(impl, f"attention_impl = {impl}")
     if impl == "auto" and platform == "cpu":
         return Choice("einsum", "auto on CPU: the einsum path is the faster one there")
+    if impl == "pallas" or (impl == "auto" and platform == "tpu"):
+        reasons = pallas_obstacles(cfg, platform=platform)
+        if not reasons:
+            return Choice("pallas", f"{impl}: jax's Pallas splash attention kernel")
+        if impl == "pallas":
+            raise ConfigError(f"attention_impl = 'pallas' cannot run here: {'; '.join(reasons)}. Use 'auto' (the "
+                              "Pallas kernel where it can run, XLA's fused attention elsewhere) or 'xla'.")
+        return Choice("xla", f"{impl}: XLA's fused attention, because " + "; ".join(reasons))
     hard = cudnn_obstacles(cfg, platform=platform, device_kind=device_kind)
     if impl == "cudnn" and hard:
         raise ConfigError(f"attention_impl = 'cudnn' cannot run here: {'; '.join(hard)}. Use 'auto' (cuDNN where "
@@ -108,11 +132,13 @@ def choose_attention(cfg: ModelConfig, *, platform: str, device_kind: str) -> Ch
     return Choice("xla", f"{impl}: XLA's fused attention, because " + "; ".join(obstacles))
 
 
-def for_device(cfg: ModelConfig, device: jax.Device, *, place=None, fuse_qkv: bool = True) -> Kernels:
+def for_device(cfg: ModelConfig, device: jax.Device, *, place=None, pallas=None, fuse_qkv: bool = True) -> Kernels:
     """The kernels for `cfg` on `device`'s platform. q/k/v are fused on CPU only, where one matmul
     is faster and no tensor-parallel split of the heads needs them apart (a caller that wraps the
-    projections one by one turns it off). A fallback on an NVIDIA GPU is worth a warning."""
+    projections one by one turns it off). `pallas`: the caller's Pallas attention kernel for its
+    mesh (runtime.splash). A fallback on an NVIDIA GPU or a TPU is worth a warning."""
     choice = choose_attention(cfg, platform=device.platform, device_kind=device.device_kind)
-    if choice.impl != "cudnn" and is_nvidia(device.platform, device.device_kind):
+    accelerated = is_nvidia(device.platform, device.device_kind) or device.platform == "tpu"
+    if choice.impl not in ("cudnn", "pallas") and accelerated:
         log.warning("attention: %s", choice.reason)
-    return Kernels(choice, fuse_qkv=fuse_qkv and device.platform == "cpu", place=place)
+    return Kernels(choice, fuse_qkv=fuse_qkv and device.platform == "cpu", place=place, pallas=pallas)

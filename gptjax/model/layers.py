@@ -106,10 +106,18 @@ class Embedding(nnx.Module):
 
     def __init__(self, rows: int, cfg: ModelConfig, axes: tuple[str, str], *, std: float, rngs: nnx.Rngs):
         self.compute_dtype = DTYPES[cfg.compute_dtype]
+        self.rows_axis = axes[0]
         self.table = param(rngs, (rows, cfg.d_model), axes, DTYPES[cfg.param_dtype], std)
 
-    def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.table[...], ids, axis=0).astype(self.compute_dtype)
+    def __call__(self, ids: jax.Array, place=None) -> jax.Array:
+        """The rows of `ids`. `place` (Kernels.constrain) gives each device whole rows first: with
+        the width split over `fsdp` and the ids over the batch, GSPMD otherwise turned the lookup
+        into all-to-alls; gathered once in the compute dtype, the table is what FSDP gathers for
+        every other matrix (and a tied head's logits need it whole anyway)."""
+        table = self.table[...].astype(self.compute_dtype)
+        if place is not None:
+            table = place(table, (self.rows_axis, None))
+        return jnp.take(table, ids, axis=0)
 
     def attend(self, x_BxTxD: jax.Array) -> jax.Array:
         # Contract with the table's rows as stored: an explicit `.T` made XLA:CPU copy the whole

@@ -121,8 +121,10 @@ def micro_batches(rows_AxB: jax.Array, mesh: Mesh) -> jax.Array:
 
 
 # Logical activation axis (model.kernels.ACTIVATION_AXES) -> mesh axes: the residual stream's
-# batch over the data-parallel axes, the rest replicated (Megatron's layout).
-ACTIVATION_RULES: dict[str, tuple[str, ...] | None] = {"batch": BATCH, "length": None, "act_embed": None}
+# batch over the data-parallel axes, the rest replicated (Megatron's layout). An embedding table
+# gathered for its lookup keeps only its rows' own split ("vocab" over tensor, as in RULES).
+ACTIVATION_RULES: dict[str, tuple[str, ...] | None] = {"batch": BATCH, "length": None, "act_embed": None,
+                                                       "vocab": ("tensor",), "position": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,11 +186,14 @@ _noticed: set[tuple] = set()
 
 
 def spec_for(axes: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh, name: str = "") -> PartitionSpec:
-    """PartitionSpec from logical axes; a dimension its mesh axis does not divide is replicated."""
+    """PartitionSpec from logical axes; a dimension its mesh axis does not divide is replicated,
+    and so is a vector (per layer) along `fsdp`: FSDP splits matrices only. Norm scales and biases
+    across the width are tiny, and split they cost an all-gather in every layer, forward and back."""
     spec, used = [], set()
+    vector = sum(logical != "layers" for logical in axes) == 1
     for logical, size in zip(axes, shape):
         axis = RULES.get(logical)
-        if axis is None or mesh.shape[axis] == 1 or axis in used:
+        if axis is None or mesh.shape[axis] == 1 or axis in used or (vector and axis == "fsdp"):
             spec.append(None)
             continue
         if size % mesh.shape[axis]:

@@ -10,7 +10,7 @@ import platform
 import subprocess
 from importlib import metadata as importlib_metadata
 
-PACKAGES = ("gptjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tiktoken", "numpy")
+PACKAGES = ("gptjax", "jax", "jaxlib", "libtpu", "flax", "optax", "orbax-checkpoint", "grain", "tiktoken", "numpy")
 
 
 def git_commit() -> str | None:

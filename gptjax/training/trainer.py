@@ -20,7 +20,7 @@ from gptjax.config import ModelConfig, TrainConfig
 from gptjax.finetune import lora
 from gptjax.model import kernels as kernels_lib
 from gptjax.model.gpt import GPT, abstract_model
-from gptjax.runtime import sharding, xla
+from gptjax.runtime import sharding, splash, xla
 from gptjax.training import optim, warm_start
 
 State = dict[str, Any]
@@ -134,7 +134,8 @@ def make_trainer(cfg: TrainConfig, mesh: Mesh, objective: Objective | None = Non
                          "data.batch_size / optim.grad_accum (the micro-batch)")
     sharding.check_batch(cfg.eval_batch_size, mesh, "eval_batch_size")
     model_cfg = objective.model_config(cfg)
-    kernels = kernels_lib.for_device(model_cfg, sharding.device(mesh), place=sharding.Activations(mesh))
+    kernels = kernels_lib.for_device(model_cfg, sharding.device(mesh), place=sharding.Activations(mesh),
+                                     pallas=splash.SplashAttention(mesh))
     abstract_model = nnx.eval_shape(lambda: GPT(model_cfg, rngs=nnx.Rngs(params=cfg.seed), kernels=kernels))
     graphdef, params_state = nnx.split(abstract_model)
     shapes = nnx.to_pure_dict(params_state)
