@@ -370,7 +370,10 @@ class DataConfig:
     chat_template: str = "<|{role}|>\n{content}\n"
     tokenizer: Tokenizer = "gpt2"
     tokenizer_path: str | None = None  # tokenizer.json, or a directory holding one (tokenizer: hf)
-    token_dir: str | None = None  # existing nanoGPT-style train.bin/val.bin (+ meta.pkl) to use as is
+    # Existing train.bin/val.bin to use as is: nanoGPT's layout (+ meta.pkl), or what `gptjax data
+    # prepare --output` wrote (+ meta.json); a local directory, gs:// or s3://.
+    token_dir: str | None = None
+    read_cache_mb: int = 256  # token files on object storage: at most this much read-ahead kept per split
     val_fraction: float = 0.1  # the last fraction of the token stream is validation
     batch_size: int = 12  # global batch, in sequences, per optimizer step
     seq_len: int | None = None  # None: model.max_seq_len
@@ -393,6 +396,7 @@ class DataConfig:
                     "must be >= 1 or null")
         _require_in(self, "val_fraction", 0 < self.val_fraction < 1, "must be in (0, 1)")
         _require_in(self, "batch_size", self.batch_size >= 1, "must be >= 1")
+        _require_in(self, "read_cache_mb", self.read_cache_mb >= 1, "must be >= 1 (MiB)")
         _require_in(self, "seq_len", self.seq_len is None or self.seq_len >= 1, "must be >= 1 or null")
 
 
@@ -674,6 +678,7 @@ def config_changes(old: TrainConfig, new: TrainConfig) -> list[tuple[str, Any, A
 # the MFU reference, the run's name, and deliberate kills (a killed run resumes to the same result).
 
 UNTRAINED_FIELDS = (*(f"model.{f}" for f in KERNEL_FIELDS), "mesh", "optim.grad_accum", "data.encode_threads",
+                    "data.read_cache_mb",
                     "data.encode_processes", "name", "eval", "eval_every", "eval_batch_size", "checkpoint_every",
                     "keep_last", "keep_every", "log_every", "logging", "profile", "sample_tokens", "peak_flops",
                     "faults.kill_at_step", "faults.kill_during", "faults.kill_process", "faults.kill_signal",

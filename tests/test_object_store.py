@@ -4,9 +4,11 @@ gcp-storage-emulator, both on 127.0.0.1. Train, SIGKILL mid-save, resume on a "f
 no object. Where the servers cannot start these tests skip loudly; GPTJAX_REQUIRE_OBJECT_STORE=1
 (set by .ci/run) turns that into a failure."""
 
+import json
 import os
 import shutil
 
+import numpy as np
 import object_store
 import pytest
 from helpers import TINY_RUN, losses
@@ -38,8 +40,6 @@ def local_reference(config_file, tmp_path_factory):
 
 
 def _losses(servers, url):
-    import json
-
     return [json.loads(line)["loss"] for line in servers.read(f"{url}/metrics.jsonl").decode().splitlines()]
 
 
@@ -85,3 +85,58 @@ def test_launchers_accept_object_storage_run_directories(servers, config_file, c
     assert cli.main(["launch", "tpu", str(config_file), "--tpu-name", "pod", "--zone", "z",
                      "--run-dir", f"gs://{servers.BUCKET}/runs/tpu", "--dry-run"]) == 0
     assert f"--run-dir gs://{servers.BUCKET}/runs/tpu" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_token_files_prepared_to_object_storage_train_as_local_ones(servers, config_file, local_reference, tmp_path,
+                                                                     scheme):
+    """`gptjax data prepare --output URL` puts the token files in the bucket; `data.token_dir: URL`
+    trains from them in place, with the losses of a run on the local corpus."""
+    url = f"{scheme}://{servers.BUCKET}/tokens/{tmp_path.name}"
+    env = {**servers.env, "GPTJAX_CACHE_DIR": str(tmp_path / "cache")}
+    out = gptjax("data", "prepare", config_file, "--output", url, env=env)
+    assert f"data.token_dir={url}" in out.stdout
+    (local,) = (tmp_path / "cache" / "tokens").iterdir()
+    for name in ("train.bin", "val.bin"):
+        assert servers.read(f"{url}/{name}") == (local / name).read_bytes(), name
+    meta = json.loads(servers.read(f"{url}/meta.json"))
+    assert meta["max_id"] == {"train": 64, "val": 64} and meta["tokenizer"]["kind"] == "char"
+    # A fresh machine with no token cache: everything is read from the bucket.
+    shutil.rmtree(tmp_path / "cache")
+    run = tmp_path / "run"
+    gptjax("train", config_file, f"data.token_dir={url}", "--run-dir", run, "--no-progress", env=env)
+    assert losses(run) == losses(local_reference)
+    assert not (tmp_path / "cache" / "tokens").exists(), "the token files must be read in place, not copied"
+
+
+def test_remote_tokens_read_ranges_through_a_bounded_cache(servers, tmp_path):
+    from gptjax.data import loader
+    from gptjax.data.remote import RemoteTokens
+
+    ids = np.random.default_rng(0).integers(0, 50_000, 10_000).astype(np.uint16)
+    url = f"s3://{servers.BUCKET}/ranges/{tmp_path.name}/train.bin"
+    servers.write(url, ids.tobytes())
+    remote = RemoteTokens(url, np.uint16, cache_bytes=2048, block_bytes=1024)  # 512 tokens a block, 2 kept
+    assert (len(remote), remote.max()) == (ids.size, int(ids.max()))
+    assert remote.reads == 20 and remote.cached_bytes <= 2048
+    for start, stop in [(0, 1), (511, 513), (1000, 4100), (9990, 10_000), (5, 5)]:
+        np.testing.assert_array_equal(remote[start:stop], ids[start:stop])
+    before = remote.reads
+    np.testing.assert_array_equal(remote[9995:10_000], ids[9995:10_000])  # the last block read: from the cache
+    assert remote.reads == before and remote.cached_bytes <= 2048
+    with pytest.raises(TypeError, match="only contiguous slices"):
+        remote[::2]
+    # The loader is a function of (seed, example): rows split between two processes' readers
+    # (each with its own cache) assemble the batch one local reader makes, in the same order.
+    whole = loader.TrainBatches(ids, 16, 8, seed=3).at(40)
+    halves = [loader.TrainBatches(RemoteTokens(url, np.uint16, cache_bytes=4096), 16, 8, seed=3, rows=rows).at(40)
+              for rows in (np.arange(4), np.arange(4, 8))]
+    np.testing.assert_array_equal(np.concatenate(halves), whole)
+
+
+def test_prepare_refuses_an_unsupported_output_before_encoding(config_file, tmp_path):
+    out = gptjax("data", "prepare", config_file, "--output", "ftp://host/tokens", check=False,
+                 env={"GPTJAX_CACHE_DIR": str(tmp_path)})
+    assert out.returncode == 2 and "the scheme ftp:// is not supported; use a local path, gs:// or s3://" in out.stderr
+    assert not (tmp_path / "tokens").exists()

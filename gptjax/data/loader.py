@@ -20,12 +20,14 @@ import urllib.request
 
 import grain
 import numpy as np
+from etils import epath
 
 from gptjax.config import DataConfig
 from gptjax.data import text_files
 from gptjax.data import tokenizer as tok_lib
+from gptjax.data.remote import RemoteTokens
 from gptjax.errors import DataError
-from gptjax.store.paths import cache_root
+from gptjax.store.paths import as_path, cache_root, copy_file, is_remote, write_text
 from gptjax.store.paths import sha256 as sha256_file
 
 
@@ -134,10 +136,11 @@ def _download(spec: Corpus, dest: pathlib.Path) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Tokens:
-    train: np.ndarray  # memory-mapped, flat
-    val: np.ndarray
+    train: np.ndarray | RemoteTokens  # memory-mapped or read in place from object storage, flat
+    val: np.ndarray | RemoteTokens
     tokenizer: tok_lib.Tokenizer
-    directory: pathlib.Path
+    directory: pathlib.Path | epath.Path
+    max_id: dict[str, int] | None = None  # per split, where meta.json records it
 
 
 def make_tokenizer(cfg: DataConfig, checkpoint_tokenizer: tok_lib.Tokenizer | None = None) -> tok_lib.Tokenizer | None:
@@ -160,7 +163,7 @@ def load_tokens(cfg: DataConfig, checkpoint_tokenizer: tok_lib.Tokenizer | None 
     """Token files for this data config: a user's nanoGPT directory, text files, or a corpus,
     encoded once and cached. `checkpoint_tokenizer`: as for make_tokenizer."""
     if cfg.token_dir is not None:
-        return _load_nanogpt_dir(pathlib.Path(cfg.token_dir), cfg)
+        return load_token_dir(cfg.token_dir, cfg)
     tokenizer = make_tokenizer(cfg, checkpoint_tokenizer)
     if cfg.text_files:
         return _load_text_files(cfg, tokenizer)
@@ -261,25 +264,64 @@ def read_meta_pkl(path: pathlib.Path) -> tok_lib.CharTokenizer:
     return tok_lib.CharTokenizer("".join(itos[i] for i in range(len(itos))))
 
 
-def _load_nanogpt_dir(directory: pathlib.Path, cfg: DataConfig) -> Tokens:
+def load_token_dir(location: str, cfg: DataConfig) -> Tokens:
+    """data.token_dir: a directory (local, gs:// or s3://) of train.bin and val.bin with the
+    meta.json `gptjax data prepare` writes (its tokenizer, dtype and counts), or nanoGPT's layout
+    (meta.pkl for characters, else data.tokenizer). Files on object storage are read in place
+    (data.remote.RemoteTokens), with at most data.read_cache_mb of blocks kept per split."""
+    root = as_path(location)
+    names = {p.name for p in root.iterdir()} if root.is_dir() else set()
     for name in ("train.bin", "val.bin"):
-        if not (directory / name).is_file():
-            raise DataError(f"data.token_dir = {str(directory)!r} has no {name} (nanoGPT's prepare.py layout)")
-    meta = directory / "meta.pkl"
-    tokenizer = read_meta_pkl(meta) if meta.is_file() else tok_lib.TiktokenTokenizer(cfg.tokenizer)
-    dtype = text_files.token_dtype(tokenizer.vocab_size)
-    train = np.memmap(directory / "train.bin", dtype=dtype, mode="r")
-    val = np.memmap(directory / "val.bin", dtype=dtype, mode="r")
-    return Tokens(train, val, tokenizer, directory)
+        if name not in names:
+            raise DataError(f"data.token_dir = {location!r} has no {name} (nanoGPT's prepare.py layout, or the "
+                            "output of gptjax data prepare)")
+    meta = json.loads((root / "meta.json").read_text()) if "meta.json" in names else None
+    if meta is not None:
+        tokenizer = tok_lib.from_dict(meta["tokenizer"])
+    elif "meta.pkl" in names:
+        tokenizer = read_meta_pkl(root / "meta.pkl")
+    else:
+        tokenizer = tok_lib.TiktokenTokenizer(cfg.tokenizer)
+    dtype = np.dtype(meta["dtype"]) if meta is not None else text_files.token_dtype(tokenizer.vocab_size)
+    arrays = {}
+    for split in ("train", "val"):
+        expected = meta[split]["tokens"] if meta is not None else None
+        if is_remote(location):
+            arrays[split] = RemoteTokens(str(root / f"{split}.bin"), dtype, cache_bytes=cfg.read_cache_mb << 20)
+        else:
+            arrays[split] = np.memmap(pathlib.Path(root) / f"{split}.bin", dtype=dtype, mode="r")
+        if expected is not None and arrays[split].size != expected:
+            raise DataError(f"{root / (split + '.bin')}: {arrays[split].size} tokens, its meta.json says {expected}; "
+                            "prepare the directory again")
+    return Tokens(arrays["train"], arrays["val"], tokenizer, root, None if meta is None else meta.get("max_id"))
+
+
+def publish(tokens: Tokens, output: str) -> None:
+    """Copy prepared token files to `output` (a directory, gs:// or s3://): the token files first,
+    meta.json last, so a reader that finds meta.json finds them whole (one object store PUT is
+    atomic; a local copy is renamed into place)."""
+    meta = json.loads((pathlib.Path(tokens.directory) / "meta.json").read_text())
+    meta["max_id"] = {split: int(getattr(tokens, split).max()) for split in ("train", "val")}
+    root = as_path(output)
+    for split in ("train", "val"):
+        source, target = pathlib.Path(tokens.directory) / f"{split}.bin", root / f"{split}.bin"
+        if is_remote(output):
+            copy_file(source, target)
+        else:  # a local copy appears whole, by rename
+            partial = pathlib.Path(os.fspath(target)).with_name(f".{split}.bin.partial")
+            copy_file(source, partial)
+            os.replace(partial, os.fspath(target))
+    write_text(root / "meta.json", json.dumps(meta, indent=1))
 
 
 def check_vocab(tokens: Tokens, vocab_size: int) -> None:
-    """Token ids must index the model's embedding: checked once, before anything compiles."""
+    """Token ids must index the model's embedding: checked once, before anything compiles (from
+    meta.json's max_id where `gptjax data prepare --output` recorded it: no full read of a remote file)."""
     for split in ("train", "val"):
         arr = getattr(tokens, split)
         if arr.size == 0:
             raise DataError(f"{tokens.directory}: the {split} split is empty")
-        top = int(arr.max())
+        top = tokens.max_id[split] if tokens.max_id else int(arr.max())
         if top >= vocab_size:
             raise DataError(f"{tokens.directory / (split + '.bin')}: token id {top} is beyond the model's "
                             f"vocabulary (model.vocab_size = {vocab_size}); set model.vocab_size >= {top + 1}")

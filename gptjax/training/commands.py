@@ -38,9 +38,12 @@ def _data_prepare(args) -> int:
 
     from gptjax.config_files import load_train_config
     from gptjax.data import loader
+    from gptjax.store import paths
     from gptjax.training import warm_start
 
     cfg = load_train_config(args.config, args.overrides)
+    if args.output:
+        paths.scheme(args.output)  # an unsupported URL is refused before any encoding
     t0 = time.perf_counter()
     tokens = loader.load_tokens(cfg.data, warm_start.checkpoint_tokenizer(cfg))
     meta_file = tokens.directory / "meta.json"
@@ -48,6 +51,11 @@ def _data_prepare(args) -> int:
     rate = f", {meta['mb_per_sec']:.1f} MB/s on {meta['processes']} processes" if meta.get("mb_per_sec") else ""
     print(f"{tokens.directory}: {tokens.train.size:,} train and {tokens.val.size:,} validation tokens "
           f"({tokens.tokenizer.name} tokenizer{rate}; {time.perf_counter() - t0:.1f} s here)")
+    if args.output:
+        t0 = time.perf_counter()
+        loader.publish(tokens, args.output)
+        print(f"copied to {args.output} in {time.perf_counter() - t0:.1f} s; train from it with "
+              f"data.token_dir={args.output}")
     return 0
 
 
@@ -70,4 +78,6 @@ def add_parser(sub) -> None:
                             "token cache, in parallel, so training starts at once")
     s.add_argument("config", help="a YAML file or a preset name")
     s.add_argument("overrides", nargs="*", help="section.field=value, e.g. data.text_files=[owt/*.jsonl]")
+    s.add_argument("--output", help="also copy the token files (train.bin, val.bin, meta.json) to this directory, "
+                   "gs://bucket/path or s3://bucket/path, for data.token_dir")
     s.set_defaults(func=_data_prepare)
