@@ -128,6 +128,8 @@ def test_tpu_topology_plans_are_the_tpu_compilers():
     # this small, the reserve outweighs the sum above; on GPT-3 XL the sum overstated it).
     assert tpu.compiler_peak_bytes > 0
     assert tpu.collectives["all-gather"] > 0 and tpu.attention["impl"] == "pallas"  # auto on a TPU
+    # The embedding lookup reads a gathered table: GSPMD made it all-to-alls over the fsdp-split width.
+    assert tpu.collectives["all-to-all"] == 0
     with pytest.raises(ConfigError, match="--topology 'v5e:3x7'"):
         plan.tpu_devices("v5e:3x7")
 
