@@ -94,7 +94,7 @@ CATALOGUE = [
     ("unknown tokenizer", ["train", CFG, "data.tokenizer=gpt5"], "`data.tokenizer`: Cannot convert 'gpt5' (<class 'str'>) into one of: char, gpt2"),
     ("token directory without train.bin", lambda w, d: ["train", str(w / "tiny.yaml"),
                                                         f"data.token_dir={_token_dir(d, train=False)}"],
-     "has no train.bin (nanoGPT's prepare.py layout)"),
+     "has no train.bin (nanoGPT's prepare.py layout, or the output of gptjax data prepare)"),
     ("meta.pkl that would run code", lambda w, d: ["train", str(w / "tiny.yaml"),
                                                    f"data.token_dir={_token_dir(d, meta=pickle.dumps(Evil()))}"],
      "meta.pkl references posix.system; only plain dicts, strings and integers are accepted"),

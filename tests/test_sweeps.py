@@ -18,6 +18,10 @@ from gptjax.sweeps import report, runner, spec
 
 TINY = {**TINY_RUN, "steps": 6, "eval_every": 3, "checkpoint_every": 3, "sample_tokens": 0, "log_every": 1}
 
+# Sweep orchestration (runner, retries, search, fits) is gptjax's own logic: its slow end-to-end
+# tests run on the reference lane (see scripts/test.sh).
+pytestmark = pytest.mark.workflow
+
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):

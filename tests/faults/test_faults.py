@@ -9,7 +9,8 @@ import pytest
 from gptjax.tools import chaos
 
 # Runs one subprocess after another: keep the whole module on one xdist worker.
-pytestmark = pytest.mark.xdist_group("faults")
+# Fault recovery is the loop's and the store's logic: the reference lane runs it (see scripts/test.sh).
+pytestmark = [pytest.mark.xdist_group("faults"), pytest.mark.workflow]
 
 
 @pytest.fixture(scope="module")
