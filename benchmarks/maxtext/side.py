@@ -41,9 +41,9 @@ def gptjax_side(shape: dict, attention: str) -> dict:
                                   "data": {"batch_size": shape["per_device_batch"] * shape["chips"],
                                            "seq_len": shape["seq"]}})
     p = plan.make_plan(cfg, devices=plan.tpu_devices(shape["topology"]), topology=shape["topology"])
-    return {"argument_bytes": p.argument_bytes, "temp_bytes": p.temp_bytes, "peak_bytes": p.peak_bytes,
-            "compiler_peak_bytes": p.compiler_peak_bytes, "collectives": p.collectives, "compile_s": p.compile_s,
-            "attention": p.attention["impl"]}
+    fields = ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "peak_bytes", "compiler_peak_bytes",
+              "collectives", "compile_s")
+    return {**{f: getattr(p, f) for f in fields}, "attention": p.attention["impl"]}
 
 
 def maxtext_side(shape: dict, attention: str) -> dict:
@@ -74,14 +74,8 @@ def maxtext_side(shape: dict, attention: str) -> dict:
 
     train_compile.jit_and_compile = timed
     train_compile.main(argv)
-    compiled = captured["compiled"]
-    mem = compiled.memory_analysis()
-    argument, output = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
-    alias, temp = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
-    return {"argument_bytes": argument, "temp_bytes": temp, "peak_bytes": argument + output - alias + temp,
-            "compiler_peak_bytes": int(getattr(mem, "peak_memory_in_bytes", 0)) or None,
-            "collectives": plan.collective_counts(compiled), "compile_s": captured["compile_s"],
-            "attention": attention}
+    return {**plan.memory_figures(captured["compiled"]), "collectives": plan.collective_counts(captured["compiled"]),
+            "compile_s": captured["compile_s"], "attention": attention}
 
 
 def main() -> None:

@@ -234,14 +234,24 @@ def _encode_to(directory: pathlib.Path, text: str, tokenizer, cfg: DataConfig) -
 
 def _open(directory: pathlib.Path, tokenizer) -> Tokens:
     meta = json.loads((directory / "meta.json").read_text())
-    dtype = np.dtype(meta["dtype"])
-    arrays = {}
+    train, val = _token_arrays(directory, np.dtype(meta["dtype"]), meta, f"delete {directory} to re-encode")
+    return Tokens(train, val, tokenizer, directory)
+
+
+def _token_arrays(root, dtype, meta: dict | None, remedy: str, cache_bytes: int = 0):
+    """train.bin and val.bin under `root`: memory-mapped, or read in place from object storage
+    through `cache_bytes` of blocks; their sizes checked against meta.json's counts where given."""
+    arrays = []
     for split in ("train", "val"):
-        arrays[split] = np.memmap(directory / f"{split}.bin", dtype=dtype, mode="r")
-        if arrays[split].size != meta[split]["tokens"]:
-            raise DataError(f"{directory / (split + '.bin')}: {arrays[split].size} tokens, meta.json says "
-                            f"{meta[split]['tokens']}; delete {directory} to re-encode")
-    return Tokens(arrays["train"], arrays["val"], tokenizer, directory)
+        path = root / f"{split}.bin"
+        if is_remote(root):
+            array = RemoteTokens(str(path), dtype, cache_bytes=cache_bytes)
+        else:
+            array = np.memmap(os.fspath(path), dtype=dtype, mode="r")
+        if meta is not None and array.size != meta[split]["tokens"]:
+            raise DataError(f"{path}: {array.size} tokens, meta.json says {meta[split]['tokens']}; {remedy}")
+        arrays.append(array)
+    return arrays
 
 
 class _VocabOnlyUnpickler(pickle.Unpickler):
@@ -283,17 +293,8 @@ def load_token_dir(location: str, cfg: DataConfig) -> Tokens:
     else:
         tokenizer = tok_lib.TiktokenTokenizer(cfg.tokenizer)
     dtype = np.dtype(meta["dtype"]) if meta is not None else text_files.token_dtype(tokenizer.vocab_size)
-    arrays = {}
-    for split in ("train", "val"):
-        expected = meta[split]["tokens"] if meta is not None else None
-        if is_remote(location):
-            arrays[split] = RemoteTokens(str(root / f"{split}.bin"), dtype, cache_bytes=cfg.read_cache_mb << 20)
-        else:
-            arrays[split] = np.memmap(pathlib.Path(root) / f"{split}.bin", dtype=dtype, mode="r")
-        if expected is not None and arrays[split].size != expected:
-            raise DataError(f"{root / (split + '.bin')}: {arrays[split].size} tokens, its meta.json says {expected}; "
-                            "prepare the directory again")
-    return Tokens(arrays["train"], arrays["val"], tokenizer, root, None if meta is None else meta.get("max_id"))
+    train, val = _token_arrays(root, dtype, meta, "prepare the directory again", cfg.read_cache_mb << 20)
+    return Tokens(train, val, tokenizer, root, None if meta is None else meta.get("max_id"))
 
 
 def publish(tokens: Tokens, output: str) -> None:

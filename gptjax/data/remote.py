@@ -14,6 +14,7 @@ import threading
 import numpy as np
 
 from gptjax.errors import DataError
+from gptjax.store import paths
 
 BLOCK_BYTES = 4 << 20  # one ranged GET: large enough to amortise a request, small against the cache
 
@@ -24,10 +25,8 @@ class RemoteTokens:
     safe to read from several threads (grain's readers)."""
 
     def __init__(self, url: str, dtype, *, cache_bytes: int, block_bytes: int = BLOCK_BYTES, size: int | None = None):
-        import fsspec
-
         self.url, self.dtype = url, np.dtype(dtype)
-        self._fs, self._path = fsspec.core.url_to_fs(url)
+        self._fs, self._path = paths.filesystem(url)
         nbytes = self._fs.size(self._path) if size is None else size * self.dtype.itemsize
         if nbytes % self.dtype.itemsize:
             raise DataError(f"{url}: {nbytes} bytes is not a whole number of {self.dtype.name} tokens")

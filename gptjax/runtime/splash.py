@@ -49,22 +49,21 @@ class SplashAttention:
         index = jnp.argmax(jnp.asarray(windows) == window) if len(windows) > 1 else jnp.zeros((), jnp.int32)
         attend = functools.partial(_attend, windows=windows, interpret=self.interpret)
         if self.mesh is not None and self.mesh.size > 1:
-            q_spec, kv_spec = self._specs(b, n, k.shape[1])
-            attend = jax.shard_map(attend, mesh=self.mesh, in_specs=(q_spec, kv_spec, kv_spec, PartitionSpec()),
-                                   out_specs=q_spec, check_vma=False)
+            spec = self._spec(b, n, k.shape[1])
+            attend = jax.shard_map(attend, mesh=self.mesh, in_specs=(spec, spec, spec, PartitionSpec()),
+                                   out_specs=spec, check_vma=False)
         out = attend(q, k, v, index)  # [B, N, T + pad, H]
         return out.transpose(0, 2, 1, 3)[:, :t]
 
-    def _specs(self, batch: int, heads: int, kv_heads: int) -> tuple[PartitionSpec, PartitionSpec]:
-        """[B, N, T, H] specs: rows over the batch axes and heads over `tensor`, each where the mesh
-        divides them (as runtime.sharding places activations). Query heads stay whole on each
-        device when the key heads cannot be split alongside them (GQA groups must stay together)."""
+    def _spec(self, batch: int, heads: int, kv_heads: int) -> PartitionSpec:
+        """The [B, N, T, H] spec of q, k, v and the output: rows over the batch axes and heads over
+        `tensor`, each where the mesh divides them (as runtime.sharding places activations). Query
+        heads stay whole on each device when the key heads cannot be split alongside them (GQA
+        groups must stay together)."""
         shape = self.mesh.shape
         rows = BATCH if batch % math.prod(shape[a] for a in BATCH) == 0 else None
         split = shape["tensor"] > 1 and heads % shape["tensor"] == 0 and kv_heads % shape["tensor"] == 0
-        return (PartitionSpec(rows, "tensor" if split else None, None, None),
-                PartitionSpec(rows, "tensor" if split else None, None, None))
-
+        return PartitionSpec(rows, "tensor" if split else None, None, None)
 
 def _attend(q, k, v, index, *, windows, interpret):
     """One device's rows and heads: one kernel per window, the layer's chosen by `index`."""

@@ -74,7 +74,7 @@ class Mirror:
                 paths.remove_tree(entry)
 
     def committed_steps(self) -> list[int]:
-        fs, prefix = paths._fs(self.remote)
+        fs, prefix = paths.filesystem(self.remote)
         if not fs.exists(prefix):
             return []
         steps = []

@@ -105,7 +105,8 @@ def is_link(p: PathLike) -> bool:
     return not is_remote(p) and os.path.islink(os.fspath(p))
 
 
-def _fs(p: PathLike):
+def filesystem(p: PathLike):
+    """(fsspec filesystem, path within it) of a gs:// or s3:// URL."""
     import fsspec
 
     return fsspec.core.url_to_fs(os.fspath(p))
@@ -116,7 +117,7 @@ def files(root: PathLike) -> list[str]:
     Orbax would follow it to a file outside the checkpoint."""
     root = as_path(root)
     if is_remote(root):
-        fs, prefix = _fs(root)
+        fs, prefix = filesystem(root)
         prefix = prefix.rstrip("/")
         # find() lists every object under the prefix in one request per page (rglob is not
         # implemented for s3 in epath).
@@ -150,11 +151,11 @@ def copy_file(src: PathLike, dst: PathLike) -> None:
         shutil.copyfile(os.fspath(src), os.fspath(dst))
         return
     if not is_remote(src):
-        fs, target = _fs(dst)
+        fs, target = filesystem(dst)
         fs.put_file(os.fspath(src), target)
         return
     if not is_remote(dst):
-        fs, source = _fs(src)
+        fs, source = filesystem(src)
         fs.get_file(source, os.fspath(dst))
         return
     dst.write_bytes(src.read_bytes())
@@ -163,7 +164,7 @@ def copy_file(src: PathLike, dst: PathLike) -> None:
 def remove_tree(p: PathLike) -> None:
     path = as_path(p)
     if is_remote(path):
-        fs, target = _fs(path)
+        fs, target = filesystem(path)
         if fs.exists(target):
             fs.rm(target, recursive=True)
         return

@@ -149,9 +149,6 @@ def make_plan(cfg: TrainConfig, accelerator: str | None = None, devices=None, to
     seq = cfg.resolved_seq_len
     batch, _ = abstract_inputs(tr)
     compiled, compile_s = compile_step(tr)
-    mem = compiled.memory_analysis()
-    argument, output = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
-    alias, temp = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
     attention = tr.kernels.attention_for(plain_causal=not cfg.data.sft_files, dropout=cfg.model.attn_dropout > 0)
     return Plan(
         mesh=dict(zip(mesh.axis_names, mesh.devices.shape)), devices=mesh.size, platform=sharding.platform(mesh),
@@ -160,11 +157,20 @@ def make_plan(cfg: TrainConfig, accelerator: str | None = None, devices=None, to
         params_bytes=per_device_bytes(tr.abstract_state["params"]),
         frozen_bytes=per_device_bytes(tr.abstract_frozen) if tr.abstract_frozen is not None else 0,
         opt_state_bytes=per_device_bytes(tr.abstract_state["opt_state"]), batch_bytes=per_device_bytes(batch),
-        argument_bytes=argument, output_bytes=output, alias_bytes=alias, temp_bytes=temp,
-        peak_bytes=argument + output - alias + temp, compile_s=compile_s,
-        compiler_peak_bytes=int(getattr(mem, "peak_memory_in_bytes", 0)) or None,
+        **memory_figures(compiled), compile_s=compile_s,
         attention={"impl": attention.impl, "reason": attention.reason}, collectives=collective_counts(compiled),
         accelerator=capacity[0] if capacity else None, capacity_bytes=capacity[1] if capacity else None)
+
+
+def memory_figures(compiled) -> dict:
+    """A compiled program's memory per device: its buffers, the peak as their sum (arguments +
+    outputs - donated + temporaries) and the compiler's own peak where it reports one."""
+    mem = compiled.memory_analysis()
+    argument, output = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
+    alias, temp = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
+    return {"argument_bytes": argument, "output_bytes": output, "alias_bytes": alias, "temp_bytes": temp,
+            "peak_bytes": argument + output - alias + temp,
+            "compiler_peak_bytes": int(getattr(mem, "peak_memory_in_bytes", 0)) or None}
 
 
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all")
