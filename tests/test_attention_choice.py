@@ -101,13 +101,14 @@ def test_the_model_runs_the_causal_form_only_where_the_mask_is_plain_causal(monk
 
 
 def test_kernels_are_chosen_for_the_device_given_not_the_one_traced_on():
-    """A plan for an NVIDIA GPU made on this CPU machine gets the GPU's kernels, and CPU ones fuse q/k/v."""
+    """A plan for an NVIDIA GPU made on this CPU machine gets the GPU's kernels; q/k/v fuse
+    everywhere unless the caller says not to."""
 
     class Device:
         platform, device_kind = "gpu", "NVIDIA H100 80GB HBM3"
 
     gpu = kernels.for_device(FLASHABLE, Device())
-    assert gpu.attention.impl == "cudnn" and not gpu.fuse_qkv
+    assert gpu.attention.impl == "cudnn" and gpu.fuse_qkv
     cpu = kernels.for_device(FLASHABLE, jax.devices()[0])
     assert cpu.attention.impl == "einsum" and cpu.fuse_qkv
     assert not kernels.for_device(FLASHABLE, jax.devices()[0], fuse_qkv=False).fuse_qkv

@@ -110,6 +110,30 @@ def test_token_files_prepared_to_object_storage_train_as_local_ones(servers, con
     assert not (tmp_path / "cache" / "tokens").exists(), "the token files must be read in place, not copied"
 
 
+@pytest.mark.slow
+def test_a_resume_on_more_processes_reads_object_storage_tokens_in_the_global_order(servers, config_file, tmp_path):
+    """Trained by one process from token files in a bucket, killed, resumed by two processes reading
+    the same bucket: every step sees the batch of the uninterrupted run (its losses, to the 1e-5
+    that one and two processes agree to), with no process holding a copy of the token files."""
+    url = f"s3://{servers.BUCKET}/tokens/{tmp_path.name}"
+    env = {**servers.env, "GPTJAX_CACHE_DIR": str(tmp_path / "cache")}
+    gptjax("data", "prepare", config_file, "--output", url, env=env)
+    shutil.rmtree(tmp_path / "cache")
+    one_process = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    gptjax("train", config_file, f"data.token_dir={url}", "--run-dir", reference, "--no-progress", env=one_process)
+    killed = gptjax("train", config_file, f"data.token_dir={url}", "--run-dir", resumed, "--no-progress",
+                    "faults.kill_at_step=7", "faults.kill_during=step", env=one_process, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    out = gptjax("launch", "local", config_file, f"data.token_dir={url}", "--run-dir", resumed, "--processes", 2,
+                 "--devices-per-process", 4, env=env)
+    assert "resumed from step 4" in out.stderr + out.stdout, (out.stdout + out.stderr)[-2000:]
+    rows, expected = losses(resumed), losses(reference)
+    assert len(rows) == len(expected) == TINY["steps"]
+    np.testing.assert_allclose(rows, expected, rtol=0, atol=1e-5)
+    assert not (tmp_path / "cache" / "tokens").exists(), "the token files must be read in place, not copied"
+
+
 def test_remote_tokens_read_ranges_through_a_bounded_cache(servers, tmp_path):
     from gptjax.data import loader
     from gptjax.data.remote import RemoteTokens

@@ -8,9 +8,11 @@ import yaml
 from helpers import gptjax_cli as gptjax
 from helpers import require_libtpu
 
-from gptjax.config import ConfigError, TrainConfig, from_dict
-from gptjax.model import counting
+from gptjax.config import ConfigError, MeshConfig, TrainConfig, from_dict
+from gptjax.model import counting, kernels
+from gptjax.runtime import sharding
 from gptjax.tools import plan
+from gptjax.training import trainer
 
 MODEL = {"vocab_size": 512, "max_seq_len": 64, "d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 256}
 
@@ -132,6 +134,25 @@ def test_tpu_topology_plans_are_the_tpu_compilers():
     assert tpu.collectives["all-to-all"] == 0
     with pytest.raises(ConfigError, match="--topology 'v5e:3x7'"):
         plan.tpu_devices("v5e:3x7")
+
+
+@pytest.mark.slow
+def test_fused_qkv_gathers_fewer_weights_on_tpu(monkeypatch):
+    """q, k and v as one product: FSDP gathers one kernel per layer instead of three (and the
+    backward pass does not gather them again); with the heads split over `tensor` they stay apart."""
+    require_libtpu()
+    cfg = config({"fsdp": 4}, d_model=256, n_heads=2, d_ff=1024)
+    fused = plan.make_plan(cfg, devices=plan.tpu_devices("v5p:2x2x1"), topology="v5p:2x2x1")
+    for_device = kernels.for_device
+    monkeypatch.setattr(kernels, "for_device", lambda *a, **k: for_device(*a, **{**k, "fuse_qkv": False}))
+    apart = plan.make_plan(cfg, devices=plan.tpu_devices("v5p:2x2x1"), topology="v5p:2x2x1")
+    assert fused.collectives["all-gather"] <= apart.collectives["all-gather"] - 2, (fused.collectives,
+                                                                                    apart.collectives)
+    monkeypatch.undo()
+    tpu = plan.tpu_devices("v5p:2x2x1")
+    assert trainer.kernels_for(cfg.model, sharding.make_mesh(cfg.mesh, tpu)).fuse_qkv
+    split = sharding.make_mesh(MeshConfig(data=1, fsdp=2, tensor=2), tpu)
+    assert not trainer.kernels_for(cfg.model, split).fuse_qkv
 
 
 @pytest.mark.slow

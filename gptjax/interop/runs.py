@@ -8,12 +8,11 @@ from flax import nnx
 
 from gptjax.config import TrainConfig
 from gptjax.finetune import lora
-from gptjax.model import kernels
 from gptjax.model.gpt import abstract_model
-from gptjax.runtime import sharding, splash
+from gptjax.runtime import sharding
 from gptjax.store.rundir import RunDir
 from gptjax.store.tensor_files import CheckpointError
-from gptjax.training import warm_start
+from gptjax.training import trainer, warm_start
 
 
 def load_model(path, mesh=None):
@@ -28,9 +27,7 @@ def load_model(path, mesh=None):
                               f"language model; its scores are in {run_dir.file('eval.json')}")
     if mesh is None:
         mesh = sharding.one_device_mesh(cfg.mesh)
-    model = abstract_model(cfg.model, kernels.for_device(cfg.model, sharding.device(mesh),
-                                                         place=sharding.Activations(mesh),
-                                                         pallas=splash.SplashAttention(mesh)))
+    model = abstract_model(cfg.model, trainer.kernels_for(cfg.model, mesh))
     graphdef, state = nnx.split(model)
     shapes = nnx.to_pure_dict(state)
     shardings = sharding.param_shardings(sharding.logical_axes(model), shapes, mesh)

@@ -38,7 +38,7 @@ class Kernels:
     attention kernel for the mesh (runtime.splash.SplashAttention), which the "pallas" path calls."""
 
     attention: Choice = Choice("einsum", "the reference path")
-    fuse_qkv: bool = False  # one matmul for q, k and v (CPU: see layers.dense_group)
+    fuse_qkv: bool = False  # one matmul for q, k and v (layers.dense_group)
     place: Callable[[jax.Array, tuple[str | None, ...]], jax.Array] | None = None  # hashable: a static value
     pallas: Callable | None = None  # hashable: a static value
 
@@ -132,13 +132,15 @@ def choose_attention(cfg: ModelConfig, *, platform: str, device_kind: str) -> Ch
     return Choice("xla", f"{impl}: XLA's fused attention, because " + "; ".join(obstacles))
 
 
-def for_device(cfg: ModelConfig, device: jax.Device, *, place=None, pallas=None, fuse_qkv: bool = True) -> Kernels:
-    """The kernels for `cfg` on `device`'s platform. q/k/v are fused on CPU only, where one matmul
-    is faster and no tensor-parallel split of the heads needs them apart (a caller that wraps the
-    projections one by one turns it off). `pallas`: the caller's Pallas attention kernel for its
+def for_device(cfg: ModelConfig, device: jax.Device, *, place=None, pallas=None, fuse_qkv: bool = True,
+               heads_split: bool = False) -> Kernels:
+    """The kernels for `cfg` on `device`'s platform. q/k/v run as one matmul (layers.dense_group)
+    unless the caller wraps the projections one by one (`fuse_qkv=False`) or the heads are split
+    over a tensor axis (`heads_split`: the concatenated outputs would interleave the shards, so the
+    products stay apart and each keeps its split). `pallas`: the caller's Pallas attention kernel for its
     mesh (runtime.splash). A fallback on an NVIDIA GPU or a TPU is worth a warning."""
     choice = choose_attention(cfg, platform=device.platform, device_kind=device.device_kind)
     accelerated = is_nvidia(device.platform, device.device_kind) or device.platform == "tpu"
     if choice.impl not in ("cudnn", "pallas") and accelerated:
         log.warning("attention: %s", choice.reason)
-    return Kernels(choice, fuse_qkv=fuse_qkv and device.platform == "cpu", place=place, pallas=pallas)
+    return Kernels(choice, fuse_qkv=fuse_qkv and not heads_split, place=place, pallas=pallas)

@@ -127,6 +127,13 @@ class LanguageModel:
         return jnp.sum(total * weights) / n, {"loss": jnp.sum(ce * weights) / n}
 
 
+def kernels_for(cfg: ModelConfig, mesh: Mesh) -> kernels_lib.Kernels:
+    """The kernels a model runs with on `mesh`: chosen for its devices, activations placed by
+    logical axes, this mesh's Pallas attention kernel, q/k/v fused unless the heads are split."""
+    return kernels_lib.for_device(cfg, sharding.device(mesh), place=sharding.Activations(mesh),
+                                  pallas=splash.SplashAttention(mesh), heads_split=mesh.shape["tensor"] > 1)
+
+
 def make_trainer(cfg: TrainConfig, mesh: Mesh, objective: Objective | None = None) -> Trainer:
     """Abstract evaluation only: shapes and shardings of the state, nothing allocated."""
     objective = LanguageModel(cfg.finetune.lora) if objective is None else objective
@@ -134,8 +141,7 @@ def make_trainer(cfg: TrainConfig, mesh: Mesh, objective: Objective | None = Non
                          "data.batch_size / optim.grad_accum (the micro-batch)")
     sharding.check_batch(cfg.eval_batch_size, mesh, "eval_batch_size")
     model_cfg = objective.model_config(cfg)
-    kernels = kernels_lib.for_device(model_cfg, sharding.device(mesh), place=sharding.Activations(mesh),
-                                     pallas=splash.SplashAttention(mesh))
+    kernels = kernels_for(model_cfg, mesh)
     abstract_model = nnx.eval_shape(lambda: GPT(model_cfg, rngs=nnx.Rngs(params=cfg.seed), kernels=kernels))
     graphdef, params_state = nnx.split(abstract_model)
     shapes = nnx.to_pure_dict(params_state)
