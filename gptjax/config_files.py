@@ -15,12 +15,56 @@ import yaml
 from gptjax.config import ConfigError, TrainConfig, from_dict
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int):
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one
+    silently, so `n_layers: 4` then `n_layers: 6` trained 6 layers without a word). Keys brought
+    in by a merge (`<<: *base`) may be overridden, as YAML means them to be."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    if key in lines:
+                        raise _DuplicateKey(key, lines[key], line)
+                    lines[key] = line
+                except TypeError:  # an unhashable key: the base constructor says so
+                    pass
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """YAML text read strictly; a syntax error or a duplicate key is a ConfigError naming `where`
+    (the file, or the override), the line and the column."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as e:
+        raise ConfigError(f"{where}: {e.key!r} is given twice, on line {e.first} and on line {e.second}; keep "
+                          "one of them") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = " ".join(str(x) for x in (e.context, e.problem) if x)
+        raise ConfigError(f"{where}: {at}{what} (YAML syntax)") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: {e} (YAML syntax)") from None
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`section.field=value` with a YAML value (`[1, 2]`, `null`, `3e-4`)."""
     key, sep, raw = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} is not of the form section.field=value")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    value = load_yaml(raw, f"override {text!r}") if raw.strip() else None
     return key.split("."), value
 
 
@@ -35,7 +79,7 @@ def load_train_config(source: str | None, overrides: list[str] = ()) -> TrainCon
     elif path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"config file {source!r} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text(), f"config file {source}") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
         data = resolve_paths(data, path.resolve().parent, str(path))

@@ -205,7 +205,7 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[str], max_n
             for i, (t, d) in enumerate(zip(np.asarray(tokens), np.asarray(done))):
                 if not d:
                     stream(i, int(t))
-    tokens, n, scores = _compiled_generate()(graphdef, params, _decode_weights(model), jnp.asarray(batch),
+    tokens, n, scores = _compiled_generate()(graphdef, params, decode_weights(model), jnp.asarray(batch),
                                              jnp.asarray(starts), jax.random.key(seed), sampling=sampling, slots=slots,
                                              stream=callback, scores=return_scores)
     tokens, n = np.asarray(tokens), int(n)
@@ -218,7 +218,7 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[str], max_n
     return (out, np.asarray(scores)[:, :n]) if return_scores else out
 
 
-def _decode_weights(model: GPT) -> DecodeWeights | None:
+def decode_weights(model: GPT) -> DecodeWeights | None:
     """Per-layer weight copies for decoding on CPU (see DecodeWeights), made once per set of
     parameters and kept on the model's own object; None elsewhere (accelerators slice stacked
     weights without a copy, and copies would double the parameters' memory)."""

@@ -26,6 +26,7 @@ def markov_tokens(n=4000, vocab=65, seed=0):
     return out.astype(np.uint16)
 
 
+EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
 TOKENS = markov_tokens()
 
 # A model small enough that a whole end-to-end run takes seconds, on the real corpus.

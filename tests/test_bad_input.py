@@ -140,7 +140,42 @@ CATALOGUE = [
      "tpu runs span hosts, so give gs://BUCKET/..., s3://BUCKET/... or an absolute path"),
     ("unsupported storage scheme", ["train", CFG, "--run-dir", "ftp://host/run"],
      "ftp://host/run: the scheme ftp:// is not supported; use a local path, gs:// or s3://"),
+    ("YAML syntax error in a config file", lambda w, d: ["train", _write(d / "bad.yaml", "model: {d_model: 64\n")],
+     "bad.yaml: line 2, column 1: while parsing a flow mapping expected ',' or '}}', but got '<stream end>' "
+     "(YAML syntax)"),
+    ("YAML syntax error in an override", ["train", CFG, "optim.lr=[1"],
+     "override 'optim.lr=[1': line 1, column 3: while parsing a flow sequence expected ',' or ']', but got "
+     "'<stream end>' (YAML syntax)"),
+    ("YAML syntax error in a sweep file", lambda w, d: ["sweep", "run", _write(d / "sweep.yaml", "grid: [1\n"),
+                                                        "--dry-run"],
+     "sweep.yaml: line 2, column 1: while parsing a flow sequence expected ',' or ']'"),
+    ("a key given twice", lambda w, d: ["train", _write(d / "twice.yaml", yaml.safe_dump(TINY) + "steps: 6\n")],
+     "twice.yaml: 'steps' is given twice, on line 23 and on line 24; keep one of them"),
+    ("a width that is not a number in a sweep", lambda w, d: [
+        "sweep", "run", _write(d / "sweep.yaml", f"base: {w / 'tiny.yaml'}\nhead_dim: 8\n"
+                                                 "grid: {model.d_model: [big]}\n"), "--dry-run"],
+     "model.d_model = 'big' is invalid; accepted: a positive integer (a multiple of head_dim = 8)"),
+    ("convert into an existing directory", ["convert", RUN, "{d}", "--to", "gptjax"],
+     "{d} already exists; choose a new directory or pass --overwrite"),
+    ("run directory that is a file", lambda w, d: ["train", str(w / "tiny.yaml"), "--run-dir",
+                                                   _write(d / "a_file", "x")],
+     "is a file; give a new directory, an empty one or a run directory"),
+    ("run directory holding someone else's files", lambda w, d: [
+        "train", str(w / "tiny.yaml"), "--run-dir", os.path.dirname(_write(_mkdir(d / "thesis") / "chapter1.tex", "x"))],
+     "is not empty and holds no gptjax run (no config.yaml; it holds chapter1.tex)"),
+    ("warm start from a truncated safetensors file", lambda w, d: [
+        "train", str(w / "tiny.yaml"), f"init_from={_truncated_export(w, d)}", "--run-dir", str(d / "new")],
+     "model.safetensors is not a readable safetensors file (Error while deserializing header"),
 ]
+
+
+def _truncated_export(world, d):
+    """The finished run exported for Hugging Face, its weights file cut in half."""
+    out = d / "hf_export"
+    assert cli.main(["convert", str(world / "run"), str(out), "--to", "hf"]) == 0
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return out
 
 
 def _write(path, text):
@@ -163,9 +198,12 @@ def test_bad_input_gets_its_message_and_damages_nothing(world, tmp_path, capsys,
     before = snapshot(world / "run")
     fill = {"cfg": str(world / "tiny.yaml"), "run": str(world / "run"), "d": str(tmp_path)}
     argv = args(world, tmp_path) if callable(args) else [a.format(**fill) for a in args]
+    new_dir = argv[argv.index("--run-dir") + 1] if "--run-dir" in argv else None
+    new_dir = new_dir if new_dir is not None and not os.path.exists(new_dir) and "://" not in new_dir else None
     rc = cli.main(argv + (["--no-progress"] if argv[0] == "train" else []))
     err = capsys.readouterr().err
     assert rc == 2, f"{case}: exit code {rc}\n{err}"
     assert message.format(**fill) in err, f"{case}: expected {message!r} in\n{err}"
     assert "Traceback" not in err
     assert snapshot(world / "run") == before, f"{case} changed the run directory"
+    assert new_dir is None or not os.path.exists(new_dir), f"{case} created {new_dir}"

@@ -1,5 +1,6 @@
 """Orbax checkpoints: restore onto other meshes, and fallback from corrupted, truncated or linked ones."""
 
+import logging
 import os
 import pathlib
 
@@ -66,6 +67,20 @@ def test_restore_onto_fewer_devices_is_exact(saved, mesh_cfg, n):
     assert len(up.sharding.device_set) == n
     if n == 4:
         assert up.addressable_shards[0].data.shape == (2, 8, 64)  # really sharded over fsdp=4
+
+
+def test_read_only_inspection_prints_no_orbax_notices(saved, caplog):
+    """sample, eval and convert open run directories read-only on purpose; Orbax's notices that a
+    read-only manager is read-only preceded every output. Other warnings still pass."""
+    directory, _ = saved
+    with caplog.at_level(logging.INFO):
+        ckpts = checkpoint.Checkpoints(directory, keep_last=5, keep_every=None, read_only=True)
+        assert ckpts.latest_step() == 2
+        ckpts.close()
+        logging.getLogger("absl").warning("another warning")
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [m for m in messages if "read only" in m or "read_only" in m], messages
+    assert "another warning" in messages
 
 
 def _data_files(step_dir: pathlib.Path):

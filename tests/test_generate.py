@@ -178,3 +178,22 @@ def test_sample_slides_past_a_learned_context_as_the_main_job_does():
     out = generation.sample(model, [0], 200, temperature=0.8, top_k=20, seed=1)
     assert len(out) == 200 and all(0 <= t < 65 for t in out)
     assert generation.sample(model, [0], 200, temperature=0.8, top_k=20, seed=1) == out
+
+
+def test_sample_separates_its_outputs_and_says_when_greedy_copies_are_identical(tmp_path, capsys):
+    from gptjax import cli
+    from gptjax.interop import native
+
+    directory = native.save_pretrained(init_model(ModelConfig(vocab_size=50, max_seq_len=32, d_model=32, n_layers=1,
+                                                              n_heads=2), seed=3), tmp_path / "model")
+    assert cli.main(["sample", str(directory), "--prompt-ids", "1,2", "--prompt-ids", "3", "--temperature", "0",
+                     "--num-return-sequences", "2", "--max-new-tokens", "3"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0::2] == ["--- prompt 1, sample 1 ---", "--- prompt 1, sample 2 ---", "--- prompt 2, sample 1 ---",
+                           "--- prompt 2, sample 2 ---"]
+    assert lines[1] == lines[3] and lines[1].startswith("1,2,") and lines[5].startswith("3,")
+    assert "identical by construction" in err
+    assert cli.main(["sample", str(directory), "--prompt-ids", "1,2", "--temperature", "1", "--num-return-sequences",
+                     "2", "--max-new-tokens", "3"]) == 0
+    assert "identical" not in capsys.readouterr().err

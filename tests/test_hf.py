@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import safetensors.numpy
 from flax import nnx
-from helpers import reference  # noqa: E402
+from helpers import EXPERIMENTS, reference  # noqa: E402
+from helpers import gptjax_cli as gptjax
 
 from gptjax.config import ConfigError, ModelConfig
 from gptjax.interop import hf, hf_config, native, pretrained
@@ -198,9 +199,49 @@ def test_gptjax_hf_gptjax_round_trip_is_bit_identical(reference, tmp_path):
 @pytest.mark.parametrize("name", ["gpt2", "gptj", "gpt_neox_parallel", "llama", "bloom"])
 def test_round_trip_from_random_init(name, tmp_path):
     cfg = hf_config.config_from_hf(CASES[name]().to_dict())
-    model = init_model(cfg, seed=1)
+    model = _with_nonzero_biases(init_model(cfg, seed=1))
     back = hf.load_hf(hf.export_hf(model, tmp_path / "export"))
     assert hf_config.architecture(back.cfg) == hf_config.architecture(cfg)
+    _assert_params_identical(model, back)
+
+
+def _with_nonzero_biases(model):
+    """gptjax initialises biases to zero, which an import reads as no biases (hf.model_config)."""
+    state = nnx.state(model, nnx.Param)
+    for path, variable in nnx.to_flat_state(state):
+        if path[-1] == "bias":
+            value = variable.get_value()
+            variable.set_value(value + 0.01 * jnp.arange(1, value.size + 1, dtype=value.dtype).reshape(value.shape))
+    nnx.update(model, state)
+    return model
+
+
+@pytest.mark.slow
+def test_a_bias_free_run_exports_exactly(tmp_path):
+    """A run of nanoGPT's bias-free config exports as gpt2 with zero biases: transformers computes
+    its logits, AutoTokenizer its character ids, there is no out-of-vocabulary bos/eos id, and the
+    export comes back as the bias-free model it was."""
+    run, out = tmp_path / "run", tmp_path / "hf"
+    gptjax("train", EXPERIMENTS / "shakespeare_char.yaml", "steps=3", "eval_every=3", "checkpoint_every=3",
+           "--run-dir", run, "--no-progress", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+    gptjax("convert", run, out, "--to", "hf")
+    model = pretrained.from_pretrained(run)
+    assert not (model.cfg.qkv_bias or model.cfg.out_bias or model.cfg.mlp_bias or model.cfg.norm_bias)
+    exported = _hf_from_pretrained(out)
+    assert exported.config.model_type == "gpt2"
+    assert exported.config.bos_token_id is None and exported.config.eos_token_id is None
+    biases = {k: v for k, v in exported.state_dict().items() if k.endswith(".bias") and ".attn.bias" not in k}
+    assert biases and all(not v.any() for v in biases.values())
+    tokens = np.random.default_rng(0).integers(0, 65, (2, 64))
+    with torch.no_grad():
+        ref = exported(torch.tensor(tokens)).logits.numpy()
+    _check_nontrivial(ref)
+    assert _rel_err(np.asarray(model(jnp.asarray(tokens))), ref) <= TOL
+    text = "ROMEO:\nWhat light through yonder window breaks?"
+    auto = transformers.AutoTokenizer.from_pretrained(out)
+    assert auto.encode(text, add_special_tokens=False) == model.tokenizer.encode(text)
+    back = hf.load_hf(out)
+    assert hf_config.architecture(back.cfg) == hf_config.architecture(model.cfg)
     _assert_params_identical(model, back)
 
 

@@ -113,3 +113,30 @@ def test_safe_cuts_keep_bpe_exact(gpt2, shared_dir, monkeypatch, tmp_path):
     assert len(blocks) > 50 and "".join(t for t, _ in blocks) == text
     ids = [i for t, _ in blocks for i in gpt2.encode(t)]
     assert ids == gpt2.encode(text)
+
+
+def test_an_encoding_stopped_midway_is_cleaned_up_by_the_next_one(corpus, tmp_path, monkeypatch):
+    """SIGTERM or SIGKILL during an encoding skip its cleanup; the next encoding into the same cache
+    removes what a dead process of this host left, and leaves a live one's and another host's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("GPTJAX_CACHE_DIR", str(tmp_path / "cache"))
+    tokens_dir = tmp_path / "cache" / "tokens"
+    tokens_dir.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    abandoned = tokens_dir / f".0123abcd.{host}.{int(dead.stdout)}.x1y2"
+    running = tokens_dir / f".0123abcd.{host}.{os.getpid()}.z3w4"
+    elsewhere = tokens_dir / f".0123abcd.other-host.{int(dead.stdout)}.q5r6"
+    for d in (abandoned, running, elsewhere):
+        (d / "train.bin").parent.mkdir()
+        (d / "train.bin").write_bytes(bytes(1000))
+    directory, _ = corpus
+    tokens = loader.load_tokens(cfg_for(directory, encode_processes=1))
+    assert not abandoned.exists() and running.exists() and elsewhere.exists()
+    assert tokens.directory.parent == tokens_dir
+    assert sorted(p.name for p in tokens_dir.iterdir()) == sorted([tokens.directory.name, running.name,
+                                                                   elsewhere.name])

@@ -109,3 +109,24 @@ def test_wandb_without_the_package_is_refused_before_anything_starts(tmp_path, m
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match=r"logging.wandb needs the wandb package: pip install 'gptjax\[wandb\]'"):
         tracking.require_wandb()
+
+
+def test_the_bars_eta_leaves_out_evaluation_time():
+    """The training loop unpauses its tqdm bar after each evaluation and save: the rate, and so the
+    ETA, count training steps only (the README's main command showed 13 minutes left after each
+    evaluation of a 3-minute run)."""
+    import tqdm
+
+    clock = [0.0]
+    bar = tqdm.tqdm(total=100, file=io.StringIO(), mininterval=0, miniters=1)
+    bar._time = lambda: clock[0]
+    bar.start_t = bar.last_print_t = 0.0
+    for _ in range(10):
+        clock[0] += 1.0
+        bar.update(1)
+    clock[0] += 600.0  # an evaluation
+    bar.unpause()
+    clock[0] += 1.0
+    bar.update(1)
+    assert bar.format_dict["rate"] == pytest.approx(1.0) and bar.format_dict["elapsed"] == pytest.approx(11.0)
+

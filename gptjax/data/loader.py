@@ -15,7 +15,6 @@ import pathlib
 import pickle
 import re
 import shutil
-import tempfile
 import urllib.request
 
 import grain
@@ -117,10 +116,9 @@ def _verify(path: pathlib.Path, spec: Corpus) -> None:
 
 
 def _download(spec: Corpus, dest: pathlib.Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{spec.file}.")
+    tmp = text_files.temporary(dest, directory=False)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=30) as resp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(spec.url, timeout=30) as resp:
             shutil.copyfileobj(resp, out)
         if sha256_file(pathlib.Path(tmp)) != spec.sha256:
             raise DataError(f"{spec.url}: downloaded bytes do not match sha256 {spec.sha256}")
@@ -217,9 +215,7 @@ def _encode_to(directory: pathlib.Path, text: str, tokenizer, cfg: DataConfig) -
     # nanoGPT splits the text (not the tokens) 90/10; so do we.
     cut = int(len(text) * (1 - cfg.val_fraction))
     dtype = text_files.token_dtype(tokenizer.vocab_size)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the token cache may be shared by several users
+    tmp = text_files.temporary(directory)
     meta = {"tokenizer": tokenizer.to_dict(), "dtype": np.dtype(dtype).name, "val_fraction": cfg.val_fraction}
     for split, part in (("train", text[:cut]), ("val", text[cut:])):
         ids = _encode(part, tokenizer, cfg.encode_threads).astype(dtype)

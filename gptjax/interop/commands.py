@@ -8,9 +8,15 @@ from gptjax.config import SAMPLE
 
 
 def _convert(args) -> int:
+    from gptjax.config import ConfigError
     from gptjax.interop import pretrained
+    from gptjax.store import paths
 
-    pretrained.convert(args.src, args.dst, to=args.to, merge_lora=args.merge_lora, peft=args.peft)
+    if not args.overwrite and paths.exists(paths.as_path(args.dst)):  # refused before anything is loaded
+        raise ConfigError(f"{args.dst} already exists; choose a new directory or pass --overwrite (which replaces "
+                          "it once the new one is complete)")
+    pretrained.convert(args.src, args.dst, to=args.to, merge_lora=args.merge_lora, peft=args.peft,
+                       overwrite=args.overwrite)
     print(f"wrote {args.dst} ({args.to} format)")
     return 0
 
@@ -42,6 +48,9 @@ def _sample(args) -> int:
             return 2
         print(tokenizer.decode(list(ids) + new) if tokenizer is not None else ",".join(map(str, list(ids) + new)))
         return 0
+    if args.temperature == 0 and args.num_return_sequences > 1:
+        print(f"gptjax sample: --temperature 0 is greedy, so the {args.num_return_sequences} sequences per prompt "
+              "are identical by construction; give a temperature above 0 to draw different ones", file=sys.stderr)
     streamer = _Streamer(tokenizer, prompts[0]) if single and tokenizer is not None and not args.no_stream else None
     try:
         out = generation.generate(model, prompts, args.max_new_tokens, temperature=args.temperature,
@@ -56,7 +65,11 @@ def _sample(args) -> int:
     if streamer is not None:
         streamer.finish(out[0])
         return 0
-    for ids in out:
+    for i, ids in enumerate(out):
+        if len(out) > 1:  # one header line per output, so texts that run together stay apart
+            prompt, copy = divmod(i, args.num_return_sequences)
+            print(f"--- prompt {prompt + 1}" + (f", sample {copy + 1}" if args.num_return_sequences > 1 else "")
+                  + " ---")
         print(tokenizer.decode(ids) if tokenizer is not None else ",".join(map(str, ids)))
     return 0
 
@@ -89,7 +102,9 @@ def add_parser(sub) -> None:
     """This subpackage's commands, added to the `gptjax` command line (cli.py assembles them)."""
     s = sub.add_parser("convert", help="convert between Hugging Face and gptjax checkpoints")
     s.add_argument("src", help="a Hugging Face directory (safetensors), a gptjax directory or a run directory")
-    s.add_argument("dst", help="output directory (must not exist)")
+    s.add_argument("dst", help="output directory (must not exist, unless --overwrite)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output directory, once the new "
+                   "one is complete")
     s.add_argument("--to", choices=["hf", "gptjax"], required=True, help="output format")
     s.add_argument("--merge-lora", action="store_true", help="a LoRA run: its adapters merged into the base "
                    "(what every conversion of a LoRA run writes; the flag says so)")

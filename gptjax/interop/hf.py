@@ -20,12 +20,14 @@ from flax import nnx
 
 from gptjax.config import EXECUTION_FIELDS, ConfigError, ModelConfig
 from gptjax.interop.hf_config import (
+    BIAS_FLAGS,
     CONFIG_FILE,
     FAMILIES,
     LAYOUT_FIELDS,
     Family,
     config_from_hf,
     config_to_hf,
+    exported_config,
     with_overrides,
 )
 from gptjax.interop.hf_tables import Rule
@@ -81,8 +83,10 @@ def _with_prefix(names: list[str], prefix: str) -> dict[str, str]:
     return {f"{prefix}.{n}": n for n in names}
 
 
-def _plan(family: Family, cfg: ModelConfig, specs: dict[str, ParamSpec], names: list[str]):
-    """[(rule, layer, checkpoint name)] for every tensor to read; refuses missing and unexpected names."""
+def _plan(family: Family, cfg: ModelConfig, specs: dict[str, ParamSpec], names: list[str],
+          zero: frozenset[str] = frozenset()):
+    """[(rule, layer, checkpoint name)] for every tensor to read; refuses missing and unexpected
+    names (`zero`: all-zero biases read as absent, see model_config)."""
     available = _with_prefix(names, family.prefix)
     plan, missing, used = [], [], set()
     for rule in _applicable(family.tensors(family.prefix), specs):
@@ -93,7 +97,7 @@ def _plan(family: Family, cfg: ModelConfig, specs: dict[str, ParamSpec], names: 
                 used.add(found[0])
             else:
                 missing.append(rule.names(layer)[0])
-    unexpected = [n for n in available if n not in used and not _ignorable(n, family, cfg)]
+    unexpected = [n for n in available if n not in used and n not in zero and not _ignorable(n, family, cfg)]
     if missing or unexpected:
         raise CheckpointError(f"{family.model_type} checkpoint does not match its config.json: "
                               f"missing {_some(missing)}; unexpected {_some(unexpected)}")
@@ -179,13 +183,44 @@ def load_hf(path: str | pathlib.Path, **overrides: Any) -> GPT:
     """A GPT from a Hugging Face directory (config.json + safetensors). `overrides` may set
     EXECUTION_FIELDS, the vocabulary padding and the parameter dtype (default: the checkpoint's)."""
     directory = pathlib.Path(path)
-    cfg = config_from_hf(tensor_files.read_json(directory, CONFIG_FILE))
-    with_overrides(cfg, overrides, EXECUTION_FIELDS + LAYOUT_FIELDS)  # refuse bad overrides before reading
+    with_overrides(config_from_hf(tensor_files.read_json(directory, CONFIG_FILE)), overrides,
+                   EXECUTION_FIELDS + LAYOUT_FIELDS)  # refuse bad overrides before reading weights
+    cfg = model_config(directory)
     cfg = with_overrides(cfg.replace(param_dtype=checkpoint_dtype(directory)), overrides,
                          EXECUTION_FIELDS + LAYOUT_FIELDS)
     graphdef, state = nnx.split(abstract_model(cfg, kernels.for_device(cfg, jax.local_devices()[0])))
     nnx.replace_by_pure_dict(state, read_params(directory, cfg, lambda _, a: jax.numpy.asarray(a)))
     return nnx.merge(graphdef, state)
+
+
+def model_config(path: str | pathlib.Path) -> ModelConfig:
+    """The model a Hugging Face directory holds: its config.json's, except that a group of biases
+    (hf_config.BIAS_FLAGS) stored as all zeros is read as absent. A bias-free model exported to a
+    model type that always has biases (gpt2) comes back bias-free, and a run started from it trains
+    no biases the model never had."""
+    directory = pathlib.Path(path)
+    hf_config = tensor_files.read_json(directory, CONFIG_FILE)
+    cfg = config_from_hf(hf_config)
+    with tensor_files.open_safetensors(directory) as reader:
+        return _without_zero_biases(cfg, FAMILIES[hf_config["model_type"]], reader)[0]
+
+
+def _without_zero_biases(cfg: ModelConfig, family: Family,
+                         reader: tensor_files.TensorReader) -> tuple[ModelConfig, frozenset[str]]:
+    """`cfg` without its all-zero bias groups, and the checkpoint names of those biases."""
+    available = _with_prefix(reader.names(), family.prefix)
+    specs = set(_param_specs(nnx.state(abstract_model(cfg)), cfg))
+    zero: set[str] = set()
+    for flag in BIAS_FLAGS:
+        if not getattr(cfg, flag):
+            continue
+        without = cfg.replace(**{flag: False})
+        removed = specs - set(_param_specs(nnx.state(abstract_model(without)), without))
+        names = [name for rule in family.tensors(family.prefix) if set(rule.ours) <= removed
+                 for layer in _layers(rule, cfg) for name in rule.names(layer) if name in available]
+        if names and not any(np.any(reader.read(available[name])) for name in names):
+            cfg, specs, zero = without, specs - removed, zero | set(names)
+    return cfg, frozenset(zero)
 
 
 def checkpoint_dtype(path: str | pathlib.Path) -> str:
@@ -205,16 +240,16 @@ def read_params(path: str | pathlib.Path, cfg: ModelConfig,
     as it is read (a loader places it on its devices and the host copy is dropped)."""
     directory = pathlib.Path(path)
     hf_config = tensor_files.read_json(directory, CONFIG_FILE)
-    ours = config_from_hf(hf_config)
-    for name, value in dataclasses.asdict(cfg).items():
-        if name not in EXECUTION_FIELDS + LAYOUT_FIELDS and value != getattr(ours, name):
-            raise ConfigError(f"ModelConfig.{name} = {value!r} does not match {directory / CONFIG_FILE}, which gives "
-                              f"{getattr(ours, name)!r}: the weights belong to that model")
     family = FAMILIES[hf_config["model_type"]]
     with tensor_files.open_safetensors(directory) as reader:
+        ours, zero = _without_zero_biases(config_from_hf(hf_config), family, reader)
+        for name, value in dataclasses.asdict(cfg).items():
+            if name not in EXECUTION_FIELDS + LAYOUT_FIELDS and value != getattr(ours, name):
+                raise ConfigError(f"ModelConfig.{name} = {value!r} does not match {directory / CONFIG_FILE} and "
+                                  f"its weights, which give {getattr(ours, name)!r}: the weights belong to that model")
         # Spec shapes hold the unpadded vocabulary, so they do not depend on padding or dtype.
         specs = _param_specs(nnx.state(abstract_model(cfg)), cfg)
-        plan = _plan(family, cfg, specs, reader.names())
+        plan = _plan(family, cfg, specs, reader.names(), zero)
         _checkpoint_dtype(reader, [name for _, _, name in plan])  # refuses unknown dtypes
         _check_tied(family, cfg, reader)
         done = {p: put(p, a) for p, a in _iter_arrays(plan, reader, specs, cfg)}
@@ -237,13 +272,15 @@ def export_hf(model: GPT, path: str | pathlib.Path, *, model_type: str | None = 
     hf_config = config_to_hf(cfg, model_type)  # refuses lossy exports before anything is written
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     tokenizer_files = _tokenizer_files(tokenizer, cfg) if tokenizer is not None else {}
-    if tokenizer is not None and tokenizer.eot_id is not None:
-        hf_config.update(eos_token_id=tokenizer.eot_id, bos_token_id=tokenizer.eot_id)
+    # Written even when None: each model type's own defaults (50256 for gpt2) may lie outside the
+    # vocabulary, a character one's included.
+    eot = tokenizer.eot_id if tokenizer is not None else None
+    hf_config.update(eos_token_id=eot, bos_token_id=eot)
     family = FAMILIES[hf_config["model_type"]]
+    exported = exported_config(cfg, config_from_hf(hf_config))  # with the biases written as zeros
     state = nnx.state(model, nnx.Param)
-    specs = _param_specs(state, cfg)
     ours = {".".join(map(str, p)): np.asarray(jax.device_get(v.get_value())) for p, v in nnx.to_flat_state(state)}
-    tensors = _export_tensors(family, cfg, specs, ours)
+    tensors = _export_tensors(family, exported, _param_specs(nnx.state(abstract_model(exported)), exported), ours)
     with tensor_files.atomic_directory(path, overwrite=overwrite, last=(CONFIG_FILE,)) as tmp:
         tensor_files.write_json(tmp / CONFIG_FILE, hf_config)
         tensor_files.write_safetensors(tmp / tensor_files.SINGLE_FILE, tensors)
@@ -278,6 +315,9 @@ def _tokenizer_files(tokenizer, cfg: ModelConfig) -> dict[str, str]:
 def _export_tensors(family: Family, cfg: ModelConfig, specs: dict[str, ParamSpec],
                     ours: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     unpadded = {p: _unpad_vocab(a, specs[p], cfg) for p, a in ours.items()}
+    dtype = next(iter(ours.values())).dtype
+    for p in set(specs) - set(ours):  # a bias the model type has and the model lacks: zero
+        unpadded[p] = np.zeros(((cfg.n_layers,) if specs[p].stacked else ()) + specs[p].shape, dtype)
     tensors, used = {}, set()
     for rule in _applicable(family.tensors(family.prefix), specs):
         for layer in _layers(rule, cfg):

@@ -18,6 +18,9 @@ from gptjax.interop.hf_tables import Rule
 CONFIG_FILE = "config.json"
 # Fields that change the stored layout but not the function: a loader may choose them.
 LAYOUT_FIELDS = ("vocab_pad_multiple", "param_dtype")
+# Biases a model type may have where a gptjax model has none: exported as zeros (a zero bias is no
+# bias), and an all-zero group of them is read back as absent (hf.model_config).
+BIAS_FLAGS = ("qkv_bias", "out_bias", "mlp_bias", "norm_bias", "head_bias")
 
 # --------------------------------------------------------------------------------------------
 # Config mapping
@@ -217,9 +220,11 @@ def config_from_hf(hf_config: dict[str, Any]) -> ModelConfig:
     return ModelConfig(**fields)
 
 
-def config_to_hf(cfg: ModelConfig, model_type: str | None = None) -> dict[str, Any]:
-    """config.json for `cfg` as `model_type` (None: the first family that represents it exactly).
-    ConfigError if HF would build a different model from it."""
+def config_to_hf(cfg: ModelConfig, model_type: str | None = None, *, zero_biases: bool = True) -> dict[str, Any]:
+    """config.json for `cfg` as `model_type` (None: the first family that represents it exactly,
+    preferring one that needs no zero biases). ConfigError if HF would build a different model
+    from it. With `zero_biases`, biases the model type always has and `cfg` lacks are allowed:
+    the export writes them as zeros (`exported_config`)."""
     if model_type is None:
         return _first_exact(cfg)
     family = _family(model_type)
@@ -232,8 +237,17 @@ def config_to_hf(cfg: ModelConfig, model_type: str | None = None) -> dict[str, A
         back = config_from_hf(hf)
     except ConfigError as e:
         raise ConfigError(f"this ModelConfig cannot be exported as {family.model_type}: {e}") from e
-    _check_exact(cfg, back, family.model_type)
+    _check_exact(exported_config(cfg, back) if zero_biases else cfg, back, family.model_type)
     return hf
+
+
+def exported_config(cfg: ModelConfig, hf_model: ModelConfig) -> ModelConfig:
+    """`cfg` with the biases the Hugging Face model `hf_model` has and `cfg` lacks (BIAS_FLAGS):
+    the model an export of `cfg` writes, those biases zero."""
+    added = {flag: True for flag in BIAS_FLAGS if getattr(hf_model, flag) and not getattr(cfg, flag)}
+    if added.get("head_bias") and cfg.tie_embeddings:
+        del added["head_bias"]  # a tied head has no bias; _check_exact names the mismatch
+    return cfg.replace(**added) if added else cfg
 
 
 def _d_ff(cfg: ModelConfig, family: Family) -> dict[str, Any]:
@@ -253,11 +267,13 @@ def _family(model_type: Any) -> Family:
 
 def _first_exact(cfg: ModelConfig) -> dict[str, Any]:
     reasons = []
-    for model_type in FAMILIES:
-        try:
-            return config_to_hf(cfg, model_type)
-        except ConfigError as e:
-            reasons.append(f"  {model_type}: {e}")
+    for zero_biases in (False, True):
+        for model_type in FAMILIES:
+            try:
+                return config_to_hf(cfg, model_type, zero_biases=zero_biases)
+            except ConfigError as e:
+                if zero_biases:
+                    reasons.append(f"  {model_type}: {e}")
     raise ConfigError("no Hugging Face model type represents this ModelConfig exactly:\n" + "\n".join(reasons))
 
 

@@ -28,6 +28,23 @@ from gptjax.store.tensor_files import CheckpointError
 
 log = logging.getLogger(__name__)
 ITEMS = ("params", "train", "meta")
+class _ReadOnlyNotices(logging.Filter):
+    """Orbax warns that a read-only manager is read-only ("CheckpointManagerOptions.read_only=True,
+    setting ...", "Given directory is read only=..."): gptjax opens run directories read-only on
+    purpose (sample, eval, convert, warm starts), so those lines said nothing before every output."""
+
+    NOTICES = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOTICES)
+
+
+def _quiet_read_only_notices() -> None:
+    absl = logging.getLogger("absl")
+    if not any(isinstance(f, _ReadOnlyNotices) for f in absl.filters):
+        absl.addFilter(_ReadOnlyNotices())
+
+
 class RestoreError(CheckpointError):
     """A checkpoint that passed its integrity check could not be restored into this run's state."""
 
@@ -60,6 +77,7 @@ class Checkpoints:
         paths.tensorstore_env()
         self._local = local
         if read_only:
+            _quiet_read_only_notices()
             options = ocp.CheckpointManagerOptions(read_only=True, create=False)
         else:
             options = ocp.CheckpointManagerOptions(

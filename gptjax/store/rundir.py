@@ -17,6 +17,7 @@ deletes anything there, and restores parameters only.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -43,6 +44,8 @@ METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 SAMPLES = "samples"
+# What launchers write into a run directory before the run itself starts (launch/).
+LAUNCHER_FILES = (LAUNCH_INFO, "sbatch.sh", "slurm-*.out")
 
 
 class RunDir:
@@ -105,6 +108,23 @@ class RunDir:
         return rows
 
     # --- resuming ---------------------------------------------------------------------------
+
+    def check_usable(self) -> None:
+        """A run trains into a new or empty directory, its own run directory, or one holding only
+        what gptjax's launchers write before the run starts: never into a file, nor into someone
+        else's files (a mistyped path once trained into an unrelated directory without a word)."""
+        if paths.is_remote(self.path) or not self.path.exists():
+            return
+        if not self.path.is_dir():
+            raise ConfigError(f"run directory {self} is a file; give a new directory, an empty one or a run directory")
+        if self.has_config():
+            return
+        foreign = sorted(p.name for p in self.path.iterdir()
+                         if not any(fnmatch.fnmatch(p.name, pattern) for pattern in LAUNCHER_FILES))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise ConfigError(f"run directory {self} is not empty and holds no gptjax run (no {CONFIG}; it holds "
+                              f"{shown}); give a new directory, an empty one or a run directory")
 
     def check_tokenizer(self, tokenizer: tok_lib.Tokenizer) -> None:
         if self.has_checkpoints() and self.file(TOKENIZER).exists():

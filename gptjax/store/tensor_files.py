@@ -73,12 +73,21 @@ def write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
     paths.write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def _safe_open(path: pathlib.Path):
+    """safetensors.safe_open, its errors (a truncated or damaged file) as one CheckpointError naming the file."""
+    try:
+        return safetensors.safe_open(str(path), framework="numpy")
+    except safetensors.SafetensorError as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}): it is truncated or damaged; "
+                              "download or copy it again") from None
+
+
 class TensorReader:
     """The tensors of one safetensors checkpoint (single file or sharded), read on demand."""
 
     def __init__(self, locations: dict[str, pathlib.Path], stack: contextlib.ExitStack):
         self._locations = locations
-        self._handles = {path: stack.enter_context(safetensors.safe_open(str(path), framework="numpy"))
+        self._handles = {path: stack.enter_context(_safe_open(path))
                          for path in sorted(set(locations.values()))}
 
     def names(self) -> list[str]:
@@ -93,7 +102,11 @@ class TensorReader:
         if dtype not in FLOAT_DTYPES:
             raise CheckpointError(f"{self._locations[name]}: tensor {name!r} is stored as {dtype}; "
                                   f"accepted dtypes are {', '.join(FLOAT_DTYPES)}")
-        return self._handles[self._locations[name]].get_tensor(name)
+        try:
+            return self._handles[self._locations[name]].get_tensor(name)
+        except safetensors.SafetensorError as e:
+            raise CheckpointError(f"{self._locations[name]}: tensor {name!r} cannot be read ({e}): the file is "
+                                  "damaged; download or copy it again") from None
 
 
 @contextlib.contextmanager
@@ -108,7 +121,7 @@ def _tensor_locations(directory: pathlib.Path) -> dict[str, pathlib.Path]:
     # transformers prefers the single file when both exist; so do we.
     if (directory / SINGLE_FILE).exists() or (directory / SINGLE_FILE).is_symlink():
         path = regular_file(directory, SINGLE_FILE)
-        with safetensors.safe_open(str(path), framework="numpy") as f:
+        with _safe_open(path) as f:
             return dict.fromkeys(f.keys(), path)
     if (directory / INDEX_FILE).exists() or (directory / INDEX_FILE).is_symlink():
         return _sharded_locations(directory)
@@ -124,7 +137,7 @@ def _sharded_locations(directory: pathlib.Path) -> dict[str, pathlib.Path]:
     shards = {name: regular_file(directory, name) for name in sorted(set(weight_map.values()))}
     locations = {}
     for shard_name, path in shards.items():
-        with safetensors.safe_open(str(path), framework="numpy") as f:
+        with _safe_open(path) as f:
             stored = set(f.keys())
         listed = {t for t, s in weight_map.items() if s == shard_name}
         if listed - stored:

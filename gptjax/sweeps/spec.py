@@ -30,7 +30,7 @@ from typing import Any, Literal
 import yaml
 
 from gptjax.config import ConfigError, TrainConfig, from_dict
-from gptjax.config_files import load_train_config, resolve_path, resolve_paths
+from gptjax.config_files import load_train_config, load_yaml, resolve_path, resolve_paths
 from gptjax.store import paths
 
 DistributionKind = Literal["uniform", "log_uniform", "int_uniform", "choice"]
@@ -120,7 +120,7 @@ def load_sweep(path: str | pathlib.Path) -> SweepConfig:
     path = paths.as_path(path)
     if not path.exists():
         raise ConfigError(f"sweep file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text())
+    data = load_yaml(path.read_text(), f"sweep file {path}")
     if not isinstance(data, dict):
         raise ConfigError(f"sweep {path}: expected a mapping (name, base, grid, ...), got {type(data).__name__}")
     data.setdefault("name", path.stem)
@@ -252,6 +252,9 @@ def _resolve(sweep: SweepConfig, point: dict[str, Any], seed: int, budget: float
 def _heads(sweep: SweepConfig, values: dict[str, Any]) -> dict[str, Any]:
     """Width at fixed head size, as scaling studies vary it: n_heads = d_model / head_dim."""
     d_model = values.get("model.d_model", load_train_config(sweep.base).model.d_model)
+    if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model <= 0:
+        raise ConfigError(f"model.d_model = {d_model!r} is invalid; accepted: a positive integer (a multiple of "
+                          f"head_dim = {sweep.head_dim})")
     if d_model % sweep.head_dim:
         raise ConfigError(f"model.d_model = {d_model} is not a multiple of head_dim = {sweep.head_dim}")
     return {"model.n_heads": d_model // sweep.head_dim, "model.head_dim": None}

@@ -141,8 +141,9 @@ def measure_memory(cfg: TrainConfig) -> list[dict]:
 
 
 def measure_generate(cfg: TrainConfig, opts: BenchOptions) -> list[dict]:
-    """Prefill and decode speed of gptjax.generate on the config's model (random weights): prefill
-    is a call with one new token; decode is the rest of a full call over its new tokens."""
+    """Prefill, decode and whole-call speed of generation on the config's model (random weights),
+    each timed on its own: prefill is the prompt's pass that fills the KV cache, decode a compiled
+    loop of `new_tokens` one-token steps from that cache, the whole call gptjax.generate."""
     from gptjax import generation
     from gptjax.model.gpt import init_model
 
@@ -151,21 +152,67 @@ def measure_generate(cfg: TrainConfig, opts: BenchOptions) -> list[dict]:
     rng = np.random.default_rng(cfg.seed)
     rows = []
     for batch in opts.gen_batch:
-        prompts = rng.integers(0, m.vocab_size, (batch, opts.prompt)).tolist()
-        full = lambda: generation.generate(model, prompts, opts.new_tokens, eos_token_id=None)  # noqa: E731
-        prefill = lambda: generation.generate(model, prompts, 1, eos_token_id=None)  # noqa: E731
-        full(), prefill()  # compile both
-        t_full, t_pre = [], []
+        prompts = rng.integers(0, m.vocab_size, (batch, opts.prompt))
+        prefill, decode = _decode_programs(model, prompts, opts.new_tokens)
+        full = lambda: generation.generate(model, prompts.tolist(), opts.new_tokens, eos_token_id=None)  # noqa: E731
+        start = prefill()
+        full(), decode(start)  # compile each
+        t_full, t_pre, t_dec = [], [], []
         for _ in range(opts.repeats):
             t_full.append(_timed(full))
             t_pre.append(_timed(prefill))
-        full_s, pre_s = statistics.median(t_full), statistics.median(t_pre)
-        decode_s = max(full_s - pre_s, 1e-9)
-        rows.append({"batch": batch, "prompt": opts.prompt, "new_tokens": opts.new_tokens,
-                     "prefill_tokens_per_s": batch * opts.prompt / pre_s,
-                     "decode_tokens_per_s": batch * (opts.new_tokens - 1) / decode_s,
-                     "tokens_per_s": batch * opts.new_tokens / full_s})
+            t_dec.append(_timed(lambda: decode(start)))
+        rows.append(generation_row(batch, opts, *(statistics.median(t) for t in (t_pre, t_dec, t_full))))
     return rows
+
+
+def generation_row(batch: int, opts: BenchOptions, prefill_s: float, decode_s: float, full_s: float) -> dict:
+    return {"batch": batch, "prompt": opts.prompt, "new_tokens": opts.new_tokens,
+            "prefill_tokens_per_s": batch * opts.prompt / prefill_s,
+            "decode_tokens_per_s": batch * opts.new_tokens / decode_s,
+            "tokens_per_s": batch * opts.new_tokens / full_s}
+
+
+def _decode_programs(model, prompts: np.ndarray, new_tokens: int):
+    """(prefill, decode): prefill() runs the prompts into an empty cache; decode(start) runs
+    `new_tokens` greedy one-token steps from its result, compiled as one loop, and returns the
+    tokens it chose [batch, new_tokens] once they are ready."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from gptjax import generation
+    from gptjax.model.gpt import KVCache
+    from gptjax.runtime import xla
+
+    batch, p = prompts.shape
+    slots = -(-(p + new_tokens) // generation.PAD_MULTIPLE) * generation.PAD_MULTIPLE
+    graphdef, params = nnx.split(model)
+    weights = generation.decode_weights(model)
+    positions = jnp.broadcast_to(jnp.arange(p), (batch, p))
+
+    def fill(params, weights, tokens):
+        return nnx.merge(graphdef, params).decode(tokens, positions, KVCache.empty(model.cfg, batch, slots),
+                                                  weights=weights)
+
+    def steps(params, weights, logits, cache):
+        step_model = nnx.merge(graphdef, params)
+
+        def body(i, carry):
+            logits, cache, chosen = carry
+            nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            logits, cache = step_model.decode(nxt[:, None], jnp.full((batch, 1), p + i), cache, weights=weights)
+            return logits[:, 0], cache, chosen.at[:, i].set(nxt)
+
+        chosen = jnp.zeros((batch, new_tokens), jnp.int32)
+        return jax.lax.fori_loop(0, new_tokens, body, (logits, cache, chosen))[2]
+
+    fill_c, steps_c, tokens = xla.jit(fill), xla.jit(steps), jnp.asarray(prompts, jnp.int32)
+
+    def prefill():
+        logits, cache = fill_c(params, weights, tokens)
+        return jax.block_until_ready((logits[:, -1], cache))
+
+    return prefill, lambda start: jax.block_until_ready(steps_c(params, weights, *start))
 
 
 def measure_data(cfg: TrainConfig, opts: BenchOptions) -> dict:

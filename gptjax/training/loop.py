@@ -400,6 +400,7 @@ def _loop(cfg, tr, state, frozen, base, job, measured, pending_eval, rd, ckpts, 
                     if faults.kills(number, "save"):
                         fault_hooks.kill_now(faults.kill_signal)  # the save is still in flight
                 mark = time.perf_counter()  # eval and saving are not training throughput
+                bar.unpause()  # nor training time: the bar's rate and ETA leave them out
                 if stop_requested:
                     name = stop.name or "a signal on another process"
                     result.stopped = f"stopped by {name}"

@@ -29,6 +29,7 @@ def alters_state(field: str) -> bool:
 def check(rd: RunDir, cfg: TrainConfig) -> list[tuple[str, Any, Any]]:
     """The changes from the config the run was started with; raises, before anything is
     written, when one of them would make the checkpointed state invalid."""
+    rd.check_usable()
     if not rd.has_config():
         return []
     old = rd.read_config()

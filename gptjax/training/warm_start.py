@@ -26,7 +26,7 @@ from gptjax.data.loader import DataError
 from gptjax.interop import hf, hf_config, native
 from gptjax.model.gpt import abstract_model
 from gptjax.runtime import sharding
-from gptjax.store import paths, tensor_files
+from gptjax.store import paths
 from gptjax.store.tensor_files import CheckpointError
 
 # Execution choices, the parameter dtype (weights are cast on load) and the vocabulary padding
@@ -56,7 +56,7 @@ def model_config(path: str) -> ModelConfig:
     """The model the checkpoint at `path` holds (its config only: no weights are read)."""
     kind = source_kind(path)
     if kind == "hf":
-        return hf_config.config_from_hf(tensor_files.read_json(pathlib.Path(path), hf_config.CONFIG_FILE))
+        return hf.model_config(path)
     if kind == "gptjax":
         return native.native_config(pathlib.Path(path))
     from gptjax.store.rundir import RunDir
