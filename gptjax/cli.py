@@ -108,6 +108,28 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a full disk, a lost connection: the last checkpoint is intact
         print(f"gptjax {args.command}: stopped: {e}", file=sys.stderr)
         return errors.EXIT_STOPPED
+    except Exception as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        print(f"gptjax {args.command}: stopped: {_out_of_memory(e, args)}", file=sys.stderr)
+        return errors.EXIT_STOPPED
+
+
+def _out_of_memory(error: Exception, args) -> str:
+    """What to do when a compiled program ran out of device memory: the device's memory, what
+    the compiler said it needed, and the plan command for this very config."""
+    import jax
+
+    from gptjax.runtime import hardware
+
+    said = str(error).strip().splitlines()[0]
+    capacity = hardware.device_capacity(jax.devices()[0])
+    has = f"a {jax.devices()[0].device_kind} device has {capacity / 2**30:.2f} GiB; " if capacity else ""
+    config = getattr(args, "config", None)
+    plan = " ".join(["gptjax plan", *([config] if config else []), *getattr(args, "overrides", [])])
+    return (f"out of device memory ({said}). {has}`{plan}` shows what each part of the step needs. Lower it with "
+            "model.remat=full, a smaller data.batch_size with optim.grad_accum to keep the batch, or more devices "
+            "(mesh.fsdp). The last committed checkpoint is intact; the same command resumes from it.")
 
 
 def _persistent_compilation_cache() -> None:
@@ -127,17 +149,22 @@ def _one_line_background_errors() -> None:
     import logging
     import threading
 
+    def first(value) -> str:  # TensorStore's errors carry their whole spec, hundreds of lines
+        text = str(value).strip()
+        return text.splitlines()[0] if text else ""
+
     class OneLine(logging.Filter):
         def filter(self, record):
             if record.exc_info:
-                record.msg = f"{record.getMessage()} ({record.exc_info[0].__name__}: {record.exc_info[1]})"
+                error = f"{record.exc_info[0].__name__}: {first(record.exc_info[1])}"
+                record.msg = f"{first(record.getMessage())} ({error})"
                 record.args, record.exc_info, record.exc_text = None, None, None
             return True
 
     logging.getLogger("absl").addFilter(OneLine())
     threading.excepthook = lambda a: print(f"WARNING: {a.thread.name if a.thread else 'a thread'}: "
-                                           f"{a.exc_type.__name__}: {a.exc_value}", file=sys.stderr)
-    sys.unraisablehook = lambda u: print(f"WARNING: {u.exc_type.__name__}: {u.exc_value}", file=sys.stderr)
+                                           f"{a.exc_type.__name__}: {first(a.exc_value)}", file=sys.stderr)
+    sys.unraisablehook = lambda u: print(f"WARNING: {u.exc_type.__name__}: {first(u.exc_value)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -381,6 +381,9 @@ class DataConfig:
     # text_files are tokenized by this many processes (one text at a time each); None: one process
     # running the tokenizer's own batch encoder on encode_threads threads.
     encode_processes: int | None = None
+    # Characters a character vocabulary lacks (fine-tuning a character model on another text):
+    # refused (error), dropped, or replaced by a space; counted in the run's log and meta.json.
+    unknown_chars: Literal["error", "drop", "replace"] = "error"
 
     def __post_init__(self) -> None:
         _check_literals(self)

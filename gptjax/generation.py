@@ -178,7 +178,7 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[str], max_n
     (before penalties and filtering), as transformers' output_scores.
     """
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-    ids = _prompt_ids(prompts, tokenizer)
+    ids = prompt_ids(prompts, tokenizer, model.cfg.vocab_size)
     if eos_token_id == "auto":
         eos_token_id = getattr(tokenizer, "eot_id", None) if tokenizer is not None else None
     sampling = Sampling(max_new_tokens, float(temperature), top_k, top_p, float(repetition_penalty),
@@ -237,7 +237,7 @@ def decode_weights(model: GPT) -> DecodeWeights | None:
 _COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _prompt_ids(prompts, tokenizer) -> list[list[int]]:
+def prompt_ids(prompts, tokenizer, vocab_size: int) -> list[list[int]]:
     if isinstance(prompts, (str, bytes)) or not prompts:
         raise ValueError("prompts must be a non-empty list of token-id lists or of strings")
     if all(isinstance(p, str) for p in prompts):
@@ -250,6 +250,10 @@ def _prompt_ids(prompts, tokenizer) -> list[list[int]]:
     for i, x in enumerate(ids):
         if not x:
             raise ValueError(f"prompt {i} is empty; give at least one token (e.g. the end-of-text token)")
+        outside = [t for t in x if not 0 <= t < vocab_size]
+        if outside:  # the embedding lookup would clamp them silently
+            raise ValueError(f"prompt {i} holds token id {outside[0]}, outside the model's vocabulary "
+                             f"[0, {vocab_size})")
     return ids
 
 

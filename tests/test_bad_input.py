@@ -157,6 +157,23 @@ CATALOGUE = [
      "model.d_model = 'big' is invalid; accepted: a positive integer (a multiple of head_dim = 8)"),
     ("convert into an existing directory", ["convert", RUN, "{d}", "--to", "gptjax"],
      "{d} already exists; choose a new directory or pass --overwrite"),
+    ("unknown-character policy not among the accepted", ["train", CFG, "data.unknown_chars=ignore"],
+     "`data.unknown_chars`: Cannot convert 'ignore' (<class 'str'>) into one of: error, drop, replace"),
+    ("a model whose state alone exceeds the device", ["train", "gpt2-xl", "data.batch_size=8", "--run-dir",
+                                                        "{d}/big"],
+     "this run does not fit: per device its parameters (5.80 GiB), their gradients (as much) and optimizer state "
+     "(11.61 GiB) need 23.21 GiB before any activation"),
+    ("prompt ids that are not numbers", ["sample", RUN, "--prompt-ids", "a,b"],
+     "--prompt-ids 'a,b': expected token ids separated by commas, such as 15496,995"),
+    ("prompt id beyond the vocabulary", ["sample", RUN, "--prompt-ids", "1,99999", "--max-new-tokens", "2"],
+     "prompt 0 holds token id 99999, outside the model's vocabulary [0, 65)"),
+    ("fewer than one new token", ["sample", RUN, "--max-new-tokens", "-3"], "max_new_tokens = -3 must be >= 1"),
+    ("sweep file missing", ["sweep", "run", "{d}/nope.yaml", "--dry-run"], "sweep file '{d}/nope.yaml' does not exist"),
+    ("warm start from a directory that holds no checkpoint", ["train", CFG, "init_from={d}", "--run-dir", "{d}/new"],
+     "init_from = '{d}' is not a Hugging Face directory (config.json + safetensors), a gptjax directory"),
+    ("gptjax directory with a damaged weights file", lambda w, d: ["sample", str(_damaged_native(d)), "--prompt-ids",
+                                                                   "1,2"],
+     "does not match its sha256 in the manifest (corrupted or truncated); write it again"),
     ("run directory that is a file", lambda w, d: ["train", str(w / "tiny.yaml"), "--run-dir",
                                                    _write(d / "a_file", "x")],
      "is a file; give a new directory, an empty one or a run directory"),
@@ -178,6 +195,21 @@ def _truncated_export(world, d):
     return out
 
 
+def _damaged_native(d):
+    """A save_pretrained directory with one byte of its weights flipped."""
+    from gptjax import init_model, save_pretrained
+    from gptjax.config import ModelConfig
+
+    out = save_pretrained(init_model(ModelConfig(vocab_size=50, max_seq_len=32, d_model=32, n_layers=1, n_heads=2)),
+                          d / "native")
+    victim = max((p for p in (out / "params").rglob("*") if p.is_file() and "/d/" in str(p)),
+                 key=lambda p: p.stat().st_size)
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    victim.write_bytes(bytes(raw))
+    return out
+
+
 def _write(path, text):
     path.write_text(text)
     return str(path)
@@ -189,7 +221,7 @@ def _mkdir(path):
 
 
 def test_the_catalogue_is_large_enough():
-    assert len(CATALOGUE) >= 20 and len({c[0] for c in CATALOGUE}) == len(CATALOGUE)
+    assert len(CATALOGUE) >= 50 and len({c[0] for c in CATALOGUE}) == len(CATALOGUE)
 
 
 @pytest.mark.slow

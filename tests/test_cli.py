@@ -5,6 +5,7 @@ import argparse
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import TINY_RUN
 
 from gptjax import cli, init_model, save_pretrained
 from gptjax.config import ModelConfig
@@ -72,3 +73,41 @@ def test_version_and_the_internal_verb_stays_out_of_the_listing(capsys):
     listing = capsys.readouterr().out
     assert "search-worker" not in listing and "coord-check" in listing
     assert cli.build_parser().parse_args(["sweep", "search-worker", "s.yaml", "--run-dir", "d"]).sweep == "s.yaml"
+
+
+TINY = {**TINY_RUN, "steps": 8, "eval_every": 8, "checkpoint_every": 4, "sample_tokens": 0}
+
+
+def test_out_of_device_memory_says_what_to_do_and_keeps_the_last_checkpoint(config_file, tmp_path, monkeypatch,
+                                                                            capsys):
+    """Injected, never provoked: the compiled step reports RESOURCE_EXHAUSTED at step 6. The run
+    stops with exit 1, the device's memory, the plan command for this config and what lowers the
+    need; step 4's checkpoint is intact and the same command resumes from it."""
+    import jax
+
+    from gptjax.training import trainer
+
+    make_step = trainer.make_train_step
+
+    def failing(tr):
+        step, calls = make_step(tr), [0]
+
+        def run(*args):
+            calls[0] += 1
+            if calls[0] == 6:
+                raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.50GiB.")
+            return step(*args)
+
+        run.lower = step.lower
+        return run
+
+    monkeypatch.setattr(trainer, "make_train_step", failing)
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", str(config_file), "steps=8", "--run-dir", str(run_dir), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "out of device memory (RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.50GiB.)" in err
+    assert f"`gptjax plan {config_file} steps=8` shows what each part of the step needs" in err
+    assert "model.remat=full" in err and "GiB; " in err and "Traceback" not in err
+    monkeypatch.setattr(trainer, "make_train_step", make_step)
+    assert cli.main(["train", str(config_file), "steps=8", "--run-dir", str(run_dir), "--no-progress"]) == 0
+    assert "resumed from step 4" in capsys.readouterr().err

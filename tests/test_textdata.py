@@ -1,6 +1,7 @@
 """data.text_files: documents from .txt and .jsonl files, joined by end-of-text, encoded in
 bounded memory by several processes with the same bytes as one, cached by content."""
 
+import collections
 import json
 
 import numpy as np
@@ -140,3 +141,26 @@ def test_an_encoding_stopped_midway_is_cleaned_up_by_the_next_one(corpus, tmp_pa
     assert tokens.directory.parent == tokens_dir
     assert sorted(p.name for p in tokens_dir.iterdir()) == sorted([tokens.directory.name, running.name,
                                                                    elsewhere.name])
+
+
+def test_unknown_characters_of_a_character_vocabulary(tmp_path, monkeypatch, capsys):
+    """Fine-tuning a character model on another text: its unknown characters are refused (the
+    default), dropped or replaced by a space, counted in the log at every start, cached apart."""
+    import dataclasses
+
+    monkeypatch.setenv("GPTJAX_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "t.txt").write_text("héllo wörld\nvoilà é\n")
+    vocab = tok_lib.CharTokenizer(" \nabcdefghijklmnopqrstuvwxyz")
+    cfg = DataConfig(text_files=(str(tmp_path / "t.txt"),), tokenizer="init_from", val_fraction=0.5)
+    with pytest.raises(tok_lib.TokenizerError, match="character 'é'"):
+        loader.load_tokens(cfg, vocab)
+    for policy, expected in (("drop", "hllo wrld\nvoil \n"), ("replace", "h llo w rld\nvoil   \n")):
+        tokens = loader.load_tokens(dataclasses.replace(cfg, unknown_chars=policy), vocab)
+        assert vocab.decode(np.concatenate([tokens.train, tokens.val]).tolist()) == expected
+        said = f"data.unknown_chars = {policy}: 4 characters not in the vocabulary"
+        assert said in capsys.readouterr().err
+        loader.load_tokens(dataclasses.replace(cfg, unknown_chars=policy), vocab)  # cached: said again
+        assert f"{said} " in capsys.readouterr().err
+    assert "('é' x2, 'à' x1, 'ö' x1)" in tok_lib.describe_unknown("drop", collections.Counter("éöéà"))
+    with pytest.raises(tok_lib.TokenizerError, match="has no space; use drop"):
+        loader.load_tokens(dataclasses.replace(cfg, unknown_chars="replace"), tok_lib.CharTokenizer("\nabc"))

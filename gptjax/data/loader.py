@@ -7,6 +7,7 @@ function of (seed, step, process index) built on grain's random-access datasets.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -15,6 +16,7 @@ import pathlib
 import pickle
 import re
 import shutil
+import sys
 import urllib.request
 
 import grain
@@ -170,11 +172,14 @@ def load_tokens(cfg: DataConfig, checkpoint_tokenizer: tok_lib.Tokenizer | None 
     if not text.strip():
         raise DataError(f"{path}: the corpus is empty; give a text file with content")
     tokenizer = tokenizer or tok_lib.CharTokenizer.from_text(text)
-    key = hashlib.sha256(json.dumps([_content_hash(path), tokenizer.to_dict(), cfg.val_fraction, _FORMAT],
-                                    sort_keys=True).encode()).hexdigest()[:20]
-    directory = cache_root() / "tokens" / key
+    keyed = [_content_hash(path), tokenizer.to_dict(), cfg.val_fraction, _FORMAT]
+    if cfg.unknown_chars != "error":
+        keyed.append(cfg.unknown_chars)
+    directory = cache_root() / "tokens" / hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:20]
     if not (directory / "meta.json").is_file():
-        _encode_to(directory, text, tokenizer, cfg)
+        counts: collections.Counter = collections.Counter()
+        text = tok_lib.known_chars(text, tokenizer, cfg.unknown_chars, counts)
+        _encode_to(directory, text, tokenizer, cfg, unknown={"policy": cfg.unknown_chars, "counts": dict(counts)})
     return _open(directory, tokenizer)
 
 
@@ -184,7 +189,7 @@ def _load_text_files(cfg: DataConfig, tokenizer: tok_lib.Tokenizer | None) -> To
     tokenizer = tokenizer or text_files.char_vocabulary([*files, *val_files], cfg.text_field)
     directory = text_files.prepare(files, val_files, tokenizer, val_fraction=cfg.val_fraction,
                                  text_field=cfg.text_field, processes=cfg.encode_processes,
-                                 threads=cfg.encode_threads)
+                                 threads=cfg.encode_threads, unknown_chars=cfg.unknown_chars)
     return _open(directory, tokenizer)
 
 
@@ -211,12 +216,13 @@ def _encode(text: str, tokenizer, threads: int) -> np.ndarray:
     return np.fromiter((i for chunk in ids for i in chunk), np.int64)
 
 
-def _encode_to(directory: pathlib.Path, text: str, tokenizer, cfg: DataConfig) -> None:
+def _encode_to(directory: pathlib.Path, text: str, tokenizer, cfg: DataConfig, unknown: dict) -> None:
     # nanoGPT splits the text (not the tokens) 90/10; so do we.
     cut = int(len(text) * (1 - cfg.val_fraction))
     dtype = text_files.token_dtype(tokenizer.vocab_size)
     tmp = text_files.temporary(directory)
-    meta = {"tokenizer": tokenizer.to_dict(), "dtype": np.dtype(dtype).name, "val_fraction": cfg.val_fraction}
+    meta = {"tokenizer": tokenizer.to_dict(), "dtype": np.dtype(dtype).name, "val_fraction": cfg.val_fraction,
+            **({"unknown_chars": unknown} if unknown["counts"] else {})}
     for split, part in (("train", text[:cut]), ("val", text[cut:])):
         ids = _encode(part, tokenizer, cfg.encode_threads).astype(dtype)
         ids.tofile(tmp / f"{split}.bin")
@@ -231,6 +237,9 @@ def _encode_to(directory: pathlib.Path, text: str, tokenizer, cfg: DataConfig) -
 def _open(directory: pathlib.Path, tokenizer) -> Tokens:
     meta = json.loads((directory / "meta.json").read_text())
     train, val = _token_arrays(directory, np.dtype(meta["dtype"]), meta, f"delete {directory} to re-encode")
+    if "unknown_chars" in meta:  # said at every start, cached or not
+        unknown = meta["unknown_chars"]
+        print(tok_lib.describe_unknown(unknown["policy"], collections.Counter(unknown["counts"])), file=sys.stderr)
     return Tokens(train, val, tokenizer, directory)
 
 

@@ -166,10 +166,12 @@ def encode_stream(stream: Iterator[tuple[str, bool]], tokenizer: tok_lib.Tokeniz
 # --- the cache -----------------------------------------------------------------------------------
 
 def cache_key(files: Sequence[pathlib.Path], val_files: Sequence[pathlib.Path], tokenizer: tok_lib.Tokenizer,
-              val_fraction: float, text_field: str) -> str:
+              val_fraction: float, text_field: str, unknown_chars: str = "error") -> str:
     contents = [[sha256_file(p), p.suffix == ".jsonl"] for p in files]
     val = [[sha256_file(p), p.suffix == ".jsonl"] for p in val_files]
     data = [FORMAT, contents, val, tokenizer.to_dict(), None if val_files else val_fraction, text_field]
+    if unknown_chars != "error":
+        data.append(unknown_chars)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -185,10 +187,10 @@ def char_vocabulary(files: Sequence[pathlib.Path], text_field: str) -> tok_lib.C
 
 def prepare(files: Sequence[pathlib.Path], val_files: Sequence[pathlib.Path], tokenizer: tok_lib.Tokenizer, *,
             val_fraction: float, text_field: str, processes: int | None = None,
-            threads: int = 1) -> pathlib.Path:
+            threads: int = 1, unknown_chars: str = "error") -> pathlib.Path:
     """The cache directory (train.bin, val.bin, meta.json) of these files, encoding them if needed.
-    The directory appears whole or not at all."""
-    key = cache_key(files, val_files, tokenizer, val_fraction, text_field)
+    The directory appears whole or not at all. `unknown_chars`: DataConfig.unknown_chars."""
+    key = cache_key(files, val_files, tokenizer, val_fraction, text_field, unknown_chars)
     directory = cache_root() / "tokens" / key
     if (directory / "meta.json").is_file():
         return directory
@@ -201,9 +203,15 @@ def prepare(files: Sequence[pathlib.Path], val_files: Sequence[pathlib.Path], to
     tmp = temporary(directory)
     try:
         t0 = time.perf_counter()
-        stats = _write(pieces(files, text_field), tmp / "train.bin", tokenizer, dtype, processes, threads)
+        unknown: collections.Counter = collections.Counter()
+
+        def known(stream):
+            return ((tok_lib.known_chars(text, tokenizer, unknown_chars, unknown), ends) for text, ends in stream)
+
+        stats = _write(known(pieces(files, text_field)), tmp / "train.bin", tokenizer, dtype, processes, threads)
         if val_files:
-            val_stats = _write(pieces(val_files, text_field), tmp / "val.bin", tokenizer, dtype, processes, threads)
+            val_stats = _write(known(pieces(val_files, text_field)), tmp / "val.bin", tokenizer, dtype, processes,
+                               threads)
         else:
             val_stats = _split_tail(tmp / "train.bin", tmp / "val.bin", dtype, val_fraction)
             stats = {**stats, "tokens": stats["tokens"] - val_stats["tokens"]}
@@ -211,7 +219,8 @@ def prepare(files: Sequence[pathlib.Path], val_files: Sequence[pathlib.Path], to
         meta = {"tokenizer": tokenizer.to_dict(), "dtype": np.dtype(dtype).name, "val_fraction": val_fraction,
                 "files": [str(p) for p in files], "val_files": [str(p) for p in val_files],
                 "text_field": text_field, "processes": processes, "encode_seconds": seconds,
-                "mb_per_sec": (stats["bytes"] + val_stats.get("bytes", 0)) / 1e6 / seconds if seconds else None}
+                "mb_per_sec": (stats["bytes"] + val_stats.get("bytes", 0)) / 1e6 / seconds if seconds else None,
+                **({"unknown_chars": {"policy": unknown_chars, "counts": dict(unknown)}} if unknown else {})}
         for split, st in (("train", stats), ("val", val_stats)):
             meta[split] = {"tokens": st["tokens"], "sha256": sha256_file(tmp / f"{split}.bin")}
             if "documents" in st:

@@ -7,6 +7,7 @@ is named by the sha1 of its URL; offline, that directory must already hold the f
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import difflib
 import functools
@@ -146,6 +147,31 @@ class TiktokenTokenizer:
 
 
 # --- characters ---------------------------------------------------------------------------------
+
+def known_chars(text: str, tokenizer, policy: str, counts: collections.Counter) -> str:
+    """`text` with the characters a character vocabulary lacks dropped ("drop") or replaced by a
+    space ("replace"), each counted into `counts`; unchanged for "error" (the encoder refuses
+    them) and for other tokenizers (every text encodes)."""
+    if policy == "error" or not isinstance(tokenizer, CharTokenizer):
+        return text
+    unknown = set(text) - tokenizer._stoi.keys()
+    if not unknown:
+        return text
+    if policy == "replace" and " " not in tokenizer._stoi:
+        raise TokenizerError("data.unknown_chars = replace puts a space in place of each unknown character, but this "
+                             "character vocabulary has no space; use drop")
+    counts.update({c: text.count(c) for c in unknown})
+    return text.translate(dict.fromkeys(map(ord, unknown), None if policy == "drop" else " "))
+
+
+def describe_unknown(policy: str, counts: collections.Counter) -> str:
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:8]
+    shown = ", ".join(f"{c!r} x{n}" for c, n in ranked)
+    more = f" and {len(counts) - 8} more kinds" if len(counts) > 8 else ""
+    verb = "dropped" if policy == "drop" else "replaced by spaces"
+    return (f"data.unknown_chars = {policy}: {sum(counts.values()):,} characters not in the vocabulary {verb} "
+            f"({shown}{more})")
+
 
 @dataclasses.dataclass(frozen=True)
 class CharTokenizer:

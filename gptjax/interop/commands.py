@@ -28,7 +28,18 @@ def _sample(args) -> int:
     model = gptjax.from_pretrained(args.model)  # read-only for run directories
     tokenizer = getattr(model, "tokenizer", None)
     if args.prompt_ids:
-        prompts = [[int(t) for t in p.split(",")] for p in args.prompt_ids]
+        try:
+            prompts = [[int(t) for t in p.split(",")] for p in args.prompt_ids]
+        except ValueError:
+            bad = next(p for p in args.prompt_ids if not all(t.strip().lstrip("-").isdigit() for t in p.split(",")))
+            print(f"gptjax sample: error: --prompt-ids {bad!r}: expected token ids separated by commas, such as "
+                  "15496,995", file=sys.stderr)
+            return 2
+        try:
+            prompts = generation.prompt_ids(prompts, tokenizer, model.cfg.vocab_size)
+        except ValueError as e:
+            print(f"gptjax sample: error: {e}", file=sys.stderr)
+            return 2
     elif args.prompt:
         prompts = args.prompt
     elif tokenizer is not None:

@@ -14,7 +14,7 @@ from gptjax.config import EXECUTION_FIELDS, ModelConfig, from_dict
 from gptjax.interop import hf_config
 from gptjax.model import kernels
 from gptjax.model.gpt import GPT, abstract_model
-from gptjax.store import tensor_files
+from gptjax.store import manifest, tensor_files
 from gptjax.store.tensor_files import CheckpointError
 
 NATIVE_CONFIG = "gptjax_config.json"
@@ -36,6 +36,7 @@ def save_pretrained(model: GPT, path: str | pathlib.Path, *, overwrite: bool = F
         checkpointer.save(tmp / PARAMS_DIR, params)
         checkpointer.wait_until_finished()  # saves are asynchronous; the rename must follow the commit
         checkpointer.close()
+        manifest.write_manifest(tmp / PARAMS_DIR)  # sha256 of every file: a damaged one is named on load
         if tokenizer is not None:
             (tmp / TOKENIZER_FILE).write_text(hf_tokenizer_json(tokenizer))
         tensor_files.write_json(tmp / NATIVE_CONFIG, {"format_version": FORMAT_VERSION,
@@ -51,11 +52,33 @@ def load_native(path: str | pathlib.Path, **overrides: Any) -> GPT:
     graphdef, state = nnx.split(abstract_model(cfg, kernels.for_device(cfg, jax.local_devices()[0])))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), nnx.to_pure_dict(state))
-    checkpointer = ocp.StandardCheckpointer()
-    restored = checkpointer.restore((directory / PARAMS_DIR).absolute(), target)
-    checkpointer.close()
-    nnx.replace_by_pure_dict(state, restored)
+    nnx.replace_by_pure_dict(state, restore_params(directory, target))
     return nnx.merge(graphdef, state)
+
+
+def restore_params(directory: pathlib.Path, target: dict) -> dict:
+    """The directory's parameters restored into `target` (shapes, dtypes, shardings). Its files
+    are checked against the manifest save_pretrained wrote first, so a damaged or truncated one
+    is named instead of failing inside Orbax; directories from before the manifest are read as
+    they are, Orbax's errors reported in one line."""
+    params = directory / PARAMS_DIR
+    if (params / manifest.MANIFEST).exists():
+        reason = manifest.verify(params)
+        if reason is not None:
+            raise CheckpointError(f"{directory} is damaged: {reason}; write it again (gptjax convert or "
+                                  "save_pretrained from its source)")
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        return checkpointer.restore(params.absolute(), target)
+    except Exception as e:  # Orbax wraps TensorStore's read errors in a bare Exception
+        if "RESOURCE_EXHAUSTED" in str(e):  # out of memory: not the directory's fault
+            raise
+        said = str(e.__cause__ or e).strip()
+        first = said.splitlines()[0] if said else type(e).__name__
+        raise CheckpointError(f"{params} cannot be restored ({first}): a file is damaged or truncated, or the "
+                              "directory was not written by save_pretrained") from None
+    finally:
+        checkpointer.close()
 
 
 def native_config(directory: pathlib.Path) -> ModelConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 
 import jax
@@ -120,3 +121,18 @@ def device_memory(accelerator: str) -> tuple[str, float]:
     if acc is None:
         raise ConfigError(f"--accelerator {accelerator!r} is not one of {', '.join(by_key)}")
     return f"{acc.name} {acc.memory}", acc.memory_bytes
+
+
+def device_capacity(device: jax.Device) -> int | None:
+    """Bytes of memory one device of this process may use: the runtime's limit on accelerators;
+    on CPU the host's physical memory shared by its local CPU devices; None where unknown."""
+    if device.platform == "cpu":
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError):
+            return None
+        return total // max(1, sum(d.platform == "cpu" for d in jax.local_devices()))
+    stats = device.memory_stats() or {}
+    limit = stats.get("bytes_limit")
+    return int(limit) if limit else None
+

@@ -249,3 +249,10 @@ def check_batch(batch_size: int, mesh: Mesh, what: str = "data.batch_size") -> N
         raise ConfigError(f"{what} = {batch_size} is not divisible by the data-parallel size {dp} "
                           f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); "
                           f"use a multiple of {dp}")
+
+
+def per_device_bytes(tree) -> int:
+    """Bytes one device holds of a tree of ShapeDtypeStructs with shardings (the largest shard)."""
+    return sum(math.prod(a.sharding.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
+               for a in jax.tree.leaves(tree))
+

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import re
 import sys
@@ -25,7 +24,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gptjax.config import ConfigError, TrainConfig
 from gptjax.model import counting
@@ -69,12 +67,6 @@ class Plan:
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "fits": self.fits}
-
-
-def per_device_bytes(tree) -> int:
-    """Bytes one device holds of a tree of ShapeDtypeStructs with shardings (the largest shard)."""
-    return sum(math.prod(a.sharding.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
-               for a in jax.tree.leaves(tree))
 
 
 @contextlib.contextmanager
@@ -154,9 +146,10 @@ def make_plan(cfg: TrainConfig, accelerator: str | None = None, devices=None, to
         mesh=dict(zip(mesh.axis_names, mesh.devices.shape)), devices=mesh.size, platform=sharding.platform(mesh),
         device_kind=mesh.devices.flat[0].device_kind, topology=topology, slices=cfg.mesh.dcn_data,
         batch_size=cfg.data.batch_size, seq_len=seq, params=counting.param_counts(cfg.model, seq).total,
-        params_bytes=per_device_bytes(tr.abstract_state["params"]),
-        frozen_bytes=per_device_bytes(tr.abstract_frozen) if tr.abstract_frozen is not None else 0,
-        opt_state_bytes=per_device_bytes(tr.abstract_state["opt_state"]), batch_bytes=per_device_bytes(batch),
+        params_bytes=sharding.per_device_bytes(tr.abstract_state["params"]),
+        frozen_bytes=sharding.per_device_bytes(tr.abstract_frozen) if tr.abstract_frozen is not None else 0,
+        opt_state_bytes=sharding.per_device_bytes(tr.abstract_state["opt_state"]),
+        batch_bytes=sharding.per_device_bytes(batch),
         **memory_figures(compiled), compile_s=compile_s,
         attention={"impl": attention.impl, "reason": attention.reason}, collectives=collective_counts(compiled),
         accelerator=capacity[0] if capacity else None, capacity_bytes=capacity[1] if capacity else None)

@@ -20,7 +20,7 @@ import tqdm
 from flax import nnx
 
 from gptjax import generation
-from gptjax.config import EvalConfig, TrainConfig, fingerprint
+from gptjax.config import ConfigError, EvalConfig, TrainConfig, fingerprint
 from gptjax.data import loader
 from gptjax.errors import Interrupted, RunStopped
 from gptjax.finetune import sft
@@ -137,6 +137,26 @@ def language_model_job(cfg: TrainConfig) -> Job:
     return Job(objective, tokens.tokenizer, batches, seq_len, tokens.val)
 
 
+def _check_state_fits(cfg: TrainConfig, tr: trainer.Trainer) -> None:
+    """Refuse, before anything is compiled or written, a run whose parameters, gradients and
+    optimizer state alone exceed a device's memory (activations come on top: `gptjax plan`)."""
+    capacity = hardware.device_capacity(sharding.device(tr.mesh))
+    params = sharding.per_device_bytes(tr.abstract_state["params"])
+    frozen = sharding.per_device_bytes(tr.abstract_frozen) if tr.abstract_frozen is not None else 0
+    opt = sharding.per_device_bytes(tr.abstract_state["opt_state"])
+    need = 2 * params + frozen + opt  # the gradients are the parameters' size
+    if capacity is None or need <= capacity:
+        return
+    gib = 2**30
+    mesh = ",".join(f"{k}={v}" for k, v in tr.mesh.shape.items())
+    raise ConfigError(
+        f"this run does not fit: per device its parameters ({params / gib:.2f} GiB), their gradients (as much) "
+        f"{f'and frozen base ({frozen / gib:.2f} GiB) ' if frozen else ''}and optimizer state ({opt / gib:.2f} GiB) "
+        f"need {need / gib:.2f} GiB before any activation, and a {sharding.device(tr.mesh).device_kind} device has "
+        f"{capacity / gib:.2f} GiB. Split the state over more devices (mesh.fsdp), or choose a smaller model; "
+        f"`gptjax plan CONFIG --mesh {mesh}` shows every figure.")
+
+
 def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None, job: Job | None = None) -> RunResult:
     """Train (or resume) `cfg` in `run_dir`: language modelling, or `job`'s objective and batches
     (finetune/task_heads.py). Every input check, the comparison with the config the run was
@@ -155,6 +175,7 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None,
     rd.check_tokenizer(job.tokenizer)
     mesh = sharding.make_mesh(cfg.mesh)
     tr = trainer.make_trainer(cfg, mesh, job.objective)
+    _check_state_fits(cfg, tr)
     # Eval files are read and checked here, before anything compiles.
     measured = heldout.HeldOut(cfg, tr, job.val, job.tokenizer) if job.val is not None else None
     if tr.abstract_frozen is not None:

@@ -17,7 +17,6 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
 from gptjax.config import EXECUTION_FIELDS, ConfigError, ModelConfig, TrainConfig
@@ -133,11 +132,7 @@ def load_params(cfg: TrainConfig, mesh: jax.sharding.Mesh, shardings: dict) -> d
     source_sh = shardings if source.padded_vocab == cfg.model.padded_vocab else _param_shardings(source, mesh)
     target = _abstract(source, source_sh)
     if kind == "gptjax":
-        checkpointer = ocp.StandardCheckpointer()
-        try:
-            params = checkpointer.restore((pathlib.Path(cfg.init_from) / native.PARAMS_DIR).absolute(), target)
-        finally:
-            checkpointer.close()
+        params = native.restore_params(pathlib.Path(cfg.init_from), target)
     else:
         params = _restore_run(cfg.init_from, target)
     if source.padded_vocab == cfg.model.padded_vocab:
