@@ -33,6 +33,9 @@ if [ -x "$venv/bin/python" ] && [ "$("$venv/bin/python" -c 'import sys; print("%
   rm -rf "$venv"
 fi
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+# setuptools warns on every editable install that a folder named like the package may shadow it:
+# here that folder is the package itself (gptjax/, with launch/ mapped to gptjax.launch).
+export PYTHONWARNINGS="ignore:Editable installation"
 pip=("$venv/bin/python" -m pip install -q)
 "${pip[@]}" --upgrade pip
 # Each Python's set of versions that resolve together (pip freeze of the last CI that passed).

@@ -7,6 +7,7 @@ off shows that the same program does the damage, so a layer test cannot pass by 
 import json
 import math
 import os
+import pathlib
 import socket
 import time
 from fractions import Fraction
@@ -278,6 +279,27 @@ def test_landlock_confines_plain_writes_to_the_workdir(tmp_path):
     assert "program.py:2" in result.detail and victim.read_text() == "original"
 
 
+@pytest.mark.parametrize("probe", [
+    "print(open({secret!r}).read())",  # a file outside the work directory
+    "import os\nprint(os.listdir({home!r}))",  # the home directory
+    "import subprocess\nsubprocess.run(['cat', {secret!r}])",  # a program outside the interpreter's files
+])
+def test_landlock_confines_reads_to_the_interpreter_and_the_workdir(tmp_path, probe):
+    needs("landlock-read")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOKEN-1234")
+    program = probe.format(secret=str(secret), home=str(pathlib.Path.home()))
+    control = sandbox.run_program(program, Sandbox(landlock=False, guard=False, max_processes=64))
+    assert control.status == "passed", control.detail  # the probe works where reads are open
+    result = sandbox.run_program(program, LANDLOCK_ONLY)
+    assert result.status == "error" and "PermissionError" in result.detail, result.detail
+    assert "TOKEN-1234" not in result.output
+    # The interpreter's own files and the work directory stay readable.
+    ok = sandbox.run_program("import json, decimal, statistics\nopen('w.txt', 'w').write('x')\n"
+                             "assert open('w.txt').read() == 'x'\n", LANDLOCK_ONLY)
+    assert ok.status == "passed", ok.detail
+
+
 def test_guard_refuses_spawning_processes():
     result = sandbox.run_program("import subprocess\nsubprocess.run(['true'])\n", Sandbox())
     assert result.status == "error" and "subprocess.Popen is disabled" in result.detail
@@ -305,9 +327,10 @@ def process_gone(pid: int, within_s: float = 3.0) -> bool:
 
 @pytest.mark.parametrize("tail, status", [("while True:\n    pass\n", "timeout"), ("", "passed")])
 def test_background_process_does_not_outlive_the_program(tail, status):
-    # Without the guard the program can spawn; the process-group kill must still take the child.
+    # Without the guard (and Landlock, which refuses executing /usr/bin/sleep) the program can
+    # spawn; the process-group kill must still take the child.
     program = "import subprocess\np = subprocess.Popen(['sleep', '60'])\nprint('child', p.pid, flush=True)\n" + tail
-    result = sandbox.run_program(program, Sandbox(timeout_s=1.5, guard=False, max_processes=64))
+    result = sandbox.run_program(program, Sandbox(timeout_s=1.5, guard=False, landlock=False, max_processes=64))
     assert result.status == status and result.output.startswith("child "), result.output
     assert process_gone(int(result.output.split()[1]))
 
@@ -392,6 +415,8 @@ def test_evaluate_code_scores_pass_at_k(capsys):
     assert (out["n_samples"], out["problems"]) == (4, 3)
     assert out["per_task"] == {p.task_id: ["passed", "failed", "error", "passed"] for p in PROBLEMS}
     assert out["isolation"].endswith("guard")
+    confined = "landlock-read" in sandbox.isolation_layers()
+    assert out["reads"].startswith("confined" if confined else "not confined"), out["reads"]
     assert model.calls == [([p.prompt], 4) for p in PROBLEMS]
     assert "generating" in capsys.readouterr().err
 

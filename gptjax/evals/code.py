@@ -199,7 +199,10 @@ def evaluate_code(problems: Sequence[CodeProblem], generate: Callable[[list[str]
                 for i, problem in enumerate(problems)}
     table = pass_at_k_table({task: [s == "passed" for s in statuses] for task, statuses in per_task.items()}, ks)
     return {**table, "n_samples": n_samples, "problems": len(problems), "per_task": per_task,
-            "isolation": "+".join(results[0].layers)}
+            "isolation": "+".join(results[0].layers),
+            "reads": ("confined to the program's directory and the interpreter's files (Landlock)"
+                      if "landlock-read" in results[0].layers else
+                      "not confined: a program could read any file this user can (no Landlock here)")}
 
 
 def _check_evaluation_args(problems: list[CodeProblem], n_samples: int, ks: Sequence[int]) -> None:

