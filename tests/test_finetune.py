@@ -282,13 +282,14 @@ def test_sft_first_step_loss_equals_transformers_on_response_tokens(tmp_path, hf
         for s in range(1, rows["segments"][r].max() + 1):
             where = np.flatnonzero(rows["segments"][r] == s)
             ids = torch.tensor(rows["tokens"][r][where][None], dtype=torch.long)
-            labels = ids.clone()
-            trained = np.r_[False, rows["weights"][r][where[:-1]] > 0]  # label t is trained if target t is
-            labels[0, ~torch.tensor(trained)] = -100
+            # Target t (ids[t + 1]) is trained if gptjax weighs it. The model sees the inputs only,
+            # as gptjax does: a segment filling a whole row (seq_len + 1 tokens) would need one
+            # position more than the model has.
+            trained = torch.tensor(rows["weights"][r][where[:-1]] > 0)
             with torch.no_grad():
-                loss = model(ids, labels=labels).loss
-            n = int(trained[1:].sum())
-            nll, count = nll + float(loss) * n, count + n
+                logits = model(ids[:, :-1]).logits[0]
+            losses = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
+            nll, count = nll + float(losses[trained].sum()), count + int(trained.sum())
     assert ours == pytest.approx(nll / count, rel=1e-5)
 
 
