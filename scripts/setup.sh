@@ -42,7 +42,7 @@ pip=("$venv/bin/python" -m pip install -q)
 constraints=(-c "scripts/constraints-py$want.txt")
 case "$mode" in
   main) "${pip[@]}" "${constraints[@]}" -e . ;;
-  test) "${pip[@]}" "${constraints[@]}" -e ".[storage,eval,dev,wandb]" ;;
+  test) "${pip[@]}" "${constraints[@]}" -e ".[storage,eval,dev,wandb,docs]" ;;
   reference)
     # An unpinned torch resolves to a multi-GB CUDA build; 2.13.0 is the CPU build on this machine.
     "${pip[@]}" "torch==2.13.0"

@@ -1,0 +1,69 @@
+"""The documentation site: `mkdocs build --strict` passes, its reference pages (generated from the
+code at build time) name every config field and every command, and the quick start's commands run
+as shown, with only a tiny-size override appended where one trains."""
+
+import dataclasses
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import typing
+
+import pytest
+
+from gptjax import cli
+from gptjax.config import TrainConfig
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# What the quick start's training command gets appended here: a few steps of a tiny shape.
+TINY = ["steps=3", "eval_every=3", "checkpoint_every=3", "data.batch_size=8", "model.max_seq_len=64",
+        "eval_batch_size=8", "sample_tokens=8"]
+
+
+def _fields(cls, prefix=""):
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        kind = hints[field.name]
+        if dataclasses.is_dataclass(kind):
+            yield from _fields(kind, f"{prefix}{field.name}.")
+        else:
+            yield f"{prefix}{field.name}"
+
+
+@pytest.mark.slow
+def test_the_site_builds_strictly_with_references_from_the_code(tmp_path):
+    pytest.importorskip("mkdocs", reason="the docs extra (pip install -e '.[docs]')")
+    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+                         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    config = (tmp_path / "site" / "reference" / "config" / "index.html").read_text()
+    missing = [name for name in _fields(TrainConfig) if f"<code>{name}</code>" not in config]
+    assert not missing, f"config fields missing from the reference: {missing}"
+    commands = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
+    parser = cli.build_parser()
+    names = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"][0].choices
+    assert all(f"<code>{name}</code>" in commands for name in names), [n for n in names if n not in commands]
+    assert "--max-new-tokens" in commands and "data.unknown_chars" in config
+
+
+def _snippet(page: str) -> str:
+    """The bash block that follows the page's `tested` marker."""
+    text = (ROOT / "docs" / page).read_text()
+    return re.search(r"<!-- tested:.*?-->\s*```bash\n(.*?)```", text, re.S).group(1)
+
+
+@pytest.mark.slow
+def test_the_quick_start_runs_as_written(tmp_path):
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    # `gptjax` is this interpreter's gptjax; a training command gets the tiny shape appended.
+    script = (f"set -euo pipefail\n"
+              f"gptjax() {{ if [ \"$1\" = train ]; then {shlex.quote(sys.executable)} -m gptjax.cli \"$@\" "
+              f"{' '.join(TINY)} --no-progress; else {shlex.quote(sys.executable)} -m gptjax.cli \"$@\"; fi; }}\n"
+              + _snippet("quickstart.md"))
+    out = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, f"{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    assert (tmp_path / "runs" / "my_text" / "checkpoints").is_dir()
+    assert re.search(r"^gptjax is.+", out.stdout, re.M | re.S), out.stdout[-1000:]  # the prompt, continued
