@@ -33,12 +33,19 @@ def _fields(cls, prefix=""):
             yield f"{prefix}{field.name}"
 
 
-@pytest.mark.slow
-def test_the_site_builds_strictly_with_references_from_the_code(tmp_path):
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
     pytest.importorskip("mkdocs", reason="the docs extra (pip install -e '.[docs]')")
-    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+    site = tmp_path_factory.mktemp("docs") / "site"
+    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
+    return site
+
+
+@pytest.mark.slow
+def test_the_site_builds_strictly_with_references_from_the_code(site):
+    tmp_path = site.parent
     config = (tmp_path / "site" / "reference" / "config" / "index.html").read_text()
     missing = [name for name in _fields(TrainConfig) if f"<code>{name}</code>" not in config]
     assert not missing, f"config fields missing from the reference: {missing}"
@@ -67,3 +74,30 @@ def test_the_quick_start_runs_as_written(tmp_path):
     assert out.returncode == 0, f"{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     assert (tmp_path / "runs" / "my_text" / "checkpoints").is_dir()
     assert re.search(r"^gptjax is.+", out.stdout, re.M | re.S), out.stdout[-1000:]  # the prompt, continued
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", ["index.html", "reference/config/index.html"])
+def test_pages_render_in_a_browser(site, tmp_path, page):
+    """Headless chromium draws the home page and a reference page: a screenshot with the theme's
+    header colour and text, not an empty or unstyled page (these screenshots were looked at)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("GPTJAX_REQUIRE_BROWSER") == "1":
+            pytest.fail("GPTJAX_REQUIRE_BROWSER=1 but chromium is not installed (apt-get install chromium)")
+        pytest.skip("SKIPPING THE BROWSER CHECK: chromium is not installed")
+    png = tmp_path / "page.png"
+    out = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={png}",
+                          "--window-size=1280,900", (site / page).as_uri()], capture_output=True, text=True,
+                         timeout=120)
+    assert png.is_file(), out.stderr[-2000:]
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(png).convert("RGB"))
+    header = pixels[10:40, 300:900].reshape(-1, 3)
+    assert (np.abs(header.astype(int) - (64, 81, 181)).sum(axis=1) < 60).mean() > 0.9, "no Material header"
+    body = pixels[100:800, 250:1000]
+    assert len(np.unique(body.reshape(-1, 3), axis=0)) > 50 and (body.sum(axis=2) < 300).mean() > 0.002, \
+        "no text drawn"
+
