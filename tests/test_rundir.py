@@ -16,6 +16,7 @@ from helpers import TINY_RUN, metrics, snapshot
 from helpers import gptjax_cli as gptjax
 
 from gptjax import cli
+from gptjax.config import ConfigError
 from gptjax.interop import runs
 from gptjax.runtime import sharding
 from gptjax.store import checkpoint, manifest
@@ -177,3 +178,15 @@ def test_inspection_never_reads_the_optimizer_state(run_copy):
         shutil.rmtree(run_dir / "checkpoints" / step / "train")
     model, _, step = runs.load_model(run_dir)
     assert step == 20 and model.cfg.d_model == 32
+
+
+def test_a_first_start_that_failed_early_can_be_run_again(tmp_path):
+    """A run directory holding only what a run writes before its config.yaml (Orbax's checkpoints/
+    folder, created before the weights are loaded) is a run to retry, not someone else's files."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "launch.json").write_text("{}")
+    RunDir(run).check_usable()
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"holds no gptjax run \(no config.yaml; it holds notes.txt\)"):
+        RunDir(run).check_usable()

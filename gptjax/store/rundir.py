@@ -44,8 +44,10 @@ METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 SAMPLES = "samples"
-# What launchers write into a run directory before the run itself starts (launch/).
+# What launchers write into a run directory before the run itself starts (launch/), and what a
+# run writes before its config.yaml (a first start that failed early may leave them).
 LAUNCHER_FILES = (LAUNCH_INFO, "sbatch.sh", "slurm-*.out")
+OWN_FILES = LAUNCHER_FILES + (CHECKPOINTS, TENSORBOARD, RUN_INFO, TOKENIZER, METRICS, "config.*.yaml")
 
 
 class RunDir:
@@ -120,7 +122,7 @@ class RunDir:
         if self.has_config():
             return
         foreign = sorted(p.name for p in self.path.iterdir()
-                         if not any(fnmatch.fnmatch(p.name, pattern) for pattern in LAUNCHER_FILES))
+                         if not any(fnmatch.fnmatch(p.name, pattern) for pattern in OWN_FILES))
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise ConfigError(f"run directory {self} is not empty and holds no gptjax run (no {CONFIG}; it holds "
