@@ -288,7 +288,7 @@ def _check_model(c: ModelConfig) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Training run configuration. Field names are the override keys (`optim.lr=3e-4`), so sweeps
-# can set them; README's "Configuration reference" lists them.
+# can set them; the generated configuration reference (docs) lists them.
 
 Optimizer = Literal["adamw", "lion", "adafactor"]
 Schedule = Literal["cosine", "wsd", "constant"]
@@ -535,7 +535,7 @@ class LoggingConfig:
     wandb: WandbConfig | None = None  # None: no W&B (metrics.jsonl and TensorBoard always)
 
 
-FaultPhase = Literal["step", "save", "eval"]
+FaultPhase = Literal["start", "step", "save", "eval", "end"]
 FaultSignal = Literal["SIGKILL", "SIGTERM"]
 
 
@@ -559,7 +559,9 @@ class FaultConfig:
     nan_at_step: int | None = None  # the loss of this step (1-based) becomes NaN inside the step
     # SIGKILL this process at step kill_at_step: right after dispatching it ("step"), right after
     # its asynchronous checkpoint save started ("save"; the final save when it is the last step),
-    # or after the first batch of its evaluation ("eval").
+    # or after the first batch of its evaluation ("eval"); or, with kill_at_step 0, as a fresh run
+    # starts, before anything is written ("start"); or once the last step's checkpoint is
+    # committed, before the end-of-run sample and result ("end").
     kill_at_step: int | None = None
     kill_during: FaultPhase = "save"
     kill_process: int | None = None  # only this process index kills itself (None: every process)
@@ -567,6 +569,9 @@ class FaultConfig:
     # Just before the checkpoint save of this step, fill the run directory's filesystem (a small
     # one: fault_hooks.fill_disk refuses more than 256 MiB free) so that the save runs out of space.
     fill_disk_at_step: int | None = None
+    # The data source blocks for ever before step hang_at_step (once per run directory: the
+    # restarted run passes), as a stalled read or a lost peer would: the watchdog's test.
+    hang_at_step: int | None = None
 
     def __post_init__(self) -> None:
         _check_literals(self)
@@ -576,6 +581,22 @@ class FaultConfig:
 
         return (self.kill_at_step == step and self.kill_during == phase
                 and self.kill_process in (None, jax.process_index()))
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchdogConfig:
+    """A hang becomes exit code 3, which the launchers restart (training/watchdog.py)."""
+
+    # Seconds without a completed step before the run is declared hung; None: 20 times the median
+    # step time after warm-up, at least 300 s (the start-up budget until steps have been timed).
+    timeout_s: float | None = None
+    # Seconds for start-up (distributed initialisation, peer barrier, restore, first compile) and
+    # for each evaluation and checkpoint save.
+    startup_s: float = 1800.0
+
+    def __post_init__(self) -> None:
+        _require_in(self, "timeout_s", self.timeout_s is None or self.timeout_s > 0, "None (automatic) or seconds > 0")
+        _require_in(self, "startup_s", self.startup_s > 0, "seconds > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -611,6 +632,7 @@ class TrainConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     profile: ProfileConfig = dataclasses.field(default_factory=ProfileConfig)
+    watchdog: WatchdogConfig = dataclasses.field(default_factory=WatchdogConfig)
     steps: int = 2000
     seed: int = 0
     log_every: int = 10
@@ -685,7 +707,7 @@ UNTRAINED_FIELDS = (*(f"model.{f}" for f in KERNEL_FIELDS), "mesh", "optim.grad_
                     "data.encode_processes", "name", "eval", "eval_every", "eval_batch_size", "checkpoint_every",
                     "keep_last", "keep_every", "log_every", "logging", "profile", "sample_tokens", "peak_flops",
                     "faults.kill_at_step", "faults.kill_during", "faults.kill_process", "faults.kill_signal",
-                    "faults.fill_disk_at_step")
+                    "faults.fill_disk_at_step", "faults.hang_at_step", "watchdog")
 
 
 def is_trained_field(field: str) -> bool:

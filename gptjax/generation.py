@@ -95,7 +95,9 @@ def _banned_ngrams(tokens_BxS, length, n: int, vocab: int):
 def _choose(logits_BxV, key, tokens_BxS, length, seen_BxV, s: Sampling):
     if s.repetition_penalty != 1.0:
         logits_BxV = _penalise_repeats(logits_BxV, seen_BxV, s.repetition_penalty)
-    if s.no_repeat_ngram_size > 0:
+    if s.no_repeat_ngram_size == 1:  # a 1-gram repeats if the token was seen at all (prompt included)
+        logits_BxV = jnp.where(seen_BxV, -jnp.inf, logits_BxV)
+    elif s.no_repeat_ngram_size > 1:
         banned = _banned_ngrams(tokens_BxS, length, s.no_repeat_ngram_size, logits_BxV.shape[-1])
         banned = banned & (length >= s.no_repeat_ngram_size - 1)
         logits_BxV = jnp.where(banned, -jnp.inf, logits_BxV)
@@ -273,12 +275,16 @@ def _cut_at_stop(new: list[int], stop: Sequence[str], tokenizer) -> list[int]:
 
 
 def sample(model: GPT, prompt: list[int], max_new_tokens: int, *, temperature: float = SAMPLE.temperature,
-           top_k: int | None = SAMPLE.top_k, top_p: float | None = None, seed: int = 0) -> list[int]:
+           top_k: int | None = SAMPLE.top_k, top_p: float | None = None, seed: int = 0,
+           repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0, stop: Sequence[str] = (),
+           tokenizer=None) -> list[int]:
     """The prompt's continuation (new token ids only), for one prompt. Past a learned-position
     model's context the window slides as in nanoGPT: each round continues the last half-context of
-    tokens, so a 64-position model still writes 200 tokens."""
+    tokens, so a 64-position model still writes 200 tokens (the repetition penalty and banned
+    n-grams see each round's window). Generation ends at a stop string, cut after it."""
     if not prompt:
         raise ValueError("the prompt must hold at least one token")
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     limit = model.cfg.max_seq_len if model.cfg.position == "learned" else None
     tokens, new, rounds = list(prompt), [], 0
     while len(new) < max_new_tokens:
@@ -286,6 +292,10 @@ def sample(model: GPT, prompt: list[int], max_new_tokens: int, *, temperature: f
         context = tokens if fits else tokens[-max(1, limit // 2):]
         n = max_new_tokens - len(new) if limit is None else min(max_new_tokens - len(new), limit - len(context))
         out = generate(model, [context], n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed + rounds,
-                       eos_token_id=None)[0][len(context):]
+                       repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                       eos_token_id=None, tokenizer=tokenizer)[0][len(context):]
         tokens, new, rounds = tokens + out, new + out, rounds + 1
+        cut = _cut_at_stop(new, stop, tokenizer)
+        if len(cut) < len(new):
+            return cut
     return new

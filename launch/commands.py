@@ -7,7 +7,7 @@ def _launch(args) -> int:
     from gptjax.launch import BACKENDS
     from gptjax.launch.common import make_jobs
 
-    jobs = make_jobs(args.config, args.overrides, args.run_dir)
+    jobs = make_jobs(args.config, args.overrides, args.run_dir, dry_run=args.dry_run)
     return BACKENDS[args.backend].launch(jobs, args)
 
 

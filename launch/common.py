@@ -32,12 +32,15 @@ class Job:
                 "--no-progress"]
 
 
-def make_jobs(config: str, overrides: list[str], run_dir: str | None) -> list[Job]:
+def make_jobs(config: str, overrides: list[str], run_dir: str | None, *, dry_run: bool = False) -> list[Job]:
     """The job of one run, its config validated (and, when it resumes, compared with the run's)
-    before anything is submitted. Sweeps go through `gptjax sweep run --launcher NAME`."""
+    before anything is submitted. A dry run reads no run directory: it prints what would be
+    submitted from a machine that may not reach the bucket. Sweeps go through `gptjax sweep run
+    --launcher NAME`."""
     cfg = load_train_config(config, overrides)
     job = Job(config, tuple(overrides), run_dir or f"runs/{cfg.name}")
-    resume.check(RunDir(job.run_dir), cfg)  # a resumed run that cannot continue is refused here
+    if not dry_run:
+        resume.check(RunDir(job.run_dir), cfg)  # a resumed run that cannot continue is refused here
     return [job]
 
 

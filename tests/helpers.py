@@ -168,3 +168,10 @@ def require_libtpu():
         if os.environ.get("GPTJAX_REQUIRE_LIBTPU") == "1":
             pytest.fail("GPTJAX_REQUIRE_LIBTPU=1 but libtpu is not installed; run scripts/setup.sh test")
         pytest.skip("libtpu is not installed (the tpu extra, or TPU_LIBRARY_PATH)")
+
+
+# English prose with code in it, for tests that need a text (the how-to and reference pages of the
+# docs, in a fixed order; about 68 KB).
+DOC_PAGES = ("models", "generation", "evaluation", "training", "finetuning", "reliability", "benchmarks",
+             "scaling", "clusters")
+DOCS_TEXT = "\n".join((pathlib.Path(__file__).parents[1] / "docs" / f"{page}.md").read_text() for page in DOC_PAGES)

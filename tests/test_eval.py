@@ -3,18 +3,17 @@ window perplexity, and lm-evaluation-harness with its own Hugging Face model on 
 
 import json
 import math
-import pathlib
 
 import numpy as np
 import pytest
-from helpers import jsonl, reference
+from helpers import DOCS_TEXT, jsonl, reference
 
 from gptjax import cli
 from gptjax.evals import evaluate, scorer
 
 pytestmark = pytest.mark.xdist_group("eval")
 
-TEXT = (pathlib.Path(__file__).parents[1] / "README.md").read_text()[:6000]
+TEXT = DOCS_TEXT[:6000]
 # hf_dir (conftest): a GPT-2 with 128 positions; a wide initialisation makes predictions peaked, so
 # choices differ by more than rounding.
 HF_TEXT, HF_OPTIONS = TEXT, {"init": 0.3}

@@ -3,13 +3,12 @@ Face, gptjax or run directory), parity of the first step's loss with transformer
 and the way back to transformers (weights and tokenizer)."""
 
 import json
-import pathlib
 
 import jax
 import numpy as np
 import pytest
 import yaml
-from helpers import metrics, reference
+from helpers import DOCS_TEXT, metrics, reference
 
 from gptjax.config import ConfigError
 from gptjax.config_files import load_train_config
@@ -18,8 +17,8 @@ from gptjax.training import loop, warm_start
 
 pytestmark = pytest.mark.xdist_group("finetune")
 
-README = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
-PRETRAIN_TEXT, FINETUNE_TEXT = README[:6000], README[6000:24000]
+TEXT = DOCS_TEXT
+PRETRAIN_TEXT, FINETUNE_TEXT = TEXT[:6000], TEXT[6000:24000]
 HF_TEXT, HF_OPTIONS = PRETRAIN_TEXT, {"positions": 64}  # hf_dir (conftest)
 NO_DROPOUT = ["model.embed_dropout=0.0", "model.attn_dropout=0.0", "model.resid_dropout=0.0"]
 
@@ -114,7 +113,7 @@ def test_fine_tuned_run_exports_to_transformers_and_improves_held_out_loss(tmp_p
     loop.train_run(cfg, tmp_path / "run", progress=False)
     pretrained.convert(tmp_path / "run", tmp_path / "export", to="hf")
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "export")
-    held_out = README[24000:]
+    held_out = TEXT[24000:]
     ours = loader.make_tokenizer(cfg.data, warm_start.checkpoint_tokenizer(cfg))
     assert tok(held_out)["input_ids"] == ours.encode(held_out)
     ids = torch.tensor([ours.encode(held_out)[:64]])
@@ -140,7 +139,7 @@ def test_sharded_load_never_puts_a_whole_parameter_on_one_device(tmp_path, monke
     torch.manual_seed(0)
     transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**cfg_hf)).save_pretrained(tmp_path / "pythia")
     text = tmp_path / "t.txt"
-    text.write_text(README[:20000])
+    text.write_text(TEXT[:20000])
     total = 4 * 70_426_624
     budget = total // 4
     handed: dict[int, int] = {}
@@ -229,7 +228,7 @@ def test_lora_exports_merged_and_as_peft_adapters_with_equal_logits(tmp_path, lo
                                                                          "adapter_model.safetensors"]
     run_cfg = load_train_config(str(run_dir / "config.yaml"))
     ids = np.asarray(loader.make_tokenizer(run_cfg.data, warm_start.checkpoint_tokenizer(run_cfg))
-                     .encode(README[24000:25000])[:48])[None]
+                     .encode(TEXT[24000:25000])[:48])[None]
     model, _, _ = runs.load_model(run_dir)
     ours = np.asarray(model.logits(ids))[..., :model.cfg.vocab_size]
     with torch.no_grad():
@@ -264,7 +263,7 @@ def test_sft_first_step_loss_equals_transformers_on_response_tokens(tmp_path, hf
     torch, transformers = reference("torch"), reference("transformers")
     from gptjax.finetune import sft
 
-    words = README[6000:24000].split()
+    words = TEXT[6000:24000].split()
     rng = np.random.default_rng(0)
     records = [{"prompt": " ".join(rng.choice(words, 3)), "response": " ".join(rng.choice(words, 4))}
                for _ in range(80)]

@@ -197,3 +197,30 @@ def test_sample_separates_its_outputs_and_says_when_greedy_copies_are_identical(
     assert cli.main(["sample", str(directory), "--prompt-ids", "1,2", "--temperature", "1", "--num-return-sequences",
                      "2", "--max-new-tokens", "3"]) == 0
     assert "identical" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sample_command_slides_every_prompt_past_a_learned_context(tmp_path, capsys):
+    """The docs' `gptjax sample RUN --prompt A --prompt B --max-new-tokens 200` on a 64-position
+    model: each prompt and each sequence slides its own window, under its own header; a repeat
+    is identical, and the repetition penalty and no-repeat n-grams reach every window."""
+    from gptjax import cli, generation
+    from gptjax.interop import native
+
+    model = init_model(ModelConfig(vocab_size=50, max_seq_len=32, d_model=32, n_layers=1, n_heads=2), seed=3)
+    directory = native.save_pretrained(model, tmp_path / "model")
+    args = ["sample", str(directory), "--prompt-ids", "1,2", "--prompt-ids", "3", "--num-return-sequences", "2",
+            "--max-new-tokens", "80", "--temperature", "1", "--seed", "4"]
+    assert cli.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0::2] == ["--- prompt 1, sample 1 ---", "--- prompt 1, sample 2 ---", "--- prompt 2, sample 1 ---",
+                           "--- prompt 2, sample 2 ---"]
+    outs = [[int(t) for t in line.split(",")] for line in lines[1::2]]
+    assert [len(o) for o in outs] == [82, 82, 81, 81] and outs[0][:2] == [1, 2] and outs[2][:1] == [3]
+    assert outs[0] != outs[1], "the two sequences of a prompt drew the same tokens"
+    assert outs[0][2:] == generation.sample(model, [1, 2], 80, temperature=1.0, top_k=None, seed=4)
+    assert cli.main(args) == 0 and capsys.readouterr().out.splitlines()[1::2] == lines[1::2]
+    assert cli.main([*args[:-4], "--temperature", "0", "--no-repeat-ngram-size", "1", "--max-new-tokens", "40"]) == 0
+    greedy = [[int(t) for t in line.split(",")] for line in capsys.readouterr().out.splitlines()[1::2]]
+    window = greedy[0][-16:]  # the last round's window of 16: no token repeated within it
+    assert len(set(window)) == len(window)

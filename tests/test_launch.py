@@ -182,6 +182,19 @@ def test_tpu_dry_run_runs_on_all_workers(config_file, capsys):
     assert "--run-dir /mnt/runs/r" in lines[-1]
 
 
+def test_a_dry_run_reads_no_run_directory(config_file, capsys, monkeypatch):
+    """A dry run prints what would be submitted from a machine that may not reach the bucket (the
+    docs' TPU examples name gs://my-bucket); a real launch checks the run it resumes first."""
+    from gptjax.training import resume
+
+    def unreachable(run_dir, cfg):
+        raise OSError(f"Cannot connect to host for {run_dir}")
+    monkeypatch.setattr(resume, "check", unreachable)
+    args = ["launch", "tpu", str(config_file), "--tpu-name", "pod", "--zone", "z", "--run-dir", "gs://b/runs/x"]
+    assert cli.main([*args, "--dry-run"]) == 0 and "--run-dir gs://b/runs/x" in capsys.readouterr().out
+    assert cli.main(args) != 0 and "Cannot connect to host for gs://b/runs/x" in capsys.readouterr().err
+
+
 def test_tpu_dry_run_of_two_slices_starts_them_together(config_file, capsys):
     args = ["launch", "tpu", str(config_file), "--tpu-name", "ms", "--zone", "z", "--queued", "--slices", "2",
             "--accelerator-type", "v5litepod-8", "--run-dir", "/mnt/runs/r", "--dry-run"]

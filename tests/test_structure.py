@@ -159,11 +159,10 @@ def test_launchers_import_no_jax():
     assert out.stdout.strip() == "[]"
 
 
-def readme_layout() -> dict[str, str]:
-    """The README's Layout block: each entry (`gptjax/`'s files and subpackages, top-level folders)
-    and its text, continuation lines included."""
-    readme = (PACKAGE.parent / "README.md").read_text()
-    block = readme[readme.index("## Layout"):]
+def layout_entries() -> dict[str, str]:
+    """The code layout page's block (docs/layout.md): each entry (`gptjax/`'s files and subpackages,
+    top-level folders) and its text, continuation lines included."""
+    block = (PACKAGE.parent / "docs" / "layout.md").read_text()
     block = block[block.index("```\n") + 4:]
     entries, current = {}, None
     for line in block[:block.index("```")].splitlines():
@@ -176,9 +175,9 @@ def readme_layout() -> dict[str, str]:
     return entries
 
 
-def test_the_readme_layout_matches_the_tree():
-    """Every module and subpackage is named in the README's Layout, and everything named exists."""
-    entries = readme_layout()
+def test_the_layout_page_matches_the_tree():
+    """Every module and subpackage is named in the code layout page, and everything named exists."""
+    entries = layout_entries()
     tree = {f"gptjax/{p.name}" for p in PACKAGE.glob("*.py")} | {f"gptjax/{p.name}/" for p in PACKAGE.iterdir()
                                                                  if (p / "__init__.py").exists()}
     listed = {e for e in entries if e.startswith("gptjax/") and e != "gptjax/"}

@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     s = sub.add_parser("eval", help="perplexity, multiple choice, LAMBADA and HumanEval, scored as lm-eval does")
     s.add_argument("model", help="run directory (its latest verified checkpoint), gptjax or Hugging Face directory")
     s.add_argument("--task", required=True, help=f"one of: {', '.join(TASK_NAMES)}")
-    s.add_argument("--data", help="the benchmark file (see the README for each task's layout and source)")
+    s.add_argument("--data", help="the benchmark file (docs/evaluation.md gives each task's layout and source)")
     s.add_argument("--shots", type=int, default=0, help="few-shot demonstrations per item (0: zero-shot)")
     s.add_argument("--fewshot-data", help="train or dev file the demonstrations are drawn from")
     s.add_argument("--separator", default="\\n\\n", help="between demonstrations (escapes allowed; default \\n\\n)")

@@ -115,7 +115,7 @@ def _check_labels(labels: tuple[int, ...], n_choices: int) -> None:
 
 def _json_rows(path: pathlib.Path) -> Iterator[tuple[int, Any]]:
     if not path.is_file():
-        raise TaskError(f"{path}: no such file; expected a benchmark file exported as described in the README")
+        raise TaskError(f"{path}: no such file; expected a benchmark file exported as docs/evaluation.md describes")
     return jsonl.records(path, TaskError, "one JSON object per line (JSONL)")
 
 

@@ -35,11 +35,6 @@ def _sample(args) -> int:
             print(f"gptjax sample: error: --prompt-ids {bad!r}: expected token ids separated by commas, such as "
                   "15496,995", file=sys.stderr)
             return 2
-        try:
-            prompts = generation.prompt_ids(prompts, tokenizer, model.cfg.vocab_size)
-        except ValueError as e:
-            print(f"gptjax sample: error: {e}", file=sys.stderr)
-            return 2
     elif args.prompt:
         prompts = args.prompt
     elif tokenizer is not None:
@@ -48,23 +43,25 @@ def _sample(args) -> int:
         print("gptjax sample: error: this model has no tokenizer; give --prompt-ids", file=sys.stderr)
         return 2
     single = len(prompts) == 1 and args.num_return_sequences == 1
-    ids = tokenizer.encode(prompts[0]) if single and isinstance(prompts[0], str) and tokenizer else prompts[0]
-    if single and model.cfg.position == "learned" and len(ids) + args.max_new_tokens > model.cfg.max_seq_len:
-        # Longer than the learned context: slide the window (generation.sample), as nanoGPT does.
-        try:
-            new = generation.sample(model, list(ids), args.max_new_tokens, temperature=args.temperature,
-                                    top_k=args.top_k or None, top_p=args.top_p, seed=args.seed)
-        except ValueError as e:  # sampling options out of range
-            print(f"gptjax sample: error: {e}", file=sys.stderr)
-            return 2
-        print(tokenizer.decode(list(ids) + new) if tokenizer is not None else ",".join(map(str, list(ids) + new)))
-        return 0
     if args.temperature == 0 and args.num_return_sequences > 1:
         print(f"gptjax sample: --temperature 0 is greedy, so the {args.num_return_sequences} sequences per prompt "
               "are identical by construction; give a temperature above 0 to draw different ones", file=sys.stderr)
+    try:
+        encoded = generation.prompt_ids(prompts, tokenizer, model.cfg.vocab_size)  # ids checked against the vocabulary
+        if model.cfg.position == "learned" and max(map(len, encoded)) + args.max_new_tokens > model.cfg.max_seq_len:
+            # Longer than the learned context: slide the window (generation.sample), as nanoGPT does.
+            _print_outputs([list(ids) + generation.sample(
+                model, list(ids), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
+                top_p=args.top_p, seed=args.seed + 10_000 * copy, repetition_penalty=args.repetition_penalty,
+                no_repeat_ngram_size=args.no_repeat_ngram_size, stop=args.stop)
+                for ids in encoded for copy in range(args.num_return_sequences)], tokenizer, args.num_return_sequences)
+            return 0
+    except ValueError as e:  # sampling options out of range
+        print(f"gptjax sample: error: {e}", file=sys.stderr)
+        return 2
     streamer = _Streamer(tokenizer, prompts[0]) if single and tokenizer is not None and not args.no_stream else None
     try:
-        out = generation.generate(model, prompts, args.max_new_tokens, temperature=args.temperature,
+        out = generation.generate(model, encoded, args.max_new_tokens, temperature=args.temperature,
                                   top_k=args.top_k or None, top_p=args.top_p,
                                   repetition_penalty=args.repetition_penalty,
                                   no_repeat_ngram_size=args.no_repeat_ngram_size,
@@ -76,13 +73,16 @@ def _sample(args) -> int:
     if streamer is not None:
         streamer.finish(out[0])
         return 0
+    _print_outputs(out, tokenizer, args.num_return_sequences)
+    return 0
+
+
+def _print_outputs(out: list[list[int]], tokenizer, copies: int) -> None:
     for i, ids in enumerate(out):
         if len(out) > 1:  # one header line per output, so texts that run together stay apart
-            prompt, copy = divmod(i, args.num_return_sequences)
-            print(f"--- prompt {prompt + 1}" + (f", sample {copy + 1}" if args.num_return_sequences > 1 else "")
-                  + " ---")
+            prompt, copy = divmod(i, copies)
+            print(f"--- prompt {prompt + 1}" + (f", sample {copy + 1}" if copies > 1 else "") + " ---")
         print(tokenizer.decode(ids) if tokenizer is not None else ",".join(map(str, ids)))
-    return 0
 
 
 class _Streamer:

@@ -15,7 +15,7 @@ import jax
 # XLA:CPU hands dots and, by default in jax 0.10.2, reductions to YNNPACK. Its reductions are slow
 # on the shapes of a small model: the softmax gradient's row sums took 1.7 ms each (7 ms of an
 # 85 ms Shakespeare step); keeping YNNPACK for dots only made that step 5% faster, and the gpt2
-# decode loop 2x faster at batch 8 (measured interleaved in one process; README, "Benchmarks").
+# decode loop 2x faster at batch 8 (measured interleaved in one process; docs/benchmarks.md).
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 # What MaxText, Paxml and JAX's GPU performance guide set for transformer training on NVIDIA GPUs:

@@ -337,7 +337,7 @@ def _region(name: str) -> tuple[str, float, float]:
 
 
 def _diagnose(law: Law, solution: _Solution, logx: np.ndarray, log_loss: np.ndarray, values, shortfall) -> _Checked:
-    """Diagnostics of a fitted law, warnings first (see the README's "Scaling-law studies")."""
+    """Diagnostics of a fitted law, warnings first (see docs/scaling.md)."""
     warnings = [shortfall] if shortfall else []
     kept, theta = solution.kept, solution.theta
     lx, ll = logx[kept], log_loss[kept]

@@ -446,7 +446,7 @@ def report_markdown(directory: str, df: pd.DataFrame, summary: dict) -> str:
              f"Fitted metric: `{metric}`.", ""]
     if summary.get("warnings"):
         lines += ["## Warnings", "", "Read these before the numbers below: each says why a number may not be trusted "
-                  "(README, \"Scaling-law studies\").", ""]
+                  "(docs/scaling.md, \"Fits, and what their warnings mean\").", ""]
         lines += [f"- {w}" for w in summary["warnings"]] + [""]
     failed = df[df["status"] == "failed"]
     lines += [f"- failed `{r['name']}`: {r['error']}" for _, r in failed.iterrows()]
