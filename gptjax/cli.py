@@ -68,7 +68,13 @@ def _apply_xla_profile(args) -> None:
     xla.apply_profile(profile)
 
 
+# Commands that train: their process hears SIGTERM/SIGINT from its first moment to its last.
+TRAINING_COMMANDS = ("train", "finetune")
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] and sys.argv[1] in TRAINING_COMMANDS:
+        _hold_stop_signals()
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["lm-eval"]:  # every argument belongs to the harness
         from gptjax import harness
@@ -113,6 +119,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"gptjax {args.command}: stopped: {_out_of_memory(e, args)}", file=sys.stderr)
         return errors.EXIT_STOPPED
+
+
+def _hold_stop_signals() -> None:
+    """For the life of this process (a command run from the shell, not a call from Python): a
+    SIGTERM during start-up is acted on after the first step (saved, exit 0), one after the last
+    checkpoint or during the end-of-run writes lets the run finish with its own exit code, where
+    the default action would end it with -15, which a scheduler reads as a crash."""
+    from gptjax.training.signals import StopFlag
+
+    StopFlag().__enter__()  # never left: the process ends holding it
 
 
 def _out_of_memory(error: Exception, args) -> str:

@@ -6,6 +6,8 @@ Exit codes of `gptjax train` (and the other verbs):
       last committed checkpoint is intact and the same command resumes from it
   2   refused: bad input (config, override, data, tokenizer, checkpoint or run directory);
       nothing was written
+  3   hung: no progress within watchdog.timeout_s (or startup_s); every thread's stack is in the
+      run directory, the last checkpoint is intact, and the launchers restart the same command
   -9  (137 from a shell) killed by SIGKILL; the same command resumes from the last checkpoint
 """
 
@@ -23,4 +25,4 @@ class Interrupted(Exception):
     run repeats it, so nothing half-done is ever recorded."""
 
 
-EXIT_FINISHED, EXIT_STOPPED, EXIT_REFUSED = 0, 1, 2
+EXIT_FINISHED, EXIT_STOPPED, EXIT_REFUSED, EXIT_HUNG = 0, 1, 2, 3

@@ -1,7 +1,9 @@
 """`local`: N processes on this host, M CPU devices each, joined by jax.distributed on localhost.
 
 The launcher watches its children: when one fails, it stops the others and names the one that
-died, so a dead peer never leaves the job hanging in a collective.
+died, so a dead peer never leaves the job hanging in a collective. A process that ends with the
+watchdog's code (3: hung) is restarted with its peers, up to --retries times: the run resumes from
+its last checkpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import time
 
+from gptjax.errors import EXIT_HUNG
 from gptjax.launch.common import Job, record, shell_join
 from gptjax.runtime import distributed
 
@@ -24,6 +27,8 @@ def add_arguments(p) -> None:
     p.add_argument("--port", type=int, default=0, help="coordinator port on 127.0.0.1 (0: a free one)")
     p.add_argument("--grace", type=float, default=5.0,
                    help="seconds the survivors get to exit after a process dies, before SIGKILL")
+    p.add_argument("--retries", type=int, default=3,
+                   help="restarts of a job whose process the watchdog ended as hung (exit code 3)")
 
 
 def _free_port() -> int:
@@ -55,6 +60,13 @@ def launch(jobs: list[Job], args) -> int:
             continue
         record(job, "local", "\n".join(lines))
         rc = _run_group(cmd, envs, args.grace)
+        for attempt in range(1, args.retries + 1):
+            if rc != EXIT_HUNG:
+                break
+            print(f"gptjax launch local: the job hung (exit code {EXIT_HUNG}); restarting it from its last checkpoint "
+                  f"(retry {attempt} of {args.retries})", file=sys.stderr, flush=True)
+            envs = process_envs(args, _free_port())  # the old coordinator's port may linger
+            rc = _run_group(cmd, envs, args.grace)
         if rc != 0:
             return rc
     return 0
@@ -72,7 +84,7 @@ def _run_group(cmd: list[str], envs: list[dict[str, str]], grace: float) -> int:
                 print(f"gptjax launch local: process {i} of {len(procs)} died ({how}); stopping the others",
                       file=sys.stderr, flush=True)
                 _stop(procs, grace)
-                return 1
+                return EXIT_HUNG if code == EXIT_HUNG else 1
             if all(c == 0 for c in codes):
                 return 0
             time.sleep(0.2)

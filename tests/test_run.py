@@ -306,3 +306,29 @@ def test_a_sigterm_during_evaluation_saves_and_the_resume_evaluates_again(eval_r
     for mine, theirs in zip(rows, reference):  # the same run as one never interrupted
         assert {k: v for k, v in mine.items() if k not in ("tokens_per_sec", "mfu")} == \
             {k: v for k, v in theirs.items() if k not in ("tokens_per_sec", "mfu")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase, step", [("start", 0), ("end", 6)])
+def test_a_sigterm_at_any_moment_ends_with_a_documented_exit(eval_run, tmp_path, phase, step):
+    """A SIGTERM as the process starts (before anything is written) or after the last checkpoint
+    (during the end-of-run writes) was outside the loop's handler and ended the process with -15
+    (issue 22's chaos table). Now: at the start, the first step runs, saves and the run stops (exit
+    0); at the end, the run finishes without its sample (exit 0), its result written."""
+    d, _ = eval_run
+    cfg = yaml.safe_load((d / "tiny.yaml").read_text())
+    cfg["eval"] = {"sets": {k: str(d / v) for k, v in cfg["eval"]["sets"].items()}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    out = gptjax("train", tmp_path / "tiny.yaml", "--run-dir", tmp_path / "run", "--no-progress",
+                 f"faults.kill_at_step={step}", f"faults.kill_during={phase}", "faults.kill_signal=SIGTERM",
+                 check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    if phase == "start":
+        # Heard in the first step's flags, read after the second is dispatched (the loop never waits).
+        assert result["status"] == "stopped" and result["steps"] <= 2
+        assert f"received SIGTERM: saved step {result['steps']}, exiting" in out.stderr
+    else:
+        assert result["status"] == "finished" and result["steps"] == 6
+        assert "received SIGTERM after the last step was saved: finishing without the sample" in out.stderr
+        assert not list((tmp_path / "run" / "samples").glob("*"))

@@ -7,4 +7,5 @@ checkpoint    Orbax checkpoints with a manifest of hashes, verified on restore
 mirror        checkpoints on s3://: Orbax commits locally, the mirror uploads each committed step
 provenance    where a run came from: the gptjax commit, package versions, host and devices
 rundir        a run directory's layout: config, metrics, result, tokenizer, samples
+lock          one writer per run directory: flock locally, a renewed lease on gs:// and s3://
 """

@@ -9,6 +9,7 @@
     checkpoints/         Orbax steps with their manifests (checkpoint.py)
     tensorboard/         event files
     samples/step_N.txt   the sample written at the end of a run
+    lock.json            who writes this run directory now (lock.py: one writer at a time)
 
 Only the training run that owns a directory writes to it. `RunDir(path, read_only=True)` (what
 sampling, conversion, evaluation and from_pretrained use) never creates, renames, writes or
@@ -47,7 +48,7 @@ SAMPLES = "samples"
 # What launchers write into a run directory before the run itself starts (launch/), and what a
 # run writes before its config.yaml (a first start that failed early may leave them).
 LAUNCHER_FILES = (LAUNCH_INFO, "sbatch.sh", "slurm-*.out")
-OWN_FILES = LAUNCHER_FILES + (CHECKPOINTS, TENSORBOARD, RUN_INFO, TOKENIZER, METRICS, "config.*.yaml")
+OWN_FILES = LAUNCHER_FILES + (CHECKPOINTS, TENSORBOARD, RUN_INFO, TOKENIZER, METRICS, "config.*.yaml", "lock.json", "watchdog-*.txt", "fault-hung")
 
 
 class RunDir:

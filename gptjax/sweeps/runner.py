@@ -34,6 +34,7 @@ import tqdm
 import yaml
 
 from gptjax.config import ConfigError, trained_changes
+from gptjax.errors import EXIT_HUNG
 from gptjax.store import paths
 from gptjax.store.rundir import RunDir
 from gptjax.sweeps.spec import Run, SweepConfig, expand, load_sweep
@@ -251,10 +252,15 @@ def train_command(base: str, run: Run, run_dir: str) -> list[str]:
     return [sys.executable, "-m", "gptjax.cli", "train", base, *run.overrides, "--run-dir", run_dir, "--no-progress"]
 
 
+HUNG_RETRIES = 3  # restarts of a run that the watchdog ended as hung (exit code 3)
+
+
 def run_local(sweep: SweepConfig, runs: list[Run], directory: str, *, jobs: int = 1, progress: bool = True) -> int:
-    """Run `runs` here, `jobs` at a time; returns how many failed."""
+    """Run `runs` here, `jobs` at a time; returns how many failed. A run the watchdog ended as hung
+    starts again (it resumes from its last checkpoint), up to HUNG_RETRIES times, each retry
+    recorded in the manifest."""
     shares = device_shares(jobs)
-    queue, active, failed = list(runs), {}, 0
+    queue, active, failed, retries = list(runs), {}, 0, {}
     bar = tqdm.tqdm(total=len(runs), unit="run", disable=not progress, dynamic_ncols=True)
     logs = paths.as_path(directory) / "logs"
     while queue or active:
@@ -265,11 +271,27 @@ def run_local(sweep: SweepConfig, runs: list[Run], directory: str, *, jobs: int 
         time.sleep(0.2)
         for proc in [p for p in active if p.poll() is not None]:
             del active[proc]
+            run = proc.gptjax[0]
+            if proc.returncode == EXIT_HUNG and retries.get(run.name, 0) < HUNG_RETRIES:
+                proc.gptjax[3].close()
+                retries[run.name] = retries.get(run.name, 0) + 1
+                record_retry(directory, run.name, retries[run.name])
+                queue.insert(0, run)
+                continue
             failed += _finish(proc)
             bar.update(1)
             bar.set_postfix(failed=failed, refresh=False)
     bar.close()
     return failed
+
+
+def record_retry(directory: str, name: str, count: int) -> None:
+    """The manifest's `retries`: how often each run was restarted after the watchdog ended it."""
+    manifest = read_manifest(directory)
+    manifest.setdefault("retries", {})[name] = count
+    paths.write_text(paths.as_path(directory) / MANIFEST, json.dumps(manifest, indent=1, default=str))
+    print(f"{name}: hung (exit code {EXIT_HUNG}); restarting it from its last checkpoint (retry {count} of "
+          f"{HUNG_RETRIES})", file=sys.stderr, flush=True)
 
 
 def _start(sweep: SweepConfig, run: Run, directory: str, share: dict, logs) -> subprocess.Popen:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 from gptjax.config import ConfigError
 
@@ -15,6 +16,21 @@ FILL_LIMIT = 256 * 2**20
 
 def kill_now(name: str = "SIGKILL") -> None:
     os.kill(os.getpid(), getattr(signal, name))
+
+
+HUNG_MARKER = "fault-hung"  # hang_once's mark in the run directory: the restarted run passes
+
+
+def hang_once(run_dir) -> None:
+    """Block for ever, as a stalled read or a lost peer would, unless this run directory has hung
+    before (then return: the restarted run goes on)."""
+    from gptjax.store import paths
+
+    marker = paths.as_path(run_dir) / HUNG_MARKER
+    if paths.exists(marker):
+        return
+    paths.write_text(marker, "hung here once\n")
+    threading.Event().wait()
 
 
 def fillable(run_dir: str) -> int:

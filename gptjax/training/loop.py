@@ -26,10 +26,12 @@ from gptjax.errors import Interrupted, RunStopped
 from gptjax.finetune import sft
 from gptjax.model import counting
 from gptjax.runtime import distributed, hardware, sharding
+from gptjax.store.lock import RunDirBusy, RunLock
 from gptjax.store.rundir import RunDir
 from gptjax.store.tensor_files import CheckpointError
-from gptjax.training import fault_hooks, heldout, profiling, resume, tracking, trainer, warm_start
+from gptjax.training import fault_hooks, heldout, profiling, resume, signals, tracking, trainer, warm_start
 from gptjax.training.signals import StopFlag
+from gptjax.training.watchdog import Watchdog
 
 log = logging.getLogger("gptjax")
 
@@ -165,6 +167,20 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None,
     `on_eval(step, val_loss)` is called after each evaluation (hyperparameter search reports
     there; an exception it raises, such as a pruned trial, ends the run; its checkpoints stay).
     `progress`: a bar on a terminal; plain lines every log_every steps otherwise and with False."""
+    with StopFlag():  # a signal at any moment of the run is heard (and handed on to the caller's flag)
+        return _train_run(cfg, run_dir, progress, on_eval, job)
+
+
+def _train_run(cfg: TrainConfig, run_dir, progress: bool, on_eval, job: Job | None) -> RunResult:
+    if cfg.faults.kill_during == "start" and cfg.faults.kill_at_step == 0:
+        fault_hooks.kill_now(cfg.faults.kill_signal)
+    held: list[RunLock] = []  # what the watchdog gives back before it ends a hung process
+    with Watchdog(cfg.watchdog, run_dir, say=_say, before_exit=lambda: [lock.release() for lock in held]) as dog:
+        return _checked_run(cfg, run_dir, progress, on_eval, job, dog, held)
+
+
+def _checked_run(cfg: TrainConfig, run_dir, progress: bool, on_eval, job: Job | None, dog: Watchdog,
+                 held: list) -> RunResult:
     rd = RunDir(run_dir)
     changes = resume.check(rd, cfg)
     if cfg.faults.fill_disk_at_step is not None:
@@ -185,6 +201,8 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None,
     wandb_cfg = cfg.logging.wandb if jax.process_index() == 0 else None
     if wandb_cfg is not None:
         tracking.require_wandb()
+    lock = _take_lock(rd)  # the one writer from here on; refused (exit 2) while another process trains here
+    held += [lock] if lock is not None else []
     ckpts = rd.checkpoints(cfg)
     tracker = None
     try:
@@ -225,7 +243,7 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None,
         result = RunResult(position, position.step if restored is not None else None)
         try:
             _loop(cfg, tr, state, frozen, base, job, measured, pending_eval, rd, ckpts, progress, on_eval, clock,
-                  result, tracker)
+                  result, tracker, dog)
         except RunStopped as e:
             _finish(cfg, rd, clock, result, tracker, "diverged", error=str(e))
             raise
@@ -235,6 +253,27 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None,
         ckpts.close()
         if tracker is not None:
             tracker.close()  # a run ended by anything else (a pruned trial, an interrupt) still ends its W&B run
+        if lock is not None:
+            lock.release()
+
+
+def _take_lock(rd: RunDir) -> RunLock | None:
+    """Process 0 takes the run directory's lock (store/lock.py) and every process learns whether
+    it did, so that the processes of a job refused as a second writer all stop before writing."""
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = RunLock(rd.path).__enter__()
+        except RunDirBusy as e:
+            error = str(e)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None))) and error is None:
+            error = f"{rd}: process 0 found another process training into this run directory (its log names it)"
+    if error is not None:
+        raise RunDirBusy(error)
+    return lock
 
 
 # The step's own metrics; any other the objective adds (task_loss, lm_loss) is logged as it is.
@@ -291,7 +330,7 @@ def _write_result(cfg: TrainConfig, rd: RunDir, clock: _Clock, result: RunResult
 
 
 def _loop(cfg, tr, state, frozen, base, job, measured, pending_eval, rd, ckpts, progress, on_eval, clock,
-          result, tracker) -> None:
+          result, tracker, dog) -> None:
     step_fn = trainer.make_train_step(tr)
     feeds = Feeds(tr)
     position = result.progress
@@ -324,6 +363,7 @@ def _loop(cfg, tr, state, frozen, base, job, measured, pending_eval, rd, ckpts, 
         stop_requested = stop_requested or bool(m["stop"])
         now = time.perf_counter()
         elapsed, mark = now - mark, now
+        dog.step_done(number, elapsed)
         tps = tokens_per_step / elapsed
         row = {"step": number, "loss": float(m["loss"]), "lr": float(m["lr"]),
                "grad_norm": float(m["grad_norm"]), "tokens_per_sec": tps, "mfu": flops * tps / peak,
@@ -347,6 +387,7 @@ def _loop(cfg, tr, state, frozen, base, job, measured, pending_eval, rd, ckpts, 
     def evaluate_into(row, stop) -> None:
         """The evaluation of row's step into row; raises errors.Interrupted on a stop signal."""
         number = row["step"]
+        dog.phase("evaluation")
         on_batch = (lambda i: fault_hooks.kill_now(faults.kill_signal)) if faults.kills(number, "eval") else None
         row.update(measured.measure(state["params"], frozen, tasks=measured.tasks_due(number),
                                     interrupted=heldout.stop_check(stop), on_batch=on_batch))
@@ -360,6 +401,7 @@ def _loop(cfg, tr, state, frozen, base, job, measured, pending_eval, rd, ckpts, 
                 on_eval(number, row["val_loss"])
 
     def save(number, pending_row=None):
+        dog.phase("checkpoint save")
         if faults.fill_disk_at_step == number and leader:
             fault_hooks.fill_disk(rd.path)
         with jax.transfer_guard_device_to_host("allow"):  # Orbax copies to host
@@ -380,6 +422,9 @@ def _loop(cfg, tr, state, frozen, base, job, measured, pending_eval, rd, ckpts, 
                     remaining = 0
             for rows in batches.iterate(position.examples, remaining):
                 number = position.step + 1
+                dog.training()
+                if faults.hang_at_step == number:
+                    fault_hooks.hang_once(rd.path)
                 args = (state, frozen, feeds.batch(rows), feeds.stop_flags(stop.signal is not None))
                 if mark is None:
                     distributed.compile_together(step_fn, *args, name="gptjax-train-step-compiled")
@@ -430,6 +475,8 @@ def _loop(cfg, tr, state, frozen, base, job, measured, pending_eval, rd, ckpts, 
             if pending is not None:
                 emit(read(pending))
         ckpts.wait()
+        if faults.kills(position.step, "end"):
+            fault_hooks.kill_now(faults.kill_signal)
     except RunStopped as e:
         result.stopped = str(e)
         _say(str(e))
@@ -439,7 +486,9 @@ def _loop(cfg, tr, state, frozen, base, job, measured, pending_eval, rd, ckpts, 
         bar.close()
         metrics_log.close()
         result.checkpoint_step = ckpts.latest_step()
-    if result.stopped is None and cfg.sample_tokens > 0 and job.sample:
+    if result.stopped is None and signals.heard() is not None:
+        _say(f"received {signals.heard()} after the last step was saved: finishing without the sample")
+    elif result.stopped is None and cfg.sample_tokens > 0 and job.sample:
         with jax.transfer_guard_device_to_host("allow"):  # after the loop: not a training stall
             params = _host_params(jax.jit(tr.model_params)(state["params"], frozen))
             if leader:
