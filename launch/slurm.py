@@ -2,6 +2,13 @@
 
 Inside the step, JAX's SLURM detection connects the tasks; `--kill-on-bad-exit` ends the step
 when any task dies.
+
+Jobs come back by themselves. They are submitted with `--requeue`, so a preempted job (SIGTERM to
+every task: each saves and exits 0) is queued again by SLURM; and with `--signal=TERM@S`, so S
+seconds before the time limit the tasks save and stop. After the step the script requeues its own
+job (`scontrol requeue`: SLURM does not requeue a job that reached its limit) when the run stopped
+before its last step or the watchdog ended it as hung (exit code 3), at most --max-requeues times
+(SLURM_RESTART_COUNT). A requeued job runs the same command, which resumes from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -28,12 +35,17 @@ def add_arguments(p) -> None:
                    help="fake CPU devices per task (XLA_FLAGS), for CPU-only clusters and tests")
     p.add_argument("--python", default=sys.executable, help="the Python that runs gptjax on the nodes")
     p.add_argument("--wait", action="store_true", help="block until the job ends (sbatch --wait)")
+    p.add_argument("--signal-before", type=int, default=120,
+                   help="seconds before the time limit at which the tasks get SIGTERM, save and stop")
+    p.add_argument("--max-requeues", type=int, default=20,
+                   help="times a job that stopped early (time limit, preemption, a hang) requeues itself")
 
 
 def script(jobs: list[Job], args) -> str:
     """The sbatch script: one run, or a job array whose task i runs jobs[i]."""
     lines = ["#!/bin/bash", f"#SBATCH --job-name={args.job_name}", f"#SBATCH --nodes={args.nodes}",
-             f"#SBATCH --ntasks-per-node={args.tasks_per_node}", f"#SBATCH --time={args.time}"]
+             f"#SBATCH --ntasks-per-node={args.tasks_per_node}", f"#SBATCH --time={args.time}",
+             "#SBATCH --requeue", f"#SBATCH --signal=TERM@{args.signal_before}", "#SBATCH --open-mode=append"]
     if args.gpus_per_task:
         lines.append(f"#SBATCH --gpus-per-task={args.gpus_per_task}")
     if args.cpus_per_task:
@@ -52,13 +64,41 @@ def script(jobs: list[Job], args) -> str:
                   "export JAX_PLATFORMS=cpu"]
     srun = ["srun", "--kill-on-bad-exit=1"]
     if not _array(jobs, args):
-        lines.append(shell_join(srun + jobs[0].train_args(args.python)))
+        lines += [f"RUN_DIR={shell_join([jobs[0].run_dir])}", shell_join(srun + jobs[0].train_args(args.python)) + _rc]
     else:
         lines.append('case "$SLURM_ARRAY_TASK_ID" in')
         for i, job in enumerate(jobs):
-            lines.append(f"  {i}) {shell_join(srun + job.train_args(args.python))} ;;")
+            lines.append(f"  {i}) RUN_DIR={shell_join([job.run_dir])}; {shell_join(srun + job.train_args(args.python))}"
+                         f"{_rc} ;;")
         lines += ['  *) echo "no run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac"]
+    unfinished = shell_join([args.python, "-c", "import sys; from gptjax.launch.slurm import unfinished; "
+                             "sys.exit(0 if unfinished(sys.argv[1]) else 1)"])
+    lines += [f'if {{ [ "$rc" -eq 0 ] || [ "$rc" -eq 3 ]; }} && {unfinished} "$RUN_DIR"; then',
+              f'  if [ "${{SLURM_RESTART_COUNT:-0}}" -lt {args.max_requeues} ]; then',
+              '    echo "gptjax: the run stopped before its last step (exit code $rc); requeueing job $SLURM_JOB_ID"',
+              '    scontrol requeue "$SLURM_JOB_ID"',
+              "  else",
+              f'    echo "gptjax: the run stopped before its last step, but the job was requeued {args.max_requeues} '
+              'times already (--max-requeues)" >&2',
+              "  fi",
+              "fi",
+              'exit "$rc"']
     return "\n".join(lines) + "\n"
+
+
+# After the step: its exit code, without `set -e` ending the script before the requeue check.
+_rc = " && rc=0 || rc=$?"
+
+
+def unfinished(run_dir: str) -> bool:
+    """Whether the run in run_dir has steps left: it stopped (a signal, the time limit) or has no
+    result yet (the watchdog ended it)."""
+    import json
+
+    try:
+        return json.loads(paths.read_text(paths.as_path(run_dir) / "result.json")).get("status") != "finished"
+    except FileNotFoundError:
+        return True
 
 
 def _array(jobs: list[Job], args) -> bool:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import slurm_cluster
 import yaml
-from helpers import TINY_RUN, losses, wait_until
+from helpers import TINY_RUN, losses, metrics, wait_until
 from helpers import gptjax_cli as gptjax
 
 from gptjax import cli
@@ -264,6 +264,43 @@ def test_two_slurm_tasks_match_one_process(slurm, config_file, single_process_ru
     logs = "".join(p.read_text()[-3000:] for p in run_dir.glob("slurm-*.out"))
     assert out.returncode == 0, f"{out.stderr}\n{logs}"
     np.testing.assert_allclose(losses(run_dir), losses(single_process_run), rtol=0, atol=1e-5)
+
+
+def _start_when_requeued(slurm, job: str) -> None:
+    """SLURM holds a requeued job back for a while (its begin time moves on): once it is pending
+    again, let it start now, as an administrator may, so the test does not wait."""
+    def state() -> str:
+        return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], env=slurm.env, capture_output=True,
+                              text=True).stdout.strip()
+    wait_until(lambda: state() == "PENDING", timeout=120, what=f"job {job} to be requeued")
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm.env, check=True)
+
+
+@pytest.mark.slow
+@pytest.mark.workflow
+@slurm_group
+def test_a_slurm_job_stopped_early_or_preempted_comes_back_and_finishes(slurm, config_file, tmp_path):
+    """The time limit's --signal (SIGTERM to the tasks: here scancel --signal=TERM) makes the run
+    save and stop; the script requeues its job. A preemption (scontrol requeue: SIGTERM to the
+    whole job) is requeued by SLURM (--requeue). Each time the same command resumes."""
+    run_dir = tmp_path / "run"
+    out = gptjax("launch", "slurm", config_file, "--run-dir", run_dir, "steps=6000", "checkpoint_every=200", "log_every=50",
+                 "eval_every=6000", "--time", "00:10:00", env=slurm.env)
+    job = out.stdout.split("submitted SLURM job ")[1].split(":")[0].strip()
+    log = run_dir / f"slurm-{job}.out"
+    wait_until(lambda: (run_dir / "checkpoints" / "200").is_dir(), timeout=300, what="the first checkpoint")
+    subprocess.run(["scancel", "--signal=TERM", job], env=slurm.env, check=True)
+    _start_when_requeued(slurm, job)
+    wait_until(lambda: log.is_file() and "resumed from step" in log.read_text(), timeout=300, what="the requeued job")
+    assert "requeueing job" in log.read_text()
+    subprocess.run(["scontrol", "requeue", job], env=slurm.env, check=True)
+    _start_when_requeued(slurm, job)
+    wait_until(lambda: log.read_text().count("resumed from step") == 2, timeout=300, what="the preempted job's return")
+    wait_until(lambda: (run_dir / "result.json").is_file()
+               and json.loads((run_dir / "result.json").read_text())["status"] == "finished", timeout=600,
+               what="the run to finish")
+    steps = [r["step"] for r in metrics(run_dir)]
+    assert steps == list(range(50, 6001, 50)), "every logged step once"
 
 
 @pytest.mark.slow

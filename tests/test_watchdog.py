@@ -64,6 +64,7 @@ def test_a_hang_ends_the_process_with_code_3_and_every_threads_stack(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.workflow
 def test_a_hung_two_process_run_is_restarted_and_finishes_as_if_it_never_hung(config_file, tmp_path):
     """Both processes' data source blocks before step 5 (faults.hang_at_step, once): their
     watchdogs fire after watchdog.timeout_s, `gptjax launch local` restarts the job, which resumes
@@ -84,6 +85,7 @@ def test_a_hung_two_process_run_is_restarted_and_finishes_as_if_it_never_hung(co
 
 
 @pytest.mark.slow
+@pytest.mark.workflow
 def test_the_sweep_runner_restarts_a_hung_run_and_records_it(config_file, tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(f"name: hang\nbase: {config_file}\noverrides: {{steps: 6, checkpoint_every: 3, eval_every: 6, "
