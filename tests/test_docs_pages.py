@@ -225,7 +225,9 @@ def _training(work, stdout):
 
 def _scaling(work, stdout):
     sweep = work / "runs" / "sweeps" / "my_sweep"
-    assert (sweep / "report.md").is_file() and (sweep / "results.csv").is_file()
+    assert (sweep / "report.md").is_file() and (sweep / "results.csv").is_file() and (sweep / "report.html").is_file()
+    plan = json.loads((work / "runs" / "plans" / "my_sweep_h100" / "plan.json").read_text())
+    assert len(plan["runs"]) == 4 and plan["programs_compiled"] == 4 and plan["fits"]
     results = [json.loads(p.read_text()) for p in sweep.glob("*/result.json")]
     assert len(results) == 4 and all(r["evals"]["wiki"]["added_by"] == "gptjax sweep eval" for r in results)
 

@@ -1,4 +1,4 @@
-"""`gptjax sweep`: run, status, analyze, fit, eval, search, coord-check (and the hidden search-worker)."""
+"""`gptjax sweep`: plan, run, status, analyze, fit, eval, search, coord-check (and the hidden search-worker)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,67 @@ def _sweep_run(args) -> int:
         launcher_args = _launcher_args(args.launcher, args.launcher_flags, args.dry_run)
     return runner.run_sweep(sweep, args.run_dir, jobs=args.jobs, launcher=args.launcher, dry_run=args.dry_run,
                             retry_failed=args.retry_failed, rerun_changed=args.rerun_changed,
-                            progress=not args.no_progress, launcher_args=launcher_args)
+                            progress=not args.no_progress, launcher_args=launcher_args, force=args.force)
+
+
+def _sweep_plan(args) -> int:
+    import json
+    import os
+
+    from gptjax.config import ConfigError
+    from gptjax.sweeps import runner, spec
+    from gptjax.tools.commands import _mesh_sizes
+
+    given = [name for name in ("topology", "accelerator", "mesh") if getattr(args, name)]
+    if args.topology and (args.accelerator or args.mesh or args.devices):
+        raise ConfigError("--topology names the devices and their memory: give it alone")
+    if args.accelerator and not (args.devices or args.mesh):
+        raise ConfigError(f"--accelerator {args.accelerator}: say how many with --devices N (or give --mesh)")
+    if not given:
+        raise ConfigError("give the target: --topology v5e:2x4, --accelerator h100 --devices 8, or --mesh data=..,fsdp=..")
+    from gptjax.sweeps import plan as plan_lib
+
+    mesh = None
+    if args.mesh:
+        sizes = _mesh_sizes(args.mesh)
+        from gptjax.config import MeshConfig
+
+        mesh = MeshConfig(**sizes)
+    target_accel = plan_lib.tpu_accelerator(args.topology) if args.topology else (
+        plan_lib.accelerator(args.accelerator) if args.accelerator else None)
+    n = args.devices or (mesh.data * mesh.fsdp * mesh.tensor if mesh else 0)
+    if mesh is not None and args.devices and args.devices != mesh.data * mesh.fsdp * mesh.tensor:
+        raise ConfigError(f"--mesh {args.mesh} spans {mesh.data * mesh.fsdp * mesh.tensor} devices, not --devices "
+                          f"{args.devices}")
+    if not args.topology:
+        # Fake CPU devices of the target's count, read when jax creates its CPU client (nothing has yet).
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+    sweep = spec.load_sweep(args.sweep)
+    runs = spec.expand(sweep)
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+    devices = None
+    if args.topology:
+        from gptjax.tools import plan as tools_plan
+
+        devices = tools_plan.tpu_devices(args.topology)
+        n = len(devices)
+    what = (f"TPU {args.topology} ({n} chips, {target_accel.memory} each)" if args.topology else
+            f"{n} x {target_accel.name} {target_accel.memory} (compiled for CPU devices: temporaries are an estimate)"
+            if target_accel else f"{n} CPU devices")
+    target = plan_lib.Target(what, n, target_accel, args.topology, mesh)
+    plan = plan_lib.plan_sweep(runs, target, devices, mfu=args.mfu)
+    print(plan_lib.table(plan))
+    directory = args.run_dir or runner.default_dir(sweep)
+    plan_lib.save(directory, plan)
+    print(f"plan written to {directory}/{plan_lib.PLAN} and plan.csv; `gptjax sweep run` uses its meshes and settings",
+          file=sys.stderr)
+    if args.output:
+        from gptjax.store import paths
+
+        paths.write_text(args.output, json.dumps(plan, indent=1, default=str))
+    return 0
 
 
 def _sweep_status(args) -> int:
@@ -119,7 +179,19 @@ def add_parser(sub) -> None:
     r.add_argument("--rerun-changed", action="store_true", help="runs trained with settings the sweep file no longer "
                    "describes (stale) move to DIR/superseded/ and train anew; without it such runs stop the command")
     r.add_argument("--no-progress", action="store_true", help="no progress bars; plain lines")
+    r.add_argument("--force", action="store_true", help="run even the runs the stored plan (plan.json) says do not fit")
     r.set_defaults(func=_sweep_run, launcher_flags=[])
+    p = verbs.add_parser("plan", help="every run's parameters, FLOPs, mesh, per-device memory (compiled), fit and "
+                         "cost on a target, before anything is submitted; stored as DIR/plan.json")
+    p.add_argument("sweep", help="a sweep file")
+    p.add_argument("--topology", help="a TPU slice such as v5e:2x4, compiled for with the TPU compiler (libtpu)")
+    p.add_argument("--accelerator", help="a device kind with a known memory: h100, h200, b200, a100-80gb, tpu-v5e, ...")
+    p.add_argument("--devices", type=int, help="with --accelerator: how many")
+    p.add_argument("--mesh", help="data=N,fsdp=N,tensor=N for every run (default: chosen per run)")
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation the cost assumes")
+    p.add_argument("--output", help="also write the plan's JSON here")
+    p.add_argument("--run-dir", help="sweep directory where plan.json goes (default: runs/sweeps/<name>)")
+    p.set_defaults(func=_sweep_plan)
     t = verbs.add_parser("status", help="counts of finished, failed, interrupted, pending and stale runs")
     t.add_argument("dir", help="a sweep directory")
     t.add_argument("sweep", nargs="?", help="compare the runs with this sweep file (default: DIR/sweep.yaml)")

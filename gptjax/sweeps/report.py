@@ -19,6 +19,7 @@ import pandas as pd
 from gptjax.config import ConfigError
 from gptjax.store import paths
 from gptjax.sweeps import fit as fit_lib
+from gptjax.sweeps import webpage
 from gptjax.sweeps.runner import read_manifest, read_result, statuses, statuses_unchecked
 
 PLOTS = ("loss_vs_params.png", "isoflop.png", "frontier.png", "loss_curves.png", "ablation.png", "holdout.png")
@@ -123,6 +124,7 @@ def analyze(directory: str, *, holdout_largest: int = 1, bootstrap: int = 100, s
             if paths.is_remote(out):
                 paths.copy_file(path, out / name)
     paths.write_text(out / "report.md", report_markdown(directory, df, summary))
+    webpage.write(directory, df, done, summary, column)  # report.html: the same, to look at
     paths.write_text(out / "analysis.json", json.dumps(summary, indent=1, default=_json_default))
     _track(directory, df, summary, drawn)
     return summary

@@ -334,11 +334,17 @@ def _tail(path: str, lines: int = 3) -> str:
 
 def run_sweep(sweep: SweepConfig, directory: str | None = None, *, jobs: int = 1, launcher: str = "local",
               dry_run: bool = False, retry_failed: bool = False, rerun_changed: bool = False, progress: bool = True,
-              launcher_args=None) -> int:
-    """`gptjax sweep run`: validate every run, compare the runs already there with the file, write
+              launcher_args=None, force: bool = False) -> int:
+    """`gptjax sweep run`: validate every run, compare the runs already there with the file, apply
+    the stored plan (each run's mesh and settings; a run it says does not fit is refused), write
     the spec and manifest, run what is not finished."""
+    from gptjax.sweeps import plan as plan_lib
+
     runs = expand(sweep)  # every config is resolved and validated before anything starts
     directory = directory or default_dir(sweep)
+    runs, notes = plan_lib.apply(plan_lib.read(directory), runs, force=force)
+    for note in notes:
+        print(f"plan: {note}", file=sys.stderr)
     current = states(runs, directory)
     stale = [s for s in current if s.status == "stale"]
     if dry_run:
