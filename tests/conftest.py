@@ -75,3 +75,20 @@ def _torch_mark(request):
     helpers.IN_TORCH_TEST = request.node.get_closest_marker("torch") is not None
     yield
     helpers.IN_TORCH_TEST = None
+
+
+@pytest.fixture(scope="session")
+def object_store_servers(tmp_path_factory):
+    """The local S3 and GCS servers, one pair per pytest worker for the whole session: they point
+    the process's environment at themselves, so two pairs in one worker would step on each other
+    (modules that use them share the xdist group "object_store")."""
+    import object_store
+
+    why = object_store.unavailable()
+    if why:
+        if os.environ.get("GPTJAX_REQUIRE_OBJECT_STORE") == "1":
+            pytest.fail(f"GPTJAX_REQUIRE_OBJECT_STORE=1 but the servers cannot start: {why}")
+        pytest.skip(f"SKIPPING OBJECT-STORE TESTS: {why}")
+    servers = object_store.Servers(tmp_path_factory.mktemp("servers"))
+    yield servers
+    servers.stop()

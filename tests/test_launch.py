@@ -7,6 +7,7 @@ it cannot start they skip loudly; GPTJAX_REQUIRE_SLURM=1 (set by .ci/run) turns 
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -152,6 +153,33 @@ def test_a_dead_process_ends_the_job_quickly_and_restart_resumes(config_file, tm
     out = gptjax("launch", "local", config_file, f"steps={last + 2}", "--run-dir", run_dir, "--processes", 2,
                  "--devices-per-process", 4)
     assert f"resumed from step {last}" in out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.workflow
+def test_a_peer_stopped_with_sigstop_is_a_hang_the_watchdog_turns_into_a_restart(config_file, tmp_path):
+    """Process 1 frozen (SIGSTOP) mid-run: process 0 waits in a collective for ever. Its watchdog
+    fires after watchdog.timeout_s (exit 3), the launcher stops the frozen peer and restarts the
+    job, which resumes from the last checkpoint and finishes; losses equal an uninterrupted run."""
+    common = ["steps=60", "checkpoint_every=10", "eval_every=60", "watchdog.timeout_s=5"]
+    reference = tmp_path / "reference"
+    gptjax("train", config_file, *common, "--run-dir", reference, "--no-progress")
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "gptjax.cli", "launch", "local", str(config_file), *common,
+                             "--run-dir", str(run_dir), "--processes", "2", "--devices-per-process", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: (run_dir / "checkpoints" / "10").is_dir(), what="the first checkpoint")
+    victim = _pid_of_process(run_dir, 1)
+    assert victim is not None, "process 1 not found"
+    stopped_at = time.time()
+    os.kill(victim, signal.SIGSTOP)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    fired = re.findall(r"watchdog: no step completed in (\d+) s \(limit 5 s", err)
+    assert fired, err[-3000:]
+    assert "the job hung (exit code 3); restarting it from its last checkpoint (retry 1 of 3)" in err
+    assert time.time() - stopped_at < 120
+    np.testing.assert_allclose(losses(run_dir), losses(reference), rtol=1e-5)
 
 
 # --- dry runs ---------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import object_store
 import pytest
 from helpers import TINY_RUN, metrics
 from helpers import gptjax_cli as gptjax
@@ -57,16 +56,9 @@ def test_a_local_lock_refuses_a_second_writer_and_frees_when_its_holder_is_kille
         pass
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    why = object_store.unavailable()
-    if why:
-        if os.environ.get("GPTJAX_REQUIRE_OBJECT_STORE") == "1":
-            pytest.fail(f"GPTJAX_REQUIRE_OBJECT_STORE=1 but the servers cannot start: {why}")
-        pytest.skip(f"SKIPPING OBJECT-STORE TESTS: {why}")
-    servers = object_store.Servers(tmp_path_factory.mktemp("servers"))
-    yield servers
-    servers.stop()
+@pytest.fixture
+def s3(object_store_servers):
+    return object_store_servers  # conftest: one pair per worker
 
 
 @pytest.mark.slow

@@ -5,11 +5,9 @@ no object. Where the servers cannot start these tests skip loudly; GPTJAX_REQUIR
 (set by .ci/run) turns that into a failure."""
 
 import json
-import os
 import shutil
 
 import numpy as np
-import object_store
 import pytest
 from helpers import TINY_RUN, losses
 from helpers import gptjax_cli as gptjax
@@ -20,16 +18,9 @@ TINY = {**TINY_RUN, "steps": 12, "eval_every": 6, "checkpoint_every": 4, "sample
 pytestmark = pytest.mark.xdist_group("object_store")
 
 
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    why = object_store.unavailable()
-    if why:
-        if os.environ.get("GPTJAX_REQUIRE_OBJECT_STORE") == "1":
-            pytest.fail(f"GPTJAX_REQUIRE_OBJECT_STORE=1 but the servers cannot start: {why}")
-        pytest.skip(f"SKIPPING OBJECT-STORE TESTS: {why}")
-    s = object_store.Servers(tmp_path_factory.mktemp("servers"))
-    yield s
-    s.stop()
+@pytest.fixture
+def servers(object_store_servers):
+    return object_store_servers  # conftest: one pair per worker
 
 
 @pytest.fixture(scope="module")
