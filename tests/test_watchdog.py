@@ -32,7 +32,12 @@ def test_the_automatic_timeout_scales_with_the_step_time_after_warm_up(tmp_path)
     assert dog._budget == 900.0
     dog.training()
     assert dog._budget == 600.0
-    assert Watchdog(WatchdogConfig(timeout_s=7.0), tmp_path, say=print).step_timeout() == 7.0
+    fixed = Watchdog(WatchdogConfig(timeout_s=7.0, startup_s=99.0), tmp_path, say=print)
+    assert fixed.step_timeout() == 7.0
+    fixed.training()  # the first step compiles: the start-up budget, even with a fixed timeout
+    assert fixed._budget == 99.0
+    fixed.step_done(1, None)
+    assert fixed._budget == 7.0
     with pytest.raises(ConfigError, match="WatchdogConfig.timeout_s = 0 is invalid"):
         WatchdogConfig(timeout_s=0)
 

@@ -61,12 +61,16 @@ class Watchdog:
             self._timed += 1
             if seconds is not None and self._timed > WARM_UP:
                 self._times = (self._times + [seconds])[-STEP_TIMES:]
-            self._enter("training", self.step_timeout())
+            self._enter("training", self._training_budget())
 
     def training(self) -> None:
         """The loop moves on to another step (after an evaluation or a save, too)."""
         with self._lock:
-            self._enter("training", self.step_timeout())
+            self._enter("training", self._training_budget())
+
+    def _training_budget(self) -> float:
+        # Until this process has completed a step, the first compile may still be under way.
+        return self.step_timeout() if self._timed else self.cfg.startup_s
 
     def phase(self, name: str) -> None:
         """An evaluation or a checkpoint save begins: the start-up budget, until the next step."""
