@@ -75,7 +75,14 @@ TRAINING_COMMANDS = ("train", "finetune")
 def main(argv: list[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] and sys.argv[1] in TRAINING_COMMANDS:
         _hold_stop_signals()
-    argv = sys.argv[1:] if argv is None else argv
+        try:
+            return _main(sys.argv[1:])
+        finally:
+            _ignore_stop_signals()
+    return _main(sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["lm-eval"]:  # every argument belongs to the harness
         from gptjax import harness
 
@@ -129,6 +136,17 @@ def _hold_stop_signals() -> None:
     from gptjax.training.signals import StopFlag
 
     StopFlag().__enter__()  # never left: the process ends holding it
+
+
+def _ignore_stop_signals() -> None:
+    """The command's work is done and its exit code decided: a stop signal now changes nothing,
+    so it is ignored. Python's finalization sets the handlers it installed back to the default
+    action (which ends the process with -15) but leaves an ignored signal ignored; the chaos run
+    saw one SIGTERM in 10 land in that window, after the run's last checkpoint."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _out_of_memory(error: Exception, args) -> str:

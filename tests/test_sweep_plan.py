@@ -73,7 +73,7 @@ def test_what_is_tried_when_a_run_does_not_fit_is_listed(tmp_path):
     tight = plan_lib.plan_sweep([run], plan_lib.Target("t", 8, _device(peak * 0.98)), None)
     (row,) = tight["runs"]
     assert [{k: v for k, v in t.items() if k != "peak_bytes"} for t in row["tried"]] == \
-        [{"fits": False}, {"model.remat": "full", "fits": True}]  # full remat is the first setting that fits
+        [{"mesh": "8x1x1", "fits": False}, {"mesh": "8x1x1", "model.remat": "full", "fits": True}]  # full remat fits
     assert row["tried"][1]["peak_bytes"] < peak * 0.98 < row["tried"][0]["peak_bytes"] == peak
     assert row["fits"] is True and row["overrides"][-1] == "model.remat=full"
     # Smaller still: micro-batches after full remat, each tried, until none is left; it does not fit.
@@ -82,7 +82,9 @@ def test_what_is_tried_when_a_run_does_not_fit_is_listed(tmp_path):
                                None)
     tried = none["runs"][0]["tried"]
     assert [t.get("optim.grad_accum") for t in tried] == [None, None]  # batch 8 over 8 devices: no micro-batch left
-    assert none["runs"][0]["fits"] is False and "does not fit even with model.remat=full" in none["runs"][0]["why"]
+    assert none["runs"][0]["fits"] is False
+    assert "does not fit on mesh 8x1x1 (data x fsdp x tensor) even with model.remat=full" in none["runs"][0]["why"]
+
 
 
 def test_micro_batches_follow_full_remat_while_every_device_keeps_a_row(tmp_path):
@@ -147,3 +149,43 @@ def test_a_plan_for_a_tpu_slice_is_the_tpu_compilers(tmp_path):
     assert plan["target"]["accelerator"] == "tpu-v5e" and plan["target"]["capacity_bytes"] == 16 * 2**30
     assert all(r["fits"] and r["mesh"]["data"] == 8 and r["compiler_peak_bytes"] for r in plan["runs"])
     assert plan["runs"][0]["peak_flops_source"] == "published: TPU v5e float32 dense"
+
+
+def test_a_program_the_compiler_refuses_is_a_run_that_does_not_fit(tmp_path, monkeypatch):
+    """The TPU compiler will not build a program larger than the chip (CompileTimeHbmOom): that is
+    the plan's answer for that setting, with the compiler's figure, and the next one is tried."""
+    from gptjax.tools import plan as tools_plan
+
+    said = ("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: Ran out of memory on HBM, the total memory required for "
+            "HLO temporaries (59.05G) exceeds available HBM (15.75G). HLO module: jit_step.")
+    real = tools_plan.make_plan
+
+    def make_plan(cfg, **kw):
+        if cfg.model.remat != "full":
+            raise RuntimeError(said)
+        return real(cfg, **kw)
+    monkeypatch.setattr(tools_plan, "make_plan", make_plan)
+    (run,) = spec.expand(_sweep(tmp_path, {"model.d_model": [64]}))
+    (row,) = plan_lib.plan_sweep([run], plan_lib.Target("t", 8, _device(16 * 2**30)), None)["runs"]
+    assert row["tried"][0]["fits"] is False and row["tried"][0]["peak_bytes"] == int(59.05 * 2**30)
+    assert "CompileTimeHbmOom" in row["tried"][0]["compiler"]
+    assert row["fits"] is True and row["overrides"][-1] == "model.remat=full"
+
+
+def test_wider_fsdp_is_tried_when_no_setting_makes_the_chosen_mesh_fit(tmp_path, monkeypatch):
+    """A run whose state leaves room on a data-parallel mesh but whose step does not fit there with
+    any setting (here a step that needs 100 / fsdp bytes of a 30-byte device) moves to FSDP."""
+    from gptjax.tools import plan as tools_plan
+
+    @dataclasses.dataclass
+    class Compiled:
+        peak_bytes: int
+        compiler_peak_bytes: None = None
+        temp_bytes: int = 0
+    monkeypatch.setattr(plan_lib, "_state_bytes", lambda cfg, devices: 1)
+    monkeypatch.setattr(tools_plan, "make_plan", lambda cfg, **kw: Compiled(100 // cfg.mesh.fsdp))
+    (run,) = spec.expand(_sweep(tmp_path, {"model.d_model": [64]}))
+    (row,) = plan_lib.plan_sweep([run], plan_lib.Target("t", 8, _device(30)), None)["runs"]
+    assert [t["mesh"] for t in row["tried"]] == ["8x1x1", "8x1x1", "4x2x1", "4x2x1", "2x4x1"]
+    assert row["fits"] is True and row["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1, "dcn_data": 1}
+    assert row["overrides"] == ["mesh.data=2", "mesh.fsdp=4", "mesh.tensor=1", "mesh.dcn_data=1"]

@@ -24,7 +24,7 @@ def _sweep_plan(args) -> int:
 
     from gptjax.config import ConfigError
     from gptjax.sweeps import runner, spec
-    from gptjax.tools.commands import _mesh_sizes
+    from gptjax.tools.commands import mesh_sizes
 
     given = [name for name in ("topology", "accelerator", "mesh") if getattr(args, name)]
     if args.topology and (args.accelerator or args.mesh or args.devices):
@@ -37,7 +37,7 @@ def _sweep_plan(args) -> int:
 
     mesh = None
     if args.mesh:
-        sizes = _mesh_sizes(args.mesh)
+        sizes = mesh_sizes(args.mesh)
         from gptjax.config import MeshConfig
 
         mesh = MeshConfig(**sizes)
@@ -61,10 +61,15 @@ def _sweep_plan(args) -> int:
 
         devices = tools_plan.tpu_devices(args.topology)
         n = len(devices)
+    memory = None
+    if target_accel is None:  # this machine's CPU devices: each one's share of its memory
+        from gptjax.runtime import hardware
+
+        memory = hardware.device_capacity(jax.devices()[0])
     what = (f"TPU {args.topology} ({n} chips, {target_accel.memory} each)" if args.topology else
             f"{n} x {target_accel.name} {target_accel.memory} (compiled for CPU devices: temporaries are an estimate)"
-            if target_accel else f"{n} CPU devices")
-    target = plan_lib.Target(what, n, target_accel, args.topology, mesh)
+            if target_accel else f"{n} CPU device(s) of this machine ({(memory or 0) / 2**30:.1f} GiB each)")
+    target = plan_lib.Target(what, n, target_accel, args.topology, mesh, memory)
     plan = plan_lib.plan_sweep(runs, target, devices, mfu=args.mfu)
     print(plan_lib.table(plan))
     directory = args.run_dir or runner.default_dir(sweep)

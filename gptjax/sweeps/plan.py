@@ -24,6 +24,7 @@ import csv
 import dataclasses
 import io
 import json
+import re
 from typing import Any
 
 from gptjax.config import ConfigError, MeshConfig, TrainConfig, fingerprint
@@ -45,10 +46,11 @@ class Target:
     accelerator: hardware.Accelerator | None = None  # None: fake CPU devices of no named kind
     topology: str | None = None
     mesh: MeshConfig | None = None  # one mesh for every run (--mesh)
+    memory_bytes: float | None = None  # without an accelerator: each device's share of this machine
 
     @property
     def capacity_bytes(self) -> float | None:
-        return self.accelerator.memory_bytes if self.accelerator is not None else None
+        return self.accelerator.memory_bytes if self.accelerator is not None else self.memory_bytes
 
     def peak_flops(self, compute_dtype: str) -> tuple[float, str]:
         if self.accelerator is not None:
@@ -169,8 +171,29 @@ class Compiler:
 
         key = _program_key(cfg)
         if key not in self.programs:
-            self.programs[key] = plan_lib.make_plan(cfg, devices=self.devices, topology=self.target.topology)
+            try:
+                self.programs[key] = plan_lib.make_plan(cfg, devices=self.devices, topology=self.target.topology)
+            except Exception as e:  # the TPU compiler refuses a program larger than the chip
+                if "RESOURCE_EXHAUSTED" not in str(e):
+                    raise
+                self.programs[key] = CompilerRefused(str(e).strip().splitlines()[0])
         return self.programs[key]
+
+
+@dataclasses.dataclass(frozen=True)
+class CompilerRefused:
+    """A program the compiler would not build because it needs more memory than a device has
+    (the TPU compiler's CompileTimeHbmOom); its figure, where it gives one, is the temporaries'."""
+
+    message: str
+
+    @property
+    def temp_bytes(self) -> int | None:
+        m = re.search(r"required for HLO temporaries \(([\d.]+)([KMG])\)", self.message)
+        return int(float(m[1]) * {"K": 2**10, "M": 2**20, "G": 2**30}[m[2]]) if m else None
+
+    peak_bytes = temp_bytes
+    compiler_peak_bytes = None
 
 
 def plan_run(run: Run, target: Target, compile_plan: Compiler, mfu: float) -> dict:
@@ -190,23 +213,34 @@ def plan_run(run: Run, target: Target, compile_plan: Compiler, mfu: float) -> di
     row.update(state_bytes=state, mesh_reason=why, tried=[], overrides=[])
     if mesh is None:
         return {**row, "mesh": None, "peak_bytes": None, "fits": False, "why": why}
-    row["mesh"] = dataclasses.asdict(mesh)
     capacity = target.capacity_bytes
-    cfg = _with(cfg, mesh=mesh)
-    for setting in settings(cfg, mesh.data * mesh.fsdp * mesh.dcn_data):
-        p = compile_plan(_apply(cfg, setting))
-        fits = None if capacity is None else p.peak_bytes <= capacity
-        row["tried"].append({**setting, "peak_bytes": p.peak_bytes, "fits": fits})
+    # A chosen mesh that no setting makes fit gives way to wider FSDP; a mesh given is kept.
+    meshes = [mesh] + ([m for m in mesh_candidates(target.devices) if m.fsdp > mesh.fsdp]
+                       if target.mesh is None and run.config.mesh == MeshConfig() else [])
+    for mesh in meshes:
+        on_mesh = _with(cfg, mesh=mesh)
+        for setting in settings(on_mesh, mesh.data * mesh.fsdp * mesh.dcn_data):
+            p = compile_plan(_apply(on_mesh, setting))
+            refused = isinstance(p, CompilerRefused)
+            fits = False if refused else None if capacity is None else p.peak_bytes <= capacity
+            row["tried"].append({"mesh": f"{mesh.data}x{mesh.fsdp}x{mesh.tensor}", **setting, "peak_bytes": p.peak_bytes,
+                                 "fits": fits, **({"compiler": p.message} if refused else {})})
+            if fits is not False:
+                break
         if fits is not False:
             break
+    row["mesh"] = dataclasses.asdict(mesh)
     chosen = row["tried"][-1]
-    setting = {k: v for k, v in chosen.items() if k not in ("peak_bytes", "fits")}
+    setting = {k: v for k, v in chosen.items() if k not in ("mesh", "peak_bytes", "fits", "compiler")}
     mesh_overrides = [f"mesh.{k}={v}" for k, v in row["mesh"].items()]
     row.update(peak_bytes=p.peak_bytes, compiler_peak_bytes=p.compiler_peak_bytes, temp_bytes=p.temp_bytes,
                fits=chosen["fits"], overrides=mesh_overrides + [f"{k}={v}" for k, v in setting.items()],
                why=("fits" if chosen["fits"] else "no memory limit given" if chosen["fits"] is None else
-                    f"does not fit even with {', '.join(f'{k}={v}' for k, v in setting.items()) or 'its settings'}: "
-                    f"{_gib(p.peak_bytes)} per device over {_gib(capacity)}"))
+                    f"does not fit on mesh {chosen['mesh']} (data x fsdp x tensor) even with "
+                    f"{', '.join(f'{k}={v}' for k, v in setting.items()) or 'its settings'}: "
+                    f"{_gib(p.peak_bytes)} per device over {_gib(capacity)}"
+                    + (" (the compiler refused the program: temporaries alone)" if isinstance(p, CompilerRefused)
+                       else "")))
     return row
 
 

@@ -21,7 +21,7 @@ def _plan(args) -> int:
     from gptjax.config import ConfigError
     from gptjax.config_files import load_train_config
 
-    sizes = _mesh_sizes(args.mesh or "data=1")  # one slice's
+    sizes = mesh_sizes(args.mesh or "data=1")  # one slice's
     if args.slices < 1:
         raise ConfigError(f"--slices {args.slices}: give a number of slices >= 1")
     if args.slices > 1 and not args.topology:
@@ -88,7 +88,7 @@ def _bench(args) -> int:
     return 0
 
 
-def _mesh_sizes(text: str) -> dict[str, int]:
+def mesh_sizes(text: str) -> dict[str, int]:
     from gptjax.config import ConfigError
 
     sizes = {"data": 1, "fsdp": 1, "tensor": 1}
