@@ -80,6 +80,12 @@ def check_slices(jobs: list[Job], args) -> None:
                                   f"mesh.dcn_data={args.slices} (data parallel across the slices)")
 
 
+# A queued resource does not come back after a preemption (SLURM requeues; see slurm.py).
+PREEMPTED = ("# If the slice is preempted: run this same gptjax command again. It creates the queued resource anew and "
+             "each run resumes from its last checkpoint in its run directory (a sweep: `gptjax sweep run` submits "
+             "only the runs not finished).")
+
+
 def launch(jobs: list[Job], args) -> int:
     require_shared_run_dir(jobs, "tpu")
     check_slices(jobs, args)
@@ -87,6 +93,7 @@ def launch(jobs: list[Job], args) -> int:
     text = "\n".join(shell_join(c) for c in cmds)
     if args.dry_run:
         print(text)
+        print(PREEMPTED, file=sys.stderr)
         return 0
     for job in jobs:
         record(job, "tpu", text)

@@ -202,12 +202,14 @@ def test_k8s_dry_run_is_a_jobset(config_file, capsys):
 def test_tpu_dry_run_runs_on_all_workers(config_file, capsys):
     assert cli.main(["launch", "tpu", str(config_file), "--tpu-name", "pod", "--zone", "us-central2-b", "--queued",
                      "--accelerator-type", "v4-32", "--run-dir", "/mnt/runs/r", "--dry-run"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
     assert lines[0].startswith("gcloud compute tpus queued-resources create pod-qr --node-id pod")
     assert "queued-resources describe pod-qr" in lines[1] and "ACTIVE" in lines[1]
     assert all("--worker=all" in line for line in lines[2:]) and len(lines) == 5
     assert "GPTJAX_AUTO_DISTRIBUTED=1" in lines[-1] and "gptjax.cli train" in lines[-1]
     assert "--run-dir /mnt/runs/r" in lines[-1]
+    assert "If the slice is preempted: run this same gptjax command again" in captured.err
 
 
 def test_a_dry_run_reads_no_run_directory(config_file, capsys, monkeypatch):
