@@ -182,10 +182,11 @@ def test_wider_fsdp_is_tried_when_no_setting_makes_the_chosen_mesh_fit(tmp_path,
         peak_bytes: int
         compiler_peak_bytes: None = None
         temp_bytes: int = 0
-    monkeypatch.setattr(plan_lib, "_state_bytes", lambda cfg, devices: 1)
+    monkeypatch.setattr(plan_lib, "_state_bytes", lambda cfg, devices: 8 // cfg.mesh.fsdp)
     monkeypatch.setattr(tools_plan, "make_plan", lambda cfg, **kw: Compiled(100 // cfg.mesh.fsdp))
     (run,) = spec.expand(_sweep(tmp_path, {"model.d_model": [64]}))
     (row,) = plan_lib.plan_sweep([run], plan_lib.Target("t", 8, _device(30)), None)["runs"]
     assert [t["mesh"] for t in row["tried"]] == ["8x1x1", "8x1x1", "4x2x1", "4x2x1", "2x4x1"]
     assert row["fits"] is True and row["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1, "dcn_data": 1}
     assert row["overrides"] == ["mesh.data=2", "mesh.fsdp=4", "mesh.tensor=1", "mesh.dcn_data=1"]
+    assert row["state_bytes"] == 2  # the final mesh's state, not the first one's

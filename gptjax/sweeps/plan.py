@@ -230,6 +230,8 @@ def plan_run(run: Run, target: Target, compile_plan: Compiler, mfu: float) -> di
         if fits is not False:
             break
     row["mesh"] = dataclasses.asdict(mesh)
+    if mesh != meshes[0]:  # widened: the state per device is the final mesh's
+        row["state_bytes"] = _state_bytes(_with(cfg, mesh=mesh), compile_plan.devices)
     chosen = row["tried"][-1]
     setting = {k: v for k, v in chosen.items() if k not in ("mesh", "peak_bytes", "fits", "compiler")}
     mesh_overrides = [f"mesh.{k}={v}" for k, v in row["mesh"].items()]
