@@ -83,12 +83,10 @@ def object_store_servers(tmp_path_factory):
     the process's environment at themselves, so two pairs in one worker would step on each other
     (modules that use them share the xdist group "object_store")."""
     import object_store
+    from helpers import unavailable
 
-    why = object_store.unavailable()
-    if why:
-        if os.environ.get("GPTJAX_REQUIRE_OBJECT_STORE") == "1":
-            pytest.fail(f"GPTJAX_REQUIRE_OBJECT_STORE=1 but the servers cannot start: {why}")
-        pytest.skip(f"SKIPPING OBJECT-STORE TESTS: {why}")
+    unavailable(object_store.unavailable(), "GPTJAX_REQUIRE_OBJECT_STORE", "the servers cannot start",
+                "SKIPPING OBJECT-STORE TESTS")
     servers = object_store.Servers(tmp_path_factory.mktemp("servers"))
     yield servers
     servers.stop()

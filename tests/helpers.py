@@ -177,3 +177,24 @@ def require_libtpu():
 DOC_PAGES = ("models", "generation", "evaluation", "training", "finetuning", "reliability", "benchmarks",
              "scaling", "clusters")
 DOCS_TEXT = "\n".join((pathlib.Path(__file__).parents[1] / "docs" / f"{page}.md").read_text() for page in DOC_PAGES)
+
+
+def unavailable(why: str | None, flag: str, failure: str, skip: str) -> None:
+    """A service or tool a test needs is missing (`why`): a failure where CI sets `flag`=1 (it
+    must run there), else a loud skip."""
+    import pytest
+
+    if why:
+        if os.environ.get(flag) == "1":
+            pytest.fail(f"{flag}=1 but {failure}: {why}")
+        pytest.skip(f"{skip}: {why}")
+
+
+def browser() -> str:
+    """Debian's chromium, for headless rendering checks (GPTJAX_REQUIRE_BROWSER=1 in CI)."""
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    unavailable(None if found else "apt-get install chromium", "GPTJAX_REQUIRE_BROWSER", "chromium is not installed",
+                "SKIPPING THE BROWSER CHECK: chromium is not installed")
+    return found

@@ -5,11 +5,11 @@ The pages' commands run in tests/test_docs_pages.py."""
 import dataclasses
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import typing
 
+import helpers
 import pytest
 
 from gptjax import cli
@@ -56,11 +56,7 @@ def test_the_site_builds_strictly_with_references_from_the_code(site):
 def test_pages_render_in_a_browser(site, tmp_path, page):
     """Headless chromium draws the home page and a reference page: a screenshot with the theme's
     header colour and text, not an empty or unstyled page (these screenshots were looked at)."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        if os.environ.get("GPTJAX_REQUIRE_BROWSER") == "1":
-            pytest.fail("GPTJAX_REQUIRE_BROWSER=1 but chromium is not installed (apt-get install chromium)")
-        pytest.skip("SKIPPING THE BROWSER CHECK: chromium is not installed")
+    browser = helpers.browser()
     png = tmp_path / "page.png"
     out = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={png}",
                           "--window-size=1280,900", (site / page).as_uri()], capture_output=True, text=True,

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import slurm_cluster
 import yaml
-from helpers import TINY_RUN, losses, metrics, wait_until
+from helpers import TINY_RUN, losses, metrics, unavailable, wait_until
 from helpers import gptjax_cli as gptjax
 
 from gptjax import cli
@@ -262,11 +262,7 @@ slurm_group = pytest.mark.xdist_group("slurm")
 
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
-    why = slurm_cluster.unavailable()
-    if why:
-        if os.environ.get("GPTJAX_REQUIRE_SLURM") == "1":
-            pytest.fail(f"GPTJAX_REQUIRE_SLURM=1 but no SLURM cluster can start: {why}")
-        pytest.skip(f"SKIPPING SLURM TESTS: {why}")
+    unavailable(slurm_cluster.unavailable(), "GPTJAX_REQUIRE_SLURM", "no SLURM cluster can start", "SKIPPING SLURM TESTS")
     cluster = slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm"))
     cluster.start()
     yield cluster

@@ -2,11 +2,10 @@
 plots draw in a browser with no network and no console errors, the fit's warnings first."""
 
 import json
-import os
 import re
-import shutil
 import subprocess
 
+import helpers
 import numpy as np
 import pytest
 
@@ -65,11 +64,7 @@ def test_the_page_is_self_contained_with_the_warnings_first(page):
 
 @pytest.mark.slow
 def test_the_plots_draw_in_a_browser_without_errors(page, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        if os.environ.get("GPTJAX_REQUIRE_BROWSER") == "1":
-            pytest.fail("GPTJAX_REQUIRE_BROWSER=1 but chromium is not installed (apt-get install chromium)")
-        pytest.skip("SKIPPING THE BROWSER CHECK: chromium is not installed")
+    browser = helpers.browser()
     path, _ = page
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
              "--virtual-time-budget=5000"]
