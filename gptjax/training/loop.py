@@ -174,13 +174,11 @@ def train_run(cfg: TrainConfig, run_dir, *, progress: bool = True, on_eval=None,
 def _train_run(cfg: TrainConfig, run_dir, progress: bool, on_eval, job: Job | None) -> RunResult:
     if cfg.faults.kill_during == "start" and cfg.faults.kill_at_step == 0:
         fault_hooks.kill_now(cfg.faults.kill_signal)
-    held: list[RunLock] = []  # what the watchdog gives back before it ends a hung process
-    with Watchdog(cfg.watchdog, run_dir, say=_say, before_exit=lambda: [lock.release() for lock in held]) as dog:
-        return _checked_run(cfg, run_dir, progress, on_eval, job, dog, held)
+    with Watchdog(cfg.watchdog, run_dir, say=_say) as dog:
+        return _checked_run(cfg, run_dir, progress, on_eval, job, dog)
 
 
-def _checked_run(cfg: TrainConfig, run_dir, progress: bool, on_eval, job: Job | None, dog: Watchdog,
-                 held: list) -> RunResult:
+def _checked_run(cfg: TrainConfig, run_dir, progress: bool, on_eval, job: Job | None, dog: Watchdog) -> RunResult:
     rd = RunDir(run_dir)
     changes = resume.check(rd, cfg)
     if cfg.faults.fill_disk_at_step is not None:
@@ -202,7 +200,8 @@ def _checked_run(cfg: TrainConfig, run_dir, progress: bool, on_eval, job: Job | 
     if wandb_cfg is not None:
         tracking.require_wandb()
     lock = _take_lock(rd)  # the one writer from here on; refused (exit 2) while another process trains here
-    held += [lock] if lock is not None else []
+    if lock is not None:
+        dog.before_exit = lock.release  # a hung process gives the directory back before it ends
     ckpts = rd.checkpoints(cfg)
     tracker = None
     try:
