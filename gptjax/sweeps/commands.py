@@ -97,7 +97,7 @@ def _sweep_analyze(args) -> int:
                              metric=args.metric, force=args.force)
     for warning in summary["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"wrote {args.dir}/results.csv, report.md, {', '.join(summary['plots']) or 'no plots'} "
+    print(f"wrote {args.dir}/report.html, results.csv, report.md, {', '.join(summary['plots']) or 'no plots'} "
           f"({len(summary['warnings'])} warning(s), at the top of report.md)")
     return 0
 
